@@ -1,0 +1,1 @@
+"""acd: placeholder package; later issues fill it."""

@@ -1,0 +1,1 @@
+"""fax: placeholder package; later issues fill it."""

@@ -1,0 +1,1 @@
+"""ivr: placeholder package; later issues fill it."""

@@ -1,0 +1,1 @@
+"""media: placeholder package; later issues fill it."""

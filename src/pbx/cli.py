@@ -1,0 +1,238 @@
+"""The `pbx` command (operator contract: see README and ../shared/DESIGN.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from pbx import __version__
+from pbx.config import Config, load
+from pbx.errors import PbxError
+from pbx.sip.digest import ha1
+from pbx.store import Binding, Store, User
+
+T = TypeVar("T")
+
+
+def _run(work: Callable[[Store], Awaitable[T]], config: Config) -> T:
+    async def main() -> T:
+        store = await Store.open(config.database)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+class _Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            if self.config_path is None:
+                raise click.UsageError("give the configuration file: pbx -c CONFIG ...")
+            try:
+                self._config = load(self.config_path)
+            except PbxError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._config
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="PBX_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="The TOML configuration file (or $PBX_CONFIG).",
+)
+@click.version_option(__version__, prog_name="pbx")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """pbx: a SIP softswitch with a built-in call-center ACD."""
+    ctx.obj = _Context(config_path)
+
+
+@main.command()
+@pass_ctx
+def serve(ctx: _Context) -> None:
+    """Run the exchange in the foreground until SIGINT or SIGTERM."""
+    config = ctx.config
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from pbx.server import serve as run_server
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_server(config, stop)
+
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run())
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.getLogger("pbx").info("stopped")
+
+
+@main.group()
+def user() -> None:
+    """Manage users (extensions)."""
+
+
+def _user_record(config: Config, extension: str, name: str, password: str) -> User:
+    realm = config.realm
+    return User(
+        extension,
+        name,
+        realm,
+        ha1("MD5", extension, realm, password),
+        ha1("SHA-256", extension, realm, password),
+    )
+
+
+def _check_extension(extension: str) -> str:
+    if not extension or not all(c.isalnum() or c in "-_.+" for c in extension):
+        raise click.BadParameter("use letters, digits and - _ . + only", param_hint="EXT")
+    return extension
+
+
+@user.command("add")
+@click.argument("extension")
+@click.option("--password", help="SIP password; a random one is made and printed if omitted.")
+@click.option("--name", default="", help="Display name.")
+@pass_ctx
+def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> None:
+    """Add a user that phones register as."""
+    _check_extension(extension)
+    generated = password is None
+    password = password or secrets.token_urlsafe(9)
+    record = _user_record(ctx.config, extension, name, password)
+    try:
+        _run(lambda s: s.add_user(record, time.time()), ctx.config)
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    if generated:
+        click.echo(f"{extension}\t{password}")
+    else:
+        click.echo(f"added {extension}")
+
+
+@user.command("passwd")
+@click.argument("extension")
+@click.option("--password", required=True, help="The new SIP password.")
+@pass_ctx
+def user_passwd(ctx: _Context, extension: str, password: str) -> None:
+    """Change a user's password."""
+    record = _user_record(ctx.config, extension, "", password)
+    try:
+        _run(
+            lambda s: s.update_password(extension, record.realm, record.ha1_md5, record.ha1_sha256),
+            ctx.config,
+        )
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"password of {extension} changed")
+
+
+@user.command("remove")
+@click.argument("extension")
+@pass_ctx
+def user_remove(ctx: _Context, extension: str) -> None:
+    """Remove a user and its registrations."""
+    try:
+        _run(lambda s: s.remove_user(extension), ctx.config)
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {extension}")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def user_list(ctx: _Context, as_json: bool) -> None:
+    """List users."""
+    users = _run(lambda s: s.users(), ctx.config)
+    rows = [{"extension": u.extension, "name": u.name, "realm": u.realm} for u in users]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(rows, ["extension", "name", "realm"])
+
+
+def _registration_row(b: Binding, now: float) -> dict[str, Any]:
+    return {
+        "aor": b.aor,
+        "contact": b.contact,
+        "expires_in": max(0, round(b.expires_at - now)),
+        "transport": b.transport,
+        "source": b.source,
+        "user_agent": b.user_agent,
+        "reachable": b.reachable,
+        "rtt_ms": None if b.rtt_ms is None else round(b.rtt_ms, 1),
+        "status": {True: "reachable", False: "unreachable", None: "unknown"}[b.reachable],
+        "registered_at": b.registered_at,
+        "q": b.q,
+        "instance": b.instance,
+    }
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def registrations(ctx: _Context, as_json: bool) -> None:
+    """List current registrations (bindings)."""
+    now = time.time()
+    bindings = _run(lambda s: s.bindings(), ctx.config)
+    rows = [_registration_row(b, now) for b in bindings if b.expires_at > now]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(rows, ["aor", "contact", "expires_in", "transport", "source", "status", "user_agent"])
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[str(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command("check-config")
+@pass_ctx
+def check_config(ctx: _Context) -> None:
+    """Validate the configuration file and print what it means."""
+    config = ctx.config
+    click.echo(f"configuration {config.path} is valid")
+    click.echo(f"data_dir: {config.data_dir}")
+    click.echo("sip.listen: " + ", ".join(str(a) for a in config.sip.listen))
+    click.echo(f"realm: {config.realm}")

@@ -1,0 +1,209 @@
+"""The exchange: wires the SIP endpoint, the registrar, qualify pings and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from pbx.config import Config, ListenAddress
+from pbx.errors import PbxError, SipStatus, TransactionTimeout, TransportError
+from pbx.registrar import Registrar
+from pbx.sip.aio import Peer, SipEndpoint
+from pbx.sip.message import (
+    KNOWN_METHODS,
+    Method,
+    Request,
+    build_response,
+    new_branch,
+    new_tag,
+)
+from pbx.sip.uri import SipUri, parse_uri, split_hostport
+from pbx.store import Binding, Store
+
+log = logging.getLogger("pbx")
+
+ALLOW = "REGISTER, OPTIONS, ACK"
+ACCEPT = "application/sdp"
+SUPPORTED = "path, outbound"
+USERS_REFRESH = 1.0  # seconds: how soon `pbx user add` on a running server takes effect
+PURGE_INTERVAL = 10.0
+
+
+class Exchange:
+    """One running pbx: `await start()`, then `await stop()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.endpoint = SipEndpoint(
+            config.sip.listen,
+            self.dispatch,
+            max_message=config.sip.max_message,
+            user_agent=config.sip.user_agent,
+        )
+        self.registrar: Registrar | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await Store.open(self.config.database)
+        secret = await self.store.secret("digest-nonce-key")
+        self.registrar = Registrar(
+            self.store,
+            self.config.registrar,
+            self.config.auth,
+            self.config.realm,
+            secret,
+            self.endpoint.respond,
+            self.config.sip.user_agent,
+        )
+        await self.registrar.load()
+        try:
+            await self.endpoint.start()
+        except PbxError:
+            await self.store.close()
+            raise
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.config.registrar.qualify_interval > 0:
+            self._tasks.append(asyncio.create_task(self._qualify_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.endpoint.stop()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    # requests
+
+    def dispatch(self, request: Request, peer: Peer) -> None:
+        method = request.method
+        if method == Method.ACK:
+            return  # nothing we send needs an ACK yet
+        uri = request.uri
+        if not isinstance(uri, SipUri) and uri.scheme != "tel":
+            self._reply(request, SipStatus.UNSUPPORTED_URI_SCHEME)
+            return
+        unsupported = [
+            ext for ext in request.list_values("Require") if ext.lower() not in ("path", "outbound")
+        ]
+        if unsupported and method != Method.CANCEL:
+            self._reply(request, SipStatus.BAD_EXTENSION, [("Unsupported", ", ".join(unsupported))])
+            return
+        if method == Method.REGISTER:
+            assert self.registrar is not None
+            self.registrar.handle(request, peer)
+        elif method == Method.OPTIONS:
+            self._reply(
+                request,
+                SipStatus.OK,
+                [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)],
+            )
+        elif method in KNOWN_METHODS:
+            self._reply(request, SipStatus.METHOD_NOT_ALLOWED, [("Allow", ALLOW)])
+        else:
+            self._reply(request, SipStatus.NOT_IMPLEMENTED, [("Allow", ALLOW)])
+
+    def _reply(
+        self, request: Request, status: SipStatus, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        headers = [*(headers or []), ("Server", self.config.sip.user_agent)]
+        self.endpoint.respond(request, build_response(request, status, headers=headers,
+                                                      to_tag=new_tag()))  # fmt: skip
+
+    # housekeeping
+
+    async def _housekeeping(self) -> None:
+        assert self.registrar is not None
+        since_purge = 0.0
+        while True:
+            await asyncio.sleep(USERS_REFRESH)
+            try:
+                await self.registrar.refresh_users()
+                since_purge += USERS_REFRESH
+                if since_purge >= PURGE_INTERVAL:
+                    since_purge = 0.0
+                    await self.registrar.purge()
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+
+    async def _qualify_loop(self) -> None:
+        """RFC 3261 §11 OPTIONS pings to every registered contact."""
+        assert self.registrar is not None
+        interval = self.config.registrar.qualify_interval
+        while True:
+            bindings = list(self.registrar.all_bindings())
+            await asyncio.gather(*(self.qualify(b) for b in bindings), return_exceptions=True)
+            await asyncio.sleep(interval)
+
+    async def qualify(self, binding: Binding) -> bool:
+        """Ping one contact; records and returns whether it answered."""
+        assert self.registrar is not None
+        peer = self._peer_for(binding)
+        if peer is None:
+            return False
+        request = self._options_for(binding, peer)
+        started = time.monotonic()
+        reachable = False
+        rtt: float | None = None
+        try:
+            await asyncio.wait_for(
+                self.endpoint.request(request, peer), self.config.registrar.qualify_timeout
+            )
+            reachable, rtt = True, (time.monotonic() - started) * 1000
+        except (TimeoutError, TransactionTimeout, TransportError):
+            pass
+        if binding.reachable is not reachable:
+            level = logging.INFO if reachable else logging.WARNING
+            log.log(level, "%s at %s is %s", binding.aor, binding.source,
+                    "reachable" if reachable else "unreachable")  # fmt: skip
+        self.registrar.set_reachability(binding, reachable, rtt)
+        return reachable
+
+    def _peer_for(self, binding: Binding) -> Peer | None:
+        # Symmetric response routing (RFC 3581): reach the phone where its REGISTER came from.
+        try:
+            host, port = split_hostport(binding.source)
+            transport, _, rest = binding.local.partition(":")
+            local_host, local_port = split_hostport(rest)
+        except PbxError:
+            return None
+        local = ListenAddress(transport, local_host.strip("[]"), local_port or 5060)
+        return Peer(binding.transport, host.strip("[]"), port or 5060, local)
+
+    def _options_for(self, binding: Binding, peer: Peer) -> Request:
+        local = peer.local
+        host = f"[{local.host}]" if ":" in local.host else local.host
+        contact = parse_uri(binding.contact)
+        return Request.build(
+            Method.OPTIONS,
+            contact,
+            [
+                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{local.port};branch="
+                        f"{new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:pbx@{host}:{local.port}>;tag={new_tag()}"),
+                ("To", f"<{binding.contact}>"),
+                ("Call-ID", f"{new_tag()}{new_tag()}@{host}"),
+                ("CSeq", "1 OPTIONS"),
+                ("User-Agent", self.config.sip.user_agent),
+                ("Accept", ACCEPT),
+            ],
+        )  # fmt: skip
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Run until `stop` is set."""
+    exchange = Exchange(config)
+    await exchange.start()
+    try:
+        await stop.wait()
+    finally:
+        await exchange.stop()

@@ -1,0 +1,248 @@
+"""HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760), sans-I/O.
+
+Nonces are stateless: a timestamp and random salt sealed with an HMAC, so any nonce we
+issued can be checked without remembering it. The only state is the highest nonce-count
+seen per nonce (to refuse replays), bounded by the nonce lifetime.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from pbx.errors import RemoteProtocolError
+from pbx.sip.uri import split_outside_quotes
+
+ALGORITHMS: dict[str, Callable[[bytes], str]] = {
+    "MD5": lambda data: hashlib.md5(data).hexdigest(),
+    "SHA-256": lambda data: hashlib.sha256(data).hexdigest(),
+}
+
+
+def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
+    """H(username:realm:password): what the user table stores instead of the password."""
+    return ALGORITHMS[algorithm](f"{username}:{realm}:{password}".encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A parsed Authorization / Proxy-Authorization Digest header (RFC 7616 §3.4)."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    qop: str | None = None
+    nc: str | None = None
+    cnonce: str | None = None
+    opaque: str | None = None
+
+
+def parse_credentials(value: str) -> Credentials:
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise RemoteProtocolError(f"unsupported authorization scheme {scheme!r}")
+    fields: dict[str, str] = {}
+    for item in split_outside_quotes(rest, ","):
+        name, eq, val = item.partition("=")
+        if not eq:
+            continue
+        val = val.strip()
+        if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
+            val = val[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        fields[name.strip().lower()] = val
+    try:
+        return Credentials(
+            username=fields["username"],
+            realm=fields["realm"],
+            nonce=fields["nonce"],
+            uri=fields["uri"],
+            response=fields["response"].lower(),
+            algorithm=fields.get("algorithm", "MD5").upper(),
+            qop=fields.get("qop"),
+            nc=fields.get("nc"),
+            cnonce=fields.get("cnonce"),
+            opaque=fields.get("opaque"),
+        )
+    except KeyError as exc:
+        raise RemoteProtocolError(f"digest credentials lack {exc.args[0]}") from None
+
+
+class Verdict(Enum):
+    OK = "ok"
+    STALE = "stale"  # the digest was right but the nonce too old: challenge with stale=true
+    FAILED = "failed"
+
+
+_SESS = "-SESS"
+
+
+class DigestAuthenticator:
+    """Issues challenges and checks responses for one realm."""
+
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes | None = None,
+        algorithms: Sequence[str] = ("MD5", "SHA-256"),
+        nonce_ttl: float = 300.0,
+    ) -> None:
+        for alg in algorithms:
+            if alg not in ALGORITHMS:
+                raise ValueError(f"unsupported digest algorithm {alg!r}")
+        self.realm = realm
+        self.algorithms = tuple(algorithms)
+        self.nonce_ttl = nonce_ttl
+        self._secret = secret or os.urandom(32)
+        self._opaque = hashlib.sha256(self._secret + b"opaque").hexdigest()[:16]
+        # nonce -> highest nonce-count accepted, oldest first, pruned by age
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def _seal(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body + self.realm.encode(), hashlib.sha256).digest()[:12]
+
+    def new_nonce(self, now: float) -> str:
+        body = struct.pack(">d", now) + os.urandom(6)
+        return base64.urlsafe_b64encode(body + self._seal(body)).decode()
+
+    def nonce_issued_at(self, nonce: str) -> float | None:
+        """When we issued `nonce`, or None if it is not one of ours."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce.encode())
+        except (ValueError, UnicodeError):
+            return None
+        if len(raw) != 26 or not hmac.compare_digest(raw[14:], self._seal(raw[:14])):
+            return None
+        issued: float = struct.unpack(">d", raw[:8])[0]
+        return issued
+
+    def challenges(self, now: float, stale: bool = False) -> list[str]:
+        """WWW-Authenticate values, one per algorithm in the configured order (RFC 8760 §2.4)."""
+        nonce = self.new_nonce(now)
+        tail = ", stale=true" if stale else ""
+        return [
+            f'Digest realm="{self.realm}", nonce="{nonce}", opaque="{self._opaque}", '
+            f'algorithm={alg}, qop="auth"{tail}'
+            for alg in self.algorithms
+        ]
+
+    def verify(
+        self, creds: Credentials, method: str, ha1_for: Callable[[str], str | None], now: float
+    ) -> Verdict:
+        """Check a response. `ha1_for(algorithm)` gives the user's stored HA1 (None: no user).
+
+        An unknown user fails exactly like a wrong password, so nothing tells them apart.
+        """
+        algorithm = creds.algorithm
+        base = algorithm[: -len(_SESS)] if algorithm.endswith(_SESS) else algorithm
+        if base not in self.algorithms or creds.realm != self.realm:
+            return Verdict.FAILED
+        issued = self.nonce_issued_at(creds.nonce)
+        if issued is None or issued > now + 1.0:
+            return Verdict.FAILED
+        stored = ha1_for(base)
+        known = stored is not None
+        # An unknown user costs the same hashing as a known one: timing tells nothing.
+        stored = stored or "0" * 64
+        h = ALGORITHMS[base]
+        key = stored
+        if algorithm.endswith(_SESS):
+            key = h(f"{stored}:{creds.nonce}:{creds.cnonce or ''}".encode())
+        ha2 = h(f"{method}:{creds.uri}".encode())
+        if creds.qop is None:
+            expected = h(f"{key}:{creds.nonce}:{ha2}".encode())
+        elif creds.qop.lower() == "auth" and creds.nc and creds.cnonce is not None:
+            expected = h(f"{key}:{creds.nonce}:{creds.nc}:{creds.cnonce}:auth:{ha2}".encode())
+        else:
+            return Verdict.FAILED
+        if not hmac.compare_digest(expected, creds.response) or not known:
+            return Verdict.FAILED
+        if now - issued > self.nonce_ttl:
+            return Verdict.STALE
+        if creds.qop is not None and not self._count_ok(creds.nonce, creds.nc or "", issued, now):
+            return Verdict.FAILED
+        return Verdict.OK
+
+    def _count_ok(self, nonce: str, nc_text: str, issued: float, now: float) -> bool:
+        """RFC 7616 §3.4: each use of a nonce must carry a higher nonce-count."""
+        try:
+            nc = int(nc_text, 16)
+        except ValueError:
+            return False
+        while self._counts:
+            oldest, (when, _) = next(iter(self._counts.items()))
+            if now - when <= self.nonce_ttl:
+                break
+            del self._counts[oldest]
+        previous = self._counts.get(nonce)
+        if previous is not None and nc <= previous[1]:
+            return False
+        self._counts[nonce] = (issued, nc)
+        if previous is None:
+            self._counts.move_to_end(nonce)
+        return True
+
+
+def digest_response(
+    creds_ha1: str,
+    algorithm: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """The `response` a client computes (used by our own client side and by tests)."""
+    h = ALGORITHMS[algorithm]
+    ha2 = h(f"{method}:{uri}".encode())
+    if qop is None:
+        return h(f"{creds_ha1}:{nonce}:{ha2}".encode())
+    return h(f"{creds_ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode())
+
+
+class FailureThrottle:
+    """Blocks a source after `limit` failed authentications within `window` seconds."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0, block: float = 300.0) -> None:
+        self.limit, self.window, self.block = limit, window, block
+        self._failures: dict[str, list[float]] = {}
+        self._blocked_until: dict[str, float] = {}
+
+    def blocked(self, source: str, now: float) -> bool:
+        until = self._blocked_until.get(source)
+        if until is None:
+            return False
+        if now >= until:
+            del self._blocked_until[source]
+            return False
+        return True
+
+    def failure(self, source: str, now: float) -> bool:
+        """Record a failure; True when this one starts a block."""
+        if self.limit <= 0:
+            return False
+        times = [t for t in self._failures.get(source, ()) if now - t < self.window]
+        times.append(now)
+        if len(times) >= self.limit:
+            self._failures.pop(source, None)
+            self._blocked_until[source] = now + self.block
+            return True
+        self._failures[source] = times
+        if len(self._failures) > 100_000:  # bounded memory under a spray of sources
+            self._failures = {
+                s: ts for s, ts in self._failures.items() if ts and now - ts[-1] < self.window
+            }
+        return False
+
+    def success(self, source: str) -> None:
+        self._failures.pop(source, None)

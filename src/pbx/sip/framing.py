@@ -1,0 +1,65 @@
+"""Framing SIP messages on a byte stream (RFC 3261 §18.3, RFC 5626 §3.5.1 keep-alives)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pbx.errors import RemoteProtocolError, SipStatus
+from pbx.sip.message import content_length, parse_head
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A CRLFCRLF keep-alive ping; answer it with one CRLF (RFC 5626 §3.5.1)."""
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into whole messages by Content-Length.
+
+    `feed()` returns complete message byte strings and `Ping()`s. A framing error (no or bad
+    Content-Length, oversized header) is unrecoverable on a stream: it raises
+    `RemoteProtocolError` and the connection must be closed (RFC 4475 ncl, mcl01).
+    """
+
+    def __init__(self, max_message: int = 65535) -> None:
+        self._buffer = bytearray()
+        self.max_message = max_message
+
+    def feed(self, data: bytes) -> list[bytes | Ping]:
+        self._buffer += data
+        out: list[bytes | Ping] = []
+        buf = self._buffer
+        while buf:
+            # Leading CRLFs between messages are keep-alives, not message text.
+            if buf[:4] == b"\r\n\r\n":
+                del buf[:4]
+                out.append(Ping())
+                continue
+            if buf[:2] == b"\r\n":
+                if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                    break  # may become a ping when the rest arrives
+                del buf[:2]
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.max_message:
+                    raise RemoteProtocolError(
+                        "header section too large", SipStatus.MESSAGE_TOO_LARGE
+                    )
+                break
+            _, headers = parse_head(bytes(buf[:end]))
+            length = content_length(headers)
+            if length is None:
+                raise RemoteProtocolError("Content-Length is required on a stream")
+            total = end + 4 + length
+            if total > self.max_message:
+                raise RemoteProtocolError("message too large", SipStatus.MESSAGE_TOO_LARGE)
+            if len(buf) < total:
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)

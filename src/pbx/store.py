@@ -1,0 +1,287 @@
+"""The embedded database: SQLite through aiosqlite, WAL mode, versioned migrations.
+
+The server and the CLI open the same file; WAL lets the CLI add users while the server
+runs. Writes that record what happened are committed before the phone is answered, so a
+`kill -9` loses nothing that was acknowledged. Binding writes are grouped: every change
+queued while one commit runs goes into the next commit (group commit), which keeps the
+registrar fast under load without answering before the data is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from pbx.errors import PbxError
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: users and registrations
+    """
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE users (
+        extension TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        realm TEXT NOT NULL,
+        ha1_md5 TEXT NOT NULL,
+        ha1_sha256 TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE bindings (
+        aor TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        call_id TEXT NOT NULL,
+        cseq INTEGER NOT NULL,
+        q REAL,
+        transport TEXT NOT NULL,
+        source TEXT NOT NULL,
+        local TEXT NOT NULL DEFAULT '',
+        user_agent TEXT NOT NULL DEFAULT '',
+        instance TEXT,
+        registered_at REAL NOT NULL,
+        reachable INTEGER,
+        rtt_ms REAL,
+        PRIMARY KEY (aor, contact)
+    );
+    CREATE INDEX bindings_expiry ON bindings (expires_at);
+    """,
+)
+
+
+class StoreError(PbxError):
+    """A database operation failed or was refused (e.g. a duplicate user)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    extension: str
+    name: str
+    realm: str
+    ha1_md5: str
+    ha1_sha256: str
+
+    def ha1(self, algorithm: str) -> str | None:
+        return {"MD5": self.ha1_md5, "SHA-256": self.ha1_sha256}.get(algorithm)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One registered contact of an address-of-record (RFC 3261 §10)."""
+
+    aor: str
+    contact: str
+    expires_at: float
+    call_id: str
+    cseq: int
+    transport: str
+    source: str
+    registered_at: float
+    q: float | None = None
+    local: str = ""
+    user_agent: str = ""
+    instance: str | None = None
+    reachable: bool | None = None
+    rtt_ms: float | None = None
+
+
+_BINDING_COLUMNS = (
+    "aor, contact, expires_at, call_id, cseq, transport, source, registered_at, q, local, "
+    "user_agent, instance, reachable, rtt_ms"
+)
+
+
+def _binding_row(b: Binding) -> tuple[object, ...]:
+    reachable = None if b.reachable is None else int(b.reachable)
+    return (
+        b.aor, b.contact, b.expires_at, b.call_id, b.cseq, b.transport, b.source,
+        b.registered_at, b.q, b.local, b.user_agent, b.instance, reachable, b.rtt_ms,
+    )  # fmt: skip
+
+
+def _binding_from_row(row: Sequence[object]) -> Binding:
+    values = list(row)
+    reachable = values[12]
+    values[12] = None if reachable is None else bool(reachable)
+    return Binding(*values)  # type: ignore[arg-type]
+
+
+class Store:
+    """Async access to the database. Open with `await Store.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._pending: list[tuple[Binding | None, tuple[str, str] | None, asyncio.Future[None]]]
+        self._pending = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, timeout=10.0)
+        except Exception as exc:  # sqlite3.Error, OSError
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        await db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a process crash (kill -9) loses nothing committed; only a
+        # power cut may lose the last commits.
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=10000")
+        store = cls(db, path)
+        await store._migrate()
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"database schema {version} is newer than this pbx understands "
+                f"({len(MIGRATIONS)}); upgrade pbx"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], version + 1):
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+            )
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        await self._db.close()
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version)."""
+        async with self._db.execute("PRAGMA data_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # settings
+
+    async def secret(self, key: str, size: int = 32) -> bytes:
+        """A random secret kept across restarts (e.g. the digest nonce key)."""
+        async with self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        if row:
+            return bytes(row[0])
+        value = os.urandom(size)
+        await self._db.execute(
+            "INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value)
+        )
+        await self._db.commit()
+        return await self.secret(key, size)
+
+    # users
+
+    async def add_user(self, user: User, now: float) -> None:
+        try:
+            await self._db.execute(
+                "INSERT INTO users (extension, name, realm, ha1_md5, ha1_sha256, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (user.extension, user.name, user.realm, user.ha1_md5, user.ha1_sha256, now),
+            )
+        except aiosqlite.IntegrityError:
+            raise StoreError(f"user {user.extension} already exists") from None
+        await self._db.commit()
+
+    async def update_password(self, extension: str, realm: str, md5: str, sha256: str) -> None:
+        cur = await self._db.execute(
+            "UPDATE users SET realm = ?, ha1_md5 = ?, ha1_sha256 = ? WHERE extension = ?",
+            (realm, md5, sha256, extension),
+        )
+        if cur.rowcount == 0:
+            raise StoreError(f"no user {extension}")
+        await self._db.commit()
+
+    async def remove_user(self, extension: str) -> None:
+        cur = await self._db.execute("DELETE FROM users WHERE extension = ?", (extension,))
+        if cur.rowcount == 0:
+            raise StoreError(f"no user {extension}")
+        await self._db.execute("DELETE FROM bindings WHERE aor = ?", (extension,))
+        await self._db.commit()
+
+    async def users(self) -> list[User]:
+        async with self._db.execute(
+            "SELECT extension, name, realm, ha1_md5, ha1_sha256 FROM users ORDER BY extension"
+        ) as cur:
+            return [User(*row) for row in await cur.fetchall()]
+
+    async def user(self, extension: str) -> User | None:
+        async with self._db.execute(
+            "SELECT extension, name, realm, ha1_md5, ha1_sha256 FROM users WHERE extension = ?",
+            (extension,),
+        ) as cur:
+            row = await cur.fetchone()
+        return User(*row) if row else None
+
+    # bindings
+
+    async def bindings(self) -> list[Binding]:
+        async with self._db.execute(
+            f"SELECT {_BINDING_COLUMNS} FROM bindings ORDER BY aor, contact"
+        ) as cur:
+            return [_binding_from_row(row) for row in await cur.fetchall()]
+
+    async def purge_expired(self, now: float) -> int:
+        cur = await self._db.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,))
+        await self._db.commit()
+        return cur.rowcount
+
+    def save_binding(self, binding: Binding) -> asyncio.Future[None]:
+        """Queue an insert-or-replace; the future resolves once it is committed."""
+        return self._queue(binding, None)
+
+    def delete_binding(self, aor: str, contact: str) -> asyncio.Future[None]:
+        return self._queue(None, (aor, contact))
+
+    def _queue(self, binding: Binding | None, key: tuple[str, str] | None) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((binding, key, future))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                # The last change queued for a contact is the one that counts.
+                final: dict[tuple[str, str], Binding | None] = {}
+                for binding, key, _ in batch:
+                    final[(binding.aor, binding.contact) if binding else key] = binding  # type: ignore[index]
+                error: BaseException | None = None
+                try:
+                    await self._db.executemany(
+                        f"INSERT OR REPLACE INTO bindings ({_BINDING_COLUMNS}) "
+                        f"VALUES ({', '.join('?' * 14)})",
+                        [_binding_row(b) for b in final.values() if b is not None],
+                    )
+                    await self._db.executemany(
+                        "DELETE FROM bindings WHERE aor = ? AND contact = ?",
+                        [k for k, b in final.items() if b is None],
+                    )
+                    await self._db.commit()
+                except Exception as exc:  # the database refused: every waiter learns it
+                    error = exc
+                    with contextlib.suppress(Exception):
+                        await self._db.rollback()
+                for _, _, future in batch:
+                    if future.done():
+                        continue
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(StoreError(f"binding write failed: {error}"))
+        finally:
+            self._flusher = None
