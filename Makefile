@@ -1,0 +1,48 @@
+# `make run`: create .venv, install, start the demo clinic PBX (Ctrl-C stops it).
+# `make test`: install what the tests need (Debian packages included), then run everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := var
+DEMO_USERS := 1001 1002 1003 1004 1005
+
+.PHONY: run test lint install test-deps demo clean
+
+$(BIN)/pbx: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/pbx
+
+install: $(BIN)/pbx
+
+$(DEMO)/pbx.toml: | $(BIN)/pbx
+	mkdir -p $(DEMO)
+	cp examples/clinic/pbx.toml $(DEMO)/pbx.toml
+	@echo "Demo extensions (the passwords are shown once; 'pbx user passwd' changes them):"
+	@for ext in $(DEMO_USERS); do $(BIN)/pbx -c $(DEMO)/pbx.toml user add $$ext --name "Demo $$ext"; done
+
+demo: $(DEMO)/pbx.toml
+
+run: $(BIN)/pbx $(DEMO)/pbx.toml
+	$(BIN)/pbx -c $(DEMO)/pbx.toml serve
+
+# Debian packages the interop tests drive: SIPp (sip-tester) and baresip.
+test-deps: $(BIN)/pbx
+	@if ! command -v sipp >/dev/null || ! command -v baresip >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+			sip-tester baresip iproute2; \
+	fi
+
+lint: $(BIN)/pbx
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: test-deps lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from pbx.cli import main
+
+main()

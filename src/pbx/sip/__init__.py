@@ -1,0 +1,1 @@
+"""SIP protocol cores (sans-I/O) and their asyncio shell (aio.py)."""
