@@ -201,10 +201,10 @@ class Registrar:
             sum(len(b) for b in self.location.values()),
         )
 
-    async def refresh_users(self) -> None:
+    async def refresh_users(self, force: bool = False) -> None:
         """Re-read users when another process (the CLI) changed the database."""
         version = await self.store.data_version()
-        if version == self._users_version:
+        if version == self._users_version and not force:
             return
         self._users_version = version
         users = {u.extension: u for u in await self.store.users()}
