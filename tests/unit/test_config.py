@@ -74,5 +74,5 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
 
 def test_inconsistent_expiry_bounds(tmp_path: Path) -> None:
     text = 'data_dir = "d"\n[registrar]\nmin_expires = 600\ndefault_expires = 60\n'
-    with pytest.raises(ConfigError, match="registrar.default_expires"):
+    with pytest.raises(ConfigError, match=r"registrar\.default_expires"):
         load(write(tmp_path, text))
