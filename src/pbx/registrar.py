@@ -238,13 +238,17 @@ class Registrar:
             for callback in self.on_change:
                 callback(aor)
 
-    def set_reachability(self, binding: Binding, reachable: bool, rtt_ms: float | None) -> None:
+    async def set_reachability(
+        self, binding: Binding, reachable: bool, rtt_ms: float | None
+    ) -> None:
+        """Record a qualify result; the database is written only when reachability changes."""
         current = self.location.get(binding.aor, {}).get(binding.contact)
-        if current is None or (current.reachable == reachable and reachable is False):
+        if current is None:
             return
         updated = replace(current, reachable=reachable, rtt_ms=rtt_ms)
         self.location[binding.aor][binding.contact] = updated
-        self.store.save_binding(updated)
+        if current.reachable is not reachable:
+            await self.store.save_binding(updated)
 
     # the REGISTER handler
 

@@ -164,7 +164,7 @@ class Exchange:
             level = logging.INFO if reachable else logging.WARNING
             log.log(level, "%s at %s is %s", binding.aor, binding.source,
                     "reachable" if reachable else "unreachable")  # fmt: skip
-        self.registrar.set_reachability(binding, reachable, rtt)
+        await self.registrar.set_reachability(binding, reachable, rtt)
         return reachable
 
     def _peer_for(self, binding: Binding) -> Peer | None:

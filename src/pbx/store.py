@@ -112,7 +112,11 @@ def _binding_from_row(row: Sequence[object]) -> Binding:
 
 
 class Store:
-    """Async access to the database. Open with `await Store.open(path)`."""
+    """Async access to the database. Open with `await Store.open(path)`.
+
+    Reads use `execute_fetchall`, one trip to the database thread: a cursor stepped over
+    several trips would see rows that a group commit replaced in between, twice.
+    """
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
@@ -138,8 +142,7 @@ class Store:
         return store
 
     async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+        row = next(iter(await self._db.execute_fetchall("PRAGMA user_version")), None)
         version = int(row[0]) if row else 0
         if version > len(MIGRATIONS):
             raise StoreError(
@@ -157,22 +160,20 @@ class Store:
         await self._db.close()
 
     async def schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+        row = next(iter(await self._db.execute_fetchall("PRAGMA user_version")), None)
         return int(row[0]) if row else 0
 
     async def data_version(self) -> int:
         """Changes whenever another connection commits (PRAGMA data_version)."""
-        async with self._db.execute("PRAGMA data_version") as cur:
-            row = await cur.fetchone()
+        row = next(iter(await self._db.execute_fetchall("PRAGMA data_version")), None)
         return int(row[0]) if row else 0
 
     # settings
 
     async def secret(self, key: str, size: int = 32) -> bytes:
         """A random secret kept across restarts (e.g. the digest nonce key)."""
-        async with self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        rows = await self._db.execute_fetchall("SELECT value FROM settings WHERE key = ?", (key,))
+        row = next(iter(rows), None)
         if row:
             return bytes(row[0])
         value = os.urandom(size)
@@ -212,26 +213,18 @@ class Store:
         await self._db.commit()
 
     async def users(self) -> list[User]:
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             "SELECT extension, name, realm, ha1_md5, ha1_sha256 FROM users ORDER BY extension"
-        ) as cur:
-            return [User(*row) for row in await cur.fetchall()]
-
-    async def user(self, extension: str) -> User | None:
-        async with self._db.execute(
-            "SELECT extension, name, realm, ha1_md5, ha1_sha256 FROM users WHERE extension = ?",
-            (extension,),
-        ) as cur:
-            row = await cur.fetchone()
-        return User(*row) if row else None
+        )
+        return [User(*row) for row in rows]
 
     # bindings
 
     async def bindings(self) -> list[Binding]:
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             f"SELECT {_BINDING_COLUMNS} FROM bindings ORDER BY aor, contact"
-        ) as cur:
-            return [_binding_from_row(row) for row in await cur.fetchall()]
+        )
+        return [_binding_from_row(row) for row in rows]
 
     async def purge_expired(self, now: float) -> int:
         cur = await self._db.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,))

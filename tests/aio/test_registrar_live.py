@@ -1,0 +1,145 @@
+"""Registrar behaviour over loopback sockets: auth corner cases, removal, qualify."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from pbx.server import Exchange
+from pbx.sip.digest import FailureThrottle
+from pbx.sip.message import Request, build_response, parse_message
+from tests.aio.test_register_flow import server_of
+from tests.support.sipclient import SipTestClient
+
+
+def md5_challenge(resp_headers: list[str]) -> str:
+    return next(v for v in resp_headers if "algorithm=MD5" in v)
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(exchange: Exchange) -> None:
+    async with SipTestClient(server_of(exchange)) as ua:
+        wrong = await ua.register("1001", "not-the-password")
+        unknown = await ua.register("1999", "whatever")
+    assert wrong.status == unknown.status == 401
+    assert [n for n, _ in wrong.headers] == [n for n, _ in unknown.headers]
+    assert wrong.reason == unknown.reason
+    assert exchange.registrar is not None
+    assert exchange.registrar.contacts("1001") == []
+
+
+async def test_stale_nonce_gets_stale_true(exchange: Exchange) -> None:
+    registrar = exchange.registrar
+    assert registrar is not None
+    async with SipTestClient(server_of(exchange)) as ua:
+        ua.send(ua.register_bytes("1001"))
+        challenge = await ua.recv()
+        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
+                                "1001", "pw1001")  # fmt: skip
+        registrar.clock = lambda: time.time() + 3600  # the nonce is now an hour old
+        ua.send(ua.register_bytes("1001", authorization=auth))
+        stale = await ua.recv()
+        assert stale.status == 401
+        assert all("stale=true" in v for v in stale.headers_named("WWW-Authenticate"))
+        again = ua.authorization(md5_challenge(stale.headers_named("WWW-Authenticate")),
+                                 "1001", "pw1001")  # fmt: skip
+        ua.send(ua.register_bytes("1001", authorization=again))
+        assert (await ua.recv()).status == 200
+
+
+async def test_replayed_credentials_are_refused(exchange: Exchange) -> None:
+    async with SipTestClient(server_of(exchange)) as ua:
+        ua.send(ua.register_bytes("1001"))
+        challenge = await ua.recv()
+        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
+                                "1001", "pw1001")  # fmt: skip
+        ua.send(ua.register_bytes("1001", authorization=auth))
+        assert (await ua.recv()).status == 200
+        ua.send(ua.register_bytes("1001", authorization=auth))  # same nc, new transaction
+        assert (await ua.recv()).status == 401
+
+
+async def test_repeated_failures_block_the_source(exchange: Exchange) -> None:
+    registrar = exchange.registrar
+    assert registrar is not None
+    registrar.throttle = FailureThrottle(limit=3, window=60, block=300)
+    async with SipTestClient(server_of(exchange)) as ua:
+        for _ in range(3):
+            assert (await ua.register("1001", "guess")).status == 401
+        ua.send(ua.register_bytes("1001"))
+        assert ua.queue.empty()
+        # Blocked: even the correct password gets no answer now.
+        ua.send(ua.register_bytes("1001"))
+        try:
+            await ua.recv(timeout=0.5)
+            answered = True
+        except TimeoutError:
+            answered = False
+        assert not answered
+    assert registrar.throttle.blocked("127.0.0.1", time.time())
+
+
+async def test_cannot_register_someone_elses_extension(exchange: Exchange) -> None:
+    async with SipTestClient(server_of(exchange)) as ua:
+        ua.send(ua.register_bytes("1001"))
+        challenge = await ua.recv()
+        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
+                                "1002", "pw1002")  # fmt: skip
+        ua.send(ua.register_bytes("1001", authorization=auth))
+        assert (await ua.recv()).status == 403
+
+
+async def test_unregister_removes_binding_from_memory_and_database(exchange: Exchange) -> None:
+    assert exchange.registrar is not None and exchange.store is not None
+    async with SipTestClient(server_of(exchange)) as ua:
+        assert (await ua.register("1001", "pw1001")).status == 200
+        assert len(await exchange.store.bindings()) == 1
+        gone = await ua.register("1001", "pw1001", expires=0)
+        assert gone.status == 200
+        assert gone.headers_named("Contact") == []
+    assert exchange.registrar.contacts("1001") == []
+    assert await exchange.store.bindings() == []
+
+
+async def test_options_lists_capabilities(exchange: Exchange) -> None:
+    async with SipTestClient(server_of(exchange)) as ua:
+        host, port = ua.server
+        ua.send(
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {ua.local[0]}:{ua.local[1]};branch=z9hG4bKopt1\r\n"
+            f"From: <sip:probe@{host}>;tag=1\r\nTo: <sip:{host}>\r\nCall-ID: opt1\r\n"
+            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        resp = await ua.recv()
+    assert resp.status == 200
+    assert "REGISTER" in (resp.header("Allow") or "")
+    assert resp.header("Accept") == "application/sdp"
+    assert resp.header("Supported") is not None
+
+
+async def test_qualify_marks_reachable_then_unreachable(exchange: Exchange) -> None:
+    registrar = exchange.registrar
+    assert registrar is not None and exchange.store is not None
+    exchange.config = dataclasses.replace(
+        exchange.config,
+        registrar=dataclasses.replace(exchange.config.registrar, qualify_timeout=0.5),
+    )
+    ua = await SipTestClient(server_of(exchange)).open()
+    try:
+        assert (await ua.register("1001", "pw1001")).status == 200
+        [binding] = registrar.contacts("1001")
+        pending = asyncio.ensure_future(exchange.qualify(binding))
+        ping = parse_message(await ua.recv_raw())
+        assert isinstance(ping, Request)
+        assert ping.method == "OPTIONS"
+        ua.send(build_response(ping, 200).encode())
+        assert await pending is True
+        [updated] = registrar.contacts("1001")
+        assert updated.reachable is True
+        assert updated.rtt_ms is not None
+    finally:
+        await ua.close()
+    assert await exchange.qualify(registrar.contacts("1001")[0]) is False
+    assert registrar.contacts("1001")[0].reachable is False
+    [stored] = await exchange.store.bindings()
+    assert stored.reachable is False
