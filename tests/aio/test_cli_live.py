@@ -1,0 +1,81 @@
+"""The operator contract: CLI user management against a running `pbx serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support.pbxproc import PbxProcess
+from tests.support.sipclient import SipTestClient
+
+REFRESH_DEADLINE = 10.0  # the server re-reads users within ~1 s of a CLI change
+
+
+async def register_until(proc: PbxProcess, user: str, password: str, status: int) -> int:
+    """Register repeatedly (bounded) until the answer is `status`; returns the last status."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REFRESH_DEADLINE
+    got = 0
+    while loop.time() < deadline:
+        async with SipTestClient(("127.0.0.1", proc.port)) as ua:
+            got = (await ua.register(user, password)).status
+        if got == status:
+            return got
+        await asyncio.sleep(0.2)
+    return got
+
+
+async def test_user_add_passwd_remove_while_running(pbx_proc: PbxProcess) -> None:
+    pbx_proc.start()
+    pbx_proc.cli("user", "add", "1001", "--password", "first", "--name", "Reception")
+    assert await register_until(pbx_proc, "1001", "first", 200) == 200
+    [row] = pbx_proc.cli_json("registrations")
+    assert row["aor"] == "1001"
+    assert row["transport"] == "udp"
+    assert row["user_agent"] == "pbx-tests"
+    assert row["source"].startswith("127.0.0.1:")
+    assert 0 < row["expires_in"] <= 300
+    assert row["contact"].startswith("sip:1001@127.0.0.1:")
+
+    pbx_proc.cli("user", "passwd", "1001", "--password", "second")
+    assert await register_until(pbx_proc, "1001", "first", 401) == 401
+    assert await register_until(pbx_proc, "1001", "second", 200) == 200
+
+    users = pbx_proc.cli_json("user", "list")
+    assert users == [{"extension": "1001", "name": "Reception", "realm": "pbx"}]
+
+    pbx_proc.cli("user", "remove", "1001")
+    assert pbx_proc.cli_json("registrations") == []
+    assert await register_until(pbx_proc, "1001", "second", 401) == 401
+
+
+def test_cli_errors_are_clear(pbx_proc: PbxProcess) -> None:
+    pbx_proc.add_user("1001", "pw")
+    dup = pbx_proc.cli("user", "add", "1001", "--password", "pw", check=False)
+    assert dup.returncode != 0
+    assert "already exists" in dup.stderr
+    missing = pbx_proc.cli("user", "remove", "1999", check=False)
+    assert missing.returncode != 0
+    assert "no user 1999" in missing.stderr
+    bad = pbx_proc.cli("user", "add", "10 01", "--password", "pw", check=False)
+    assert bad.returncode != 0
+
+
+def test_generated_password_is_printed_once(pbx_proc: PbxProcess) -> None:
+    out = pbx_proc.cli("user", "add", "1005").stdout.split()
+    assert out[0] == "1005"
+    assert len(out[1]) >= 12
+
+
+def test_broken_config_stops_startup_with_key_and_line(pbx_proc: PbxProcess) -> None:
+    text = pbx_proc.config.read_text().replace("[rtp]", "[rtp]\nport_rnage = [1, 2]")
+    pbx_proc.config.write_text(text)
+    result = pbx_proc.cli("serve", check=False)
+    assert result.returncode != 0
+    assert "rtp.port_rnage" in result.stderr
+    assert "line" in result.stderr
+
+
+def test_sigterm_stops_cleanly(pbx_proc: PbxProcess) -> None:
+    pbx_proc.start()
+    assert pbx_proc.stop() == 0
+    assert any("stopped" in line for line in pbx_proc.log)
