@@ -20,6 +20,7 @@ from pbx.sip.digest import ha1
 from pbx.store import Binding, Store, User
 
 T = TypeVar("T")
+_PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
 def _run(work: Callable[[Store], Awaitable[T]], config: Config) -> T:
@@ -131,7 +132,8 @@ def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> 
     """Add a user that phones register as."""
     _check_extension(extension)
     generated = password is None
-    password = password or secrets.token_urlsafe(9)
+    # Letters and digits only: easy to type on a desk phone's keypad, never starts with '-'.
+    password = password or "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(14))
     record = _user_record(ctx.config, extension, name, password)
     try:
         _run(lambda s: s.add_user(record, time.time()), ctx.config)
