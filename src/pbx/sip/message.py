@@ -9,6 +9,7 @@ Max-Forwards) are also parsed into typed fields once, when the message is built.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -395,17 +396,9 @@ def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
     return data, b"", False
 
 
-def _head_lines(head: str) -> list[str]:
-    lines: list[str] = []
-    for raw in head.split("\n"):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        if line[:1] in (" ", "\t"):
-            if not lines:
-                raise RemoteProtocolError("message starts with a continuation line")
-            lines[-1] = lines[-1].rstrip() + " " + line.strip()
-        else:
-            lines.append(line)
-    return lines
+# RFC 3261 §7.3.1: a continuation line starts with whitespace and joins the previous line.
+_FOLD = re.compile(r"[ \t]*\r?\n[ \t]+")
+_HEADER_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*?)[ \t\r]*")
 
 
 def content_length(headers: Headers) -> int | None:
@@ -428,17 +421,24 @@ def parse_head(head: bytes) -> tuple[str, Headers]:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError("message header is not UTF-8") from None
-    lines = _head_lines(text.lstrip("\r\n"))
-    start = lines[0]
+    text = text.lstrip("\r\n")
+    if text[:1] in (" ", "\t"):
+        raise RemoteProtocolError("message starts with whitespace")
+    if "\n " in text or "\n\t" in text:
+        text = _FOLD.sub(" ", text)
+    lines = text.split("\n")
+    start = lines[0].removesuffix("\r")
     headers: list[tuple[str, str]] = []
+    match = _HEADER_LINE.fullmatch
+    canonical = _CANONICAL.get
     for line in lines[1:]:
-        if not line:
-            continue
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not is_token(name):
+        found = match(line)
+        if found is None:
+            if line in ("", "\r"):
+                continue
             raise RemoteProtocolError(f"bad header line {line[:60]!r}")
-        headers.append((canonical_name(name), value.strip()))
+        name, value = found.groups()
+        headers.append((canonical(name.lower(), name), value))
     return start, tuple(headers)
 
 

@@ -8,6 +8,7 @@ bracketed `received`). Every failure is a `RemoteProtocolError`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -15,18 +16,20 @@ from pbx.errors import RemoteProtocolError
 
 Params = tuple[tuple[str, str | None], ...]
 
-TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
-# RFC 3261 §25.1: characters a URI may carry unescaped (user, params and headers together).
-_URI_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()%&=+$,;?/:@[]"
-)
+# Character classes as compiled regexes: this runs for every message, and one regex match
+# costs a fraction of a per-character generator.
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_HOST = re.compile(r"[A-Za-z0-9\-._]+")
+_IPV6_REFERENCE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+# RFC 3261 §25.1: characters a URI may carry unescaped (user, params and headers together);
+# non-ASCII is tolerated.
+_URI_BAD_CHAR = re.compile(r"[^A-Za-z0-9\-_.!~*'()%&=+$,;?/:@\[\]\x80-\U0010ffff]")
 
 
 def is_token(text: str) -> bool:
     """RFC 3261 §25.1 `token`."""
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return _TOKEN.fullmatch(text) is not None
 
 
 def split_params(text: str) -> Params:
@@ -107,13 +110,10 @@ def parse_host(text: str) -> str:
     if not text:
         raise RemoteProtocolError("empty host")
     if text[0] == "[":
-        if text[-1] != "]":
-            raise RemoteProtocolError(f"bad IPv6 reference {text!r}")
-        inner = text[1:-1]
-        if not inner or any(c not in "0123456789abcdefABCDEF:." for c in inner):
+        if _IPV6_REFERENCE.fullmatch(text) is None:
             raise RemoteProtocolError(f"bad IPv6 reference {text!r}")
         return text
-    if any(c not in _HOST_CHARS for c in text):
+    if _HOST.fullmatch(text) is None:
         raise RemoteProtocolError(f"bad host {text!r}")
     return text
 
@@ -241,14 +241,9 @@ Uri = SipUri | TelUri | AbsoluteUri
 def parse_uri(text: str) -> Uri:
     """Parse a URI. sip/sips/tel are fully parsed; other schemes are checked and kept."""
     scheme, colon, rest = text.partition(":")
-    if (
-        not colon
-        or not scheme
-        or not scheme[0].isalpha()
-        or any(c not in _SCHEME_CHARS for c in scheme)
-    ):
+    if not colon or _SCHEME.fullmatch(scheme) is None:
         raise RemoteProtocolError(f"bad URI {text!r}")
-    if any(c not in _URI_CHARS and c < "\x80" for c in rest):
+    if _URI_BAD_CHAR.search(rest) is not None:
         raise RemoteProtocolError(f"bad character in URI {text!r}")
     lscheme = scheme.lower()
     if lscheme in ("sip", "sips"):
