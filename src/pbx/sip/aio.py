@@ -21,7 +21,7 @@ from typing import Any
 from pbx.config import ListenAddress
 from pbx.errors import RemoteProtocolError, SipStatus, TransactionTimeout, TransportError
 from pbx.sip.framing import Ping, StreamFramer
-from pbx.sip.message import Method, Request, Response, build_response, parse_message
+from pbx.sip.message import Method, Request, Response, Via, build_response, parse_message
 from pbx.sip.transaction import (
     Action,
     Deliver,
@@ -277,7 +277,7 @@ class SipEndpoint:
             self._run_server(key, txn, txn.core.on_request(now))
             return
         core = NonInviteServer(now, self.timers, reliable=peer.reliable)
-        self._server_txns[key] = _ServerTxn(core, peer)
+        self._server_txns[key] = _ServerTxn(core, response_peer(request.vias[0], peer))
         try:
             self.on_request(request, peer)
         except Exception:
@@ -405,6 +405,18 @@ class SipEndpoint:
     def _tcp_closed(self, conn: _TcpConnection) -> None:
         if conn.remote is not None and self._tcp.get(conn.remote) is conn:
             del self._tcp[conn.remote]
+
+
+def response_peer(via: Via, peer: Peer) -> Peer:
+    """Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4).
+
+    Over a stream, back on the same connection. Over UDP, to the source address and port
+    when the Via asks for rport; otherwise to the source address and the port in the Via
+    (5060 if none), since such a UA listens where its Via says.
+    """
+    if peer.reliable or via.wants_rport or via.port == peer.port:
+        return peer
+    return Peer(peer.transport, peer.host, via.port or 5060, peer.local)
 
 
 def _server_key(request: Request) -> tuple[str, str, str]:
