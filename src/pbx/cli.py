@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pbx import __version__
+from pbx import __version__, control
 from pbx.config import Config, load
 from pbx.errors import PbxError
 from pbx.sip.digest import ha1
@@ -227,6 +227,28 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@pass_ctx
+def status(ctx: _Context, as_json: bool) -> None:
+    """Live state of the running server: listeners, counters, registrations."""
+    try:
+        result = control.call(ctx.config.control_socket, "status")
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"pbx {result['version']} pid {result['pid']}, up {result['uptime']} s")
+    click.echo("listening: " + ", ".join(result["listen"]))
+    click.echo(
+        f"users: {result['users']}, bindings: {result['bindings']} "
+        f"({result['reachable']} reachable)"
+    )
+    for key, value in result["sip"].items():
+        click.echo(f"sip.{key}: {value}")
 
 
 @main.command("check-config")

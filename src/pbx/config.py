@@ -104,6 +104,10 @@ class Config:
         return self.data_dir / "pbx.sqlite3"
 
     @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "pbx.sock"
+
+    @property
     def realm(self) -> str:
         return self.auth.realm or self.sip.domain or "pbx"
 

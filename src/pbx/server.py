@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
+from typing import Any
 
+from pbx import __version__
 from pbx.config import Config, ListenAddress
+from pbx.control import ControlServer
 from pbx.errors import PbxError, SipStatus, TransactionTimeout, TransportError
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
@@ -45,6 +50,8 @@ class Exchange:
         )
         self.registrar: Registrar | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+        self.control = ControlServer(config.control_socket, {"status": self._status})
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +72,7 @@ class Exchange:
         except PbxError:
             await self.store.close()
             raise
+        await self.control.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.registrar.qualify_interval > 0:
             self._tasks.append(asyncio.create_task(self._qualify_loop()))
@@ -76,10 +84,25 @@ class Exchange:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.control.stop()
         await self.endpoint.stop()
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+    async def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        registrar = self.registrar
+        bindings = list(registrar.all_bindings()) if registrar else []
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started_at, 1),
+            "listen": [str(a) for a in self.endpoint.bound.values()],
+            "users": len(registrar.users) if registrar else 0,
+            "bindings": len(bindings),
+            "reachable": sum(1 for b in bindings if b.reachable),
+            "sip": dataclasses.asdict(self.endpoint.stats),
+        }
 
     # requests
 

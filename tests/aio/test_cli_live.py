@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from tests.support.pbxproc import PbxProcess
 from tests.support.sipclient import SipTestClient
@@ -79,3 +80,28 @@ def test_sigterm_stops_cleanly(pbx_proc: PbxProcess) -> None:
     pbx_proc.start()
     assert pbx_proc.stop() == 0
     assert any("stopped" in line for line in pbx_proc.log)
+
+
+def test_status_reports_live_counters(pbx_proc: PbxProcess) -> None:
+    import socket
+
+    pbx_proc.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"\xff\xfe garbage that is no SIP at all", ("127.0.0.1", pbx_proc.port))
+        sock.sendto(
+            b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKs\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: st\r\n"
+            b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            ("127.0.0.1", pbx_proc.port),
+        )
+        sock.settimeout(5)
+        # Datagrams are handled in order: the OPTIONS answer means the garbage was counted.
+        assert sock.recv(65536).startswith(b"SIP/2.0 200 ")
+    status = json.loads(pbx_proc.cli("status", "--json").stdout)
+    assert status["sip"]["malformed"] == 1
+    assert status["sip"]["requests"] >= 1
+    assert status["listen"] == [f"udp:127.0.0.1:{pbx_proc.port}", f"tcp:127.0.0.1:{pbx_proc.port}"]
+    pbx_proc.stop()
+    stopped = pbx_proc.cli("status", check=False)
+    assert stopped.returncode != 0
+    assert "not running" in stopped.stderr
