@@ -9,10 +9,23 @@ import pytest
 
 from pbx import config as pbx_config
 from pbx.server import Exchange
+from pbx.sip.digest import ha1
+from pbx.store import User
 from tests.support.pbxproc import PbxProcess, make_pbx, write_config
 from tests.support.ports import free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+async def add_users(ex: Exchange, passwords: dict[str, str]) -> None:
+    """Create users in a started in-process exchange and make its registrar see them."""
+    assert ex.store is not None
+    assert ex.registrar is not None
+    realm = ex.config.realm
+    for ext, pw in passwords.items():
+        md5, sha256 = ha1("MD5", ext, realm, pw), ha1("SHA-256", ext, realm, pw)
+        await ex.store.add_user(User(ext, "", realm, md5, sha256), 0)
+    await ex.registrar.refresh_users(force=True)
 
 
 @pytest.fixture
@@ -30,17 +43,6 @@ async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
     path = write_config(tmp_path, port, "[registrar]\nqualify_interval = 0\n")
     ex = Exchange(pbx_config.load(path))
     await ex.start()
-    assert ex.store is not None
-    from pbx.sip.digest import ha1
-    from pbx.store import User
-
-    for ext in ("1001", "1002"):
-        pw = "pw" + ext
-        realm = ex.config.realm
-        await ex.store.add_user(
-            User(ext, "", realm, ha1("MD5", ext, realm, pw), ha1("SHA-256", ext, realm, pw)), 0
-        )
-    assert ex.registrar is not None
-    await ex.registrar.refresh_users(force=True)
+    await add_users(ex, {"1001": "pw1001", "1002": "pw1002"})
     yield ex
     await ex.stop()

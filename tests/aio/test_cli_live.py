@@ -89,7 +89,8 @@ def test_status_reports_live_counters(pbx_proc: PbxProcess) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(b"\xff\xfe garbage that is no SIP at all", ("127.0.0.1", pbx_proc.port))
         sock.sendto(
-            b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKs;rport\r\n"
+            b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKs;rport\r\n"
             b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: st\r\n"
             b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             ("127.0.0.1", pbx_proc.port),

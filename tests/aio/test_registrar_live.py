@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from pathlib import Path
 
+from pbx import config as pbx_config
 from pbx.server import Exchange
 from pbx.sip.digest import FailureThrottle
 from pbx.sip.message import Request, build_response, parse_message
 from tests.aio.test_register_flow import server_of
+from tests.conftest import add_users
+from tests.support.pbxproc import write_config
+from tests.support.ports import free_port
 from tests.support.sipclient import SipTestClient
 
 
@@ -143,3 +148,34 @@ async def test_qualify_marks_reachable_then_unreachable(exchange: Exchange) -> N
     assert registrar.contacts("1001")[0].reachable is False
     [stored] = await exchange.store.bindings()
     assert stored.reachable is False
+
+
+async def test_expired_bindings_are_purged(exchange: Exchange) -> None:
+    registrar = exchange.registrar
+    assert registrar is not None and exchange.store is not None
+    async with SipTestClient(server_of(exchange)) as ua:
+        assert (await ua.register("1001", "pw1001", expires=60)).status == 200
+    registrar.clock = lambda: time.time() + 61
+    assert registrar.contacts("1001") == []  # expired bindings are never routed to
+    await registrar.purge()
+    assert list(registrar.all_bindings()) == []
+    assert await exchange.store.bindings() == []
+
+
+async def test_register_over_ipv6_loopback(tmp_path: Path) -> None:
+    port = free_port("::1")
+    path = write_config(tmp_path, port, "[registrar]\nqualify_interval = 0\n", host="::1")
+    ex = Exchange(pbx_config.load(path))
+    await ex.start()
+    try:
+        await add_users(ex, {"1001": "pw"})
+        assert ex.registrar is not None
+        for transport in ("udp", "tcp"):
+            async with SipTestClient(("::1", port), transport, local=("::1", 0)) as ua:
+                ok = await ua.register("1001", "pw", contact=f"<sip:1001@[::1]:{ua.local[1]}>")
+                assert ok.status == 200
+        sources = sorted(b.source for b in ex.registrar.contacts("1001"))
+        assert all(s.startswith("[::1]:") for s in sources)
+        assert len(sources) == 2
+    finally:
+        await ex.stop()

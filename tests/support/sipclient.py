@@ -21,6 +21,10 @@ def _challenge_fields(value: str) -> dict[str, str]:
     return fields
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, queue: asyncio.Queue[bytes]) -> None:
         self.queue = queue
@@ -107,8 +111,8 @@ class SipTestClient:
         extra: tuple[str, ...] = (),
     ) -> bytes:
         self.cseq += 1
-        host, port = self.server
-        lhost, lport = self.local
+        host, port = _bracket(self.server[0]), self.server[1]
+        lhost, lport = _bracket(self.local[0]), self.local[1]
         contact = contact or f"<sip:{user}@{lhost}:{lport};transport={self.transport}>"
         lines = [
             f"REGISTER sip:{host}:{port} SIP/2.0",
@@ -135,7 +139,7 @@ class SipTestClient:
     ) -> str:
         fields = _challenge_fields(challenge)
         algorithm = fields.get("algorithm", "MD5")
-        uri = f"sip:{self.server[0]}:{self.server[1]}"
+        uri = f"sip:{_bracket(self.server[0])}:{self.server[1]}"
         self.nc += 1
         nc = f"{self.nc:08x}"
         cnonce = os.urandom(4).hex()
