@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pbx.errors import RemoteProtocolError
-from pbx.sip.uri import split_outside_quotes
 
 ALGORITHMS: dict[str, Callable[[bytes], str]] = {
     "MD5": lambda data: hashlib.md5(data).hexdigest(),
@@ -47,19 +47,19 @@ class Credentials:
     opaque: str | None = None
 
 
+# RFC 7616 §3.4 auth-param: name = token / quoted-string (quoted-pairs allowed inside).
+_AUTH_PARAM = re.compile(r'([A-Za-z0-9_\-]+)\s*=\s*(?:("(?:[^"\\]|\\.)*")|([^\s,"]*))')
+
+
 def parse_credentials(value: str) -> Credentials:
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "digest":
         raise RemoteProtocolError(f"unsupported authorization scheme {scheme!r}")
     fields: dict[str, str] = {}
-    for item in split_outside_quotes(rest, ","):
-        name, eq, val = item.partition("=")
-        if not eq:
-            continue
-        val = val.strip()
-        if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
-            val = val[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        fields[name.strip().lower()] = val
+    for name, quoted, token in _AUTH_PARAM.findall(rest):
+        fields[name.lower()] = (
+            quoted[1:-1].replace('\\"', '"').replace("\\\\", "\\") if quoted else token
+        )
     try:
         return Credentials(
             username=fields["username"],
