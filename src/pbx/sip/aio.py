@@ -265,7 +265,9 @@ class SipEndpoint:
 
     def _incoming_request(self, request: Request, peer: Peer) -> None:
         via = request.vias[0]
-        request = request.with_top_via(via.with_received(peer.host, peer.port))
+        received = via.with_received(peer.host, peer.port)
+        if received != via:
+            request = request.with_top_via(received)
         if request.method == Method.ACK:
             self.on_request(request, peer)  # ACKs have no transaction of their own here
             return

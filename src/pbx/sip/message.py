@@ -257,18 +257,25 @@ class _Message:
 
     def header(self, name: str) -> str | None:
         """The first value of a header (by canonical or any-case name), or None."""
-        canon = canonical_name(name)
-        lname = canon.lower()
+        canon = _CANONICAL.get(name.lower())
+        if canon is not None:  # known names are stored canonical: no case folding needed
+            for n, v in self.headers:
+                if n == canon:
+                    return v
+            return None
+        lname = name.lower()
         for n, v in self.headers:
-            if n == canon or n.lower() == lname:
+            if n.lower() == lname:
                 return v
         return None
 
     def headers_named(self, name: str) -> list[str]:
         """Every occurrence of a header, each as written (not comma-split)."""
-        canon = canonical_name(name)
-        lname = canon.lower()
-        return [v for n, v in self.headers if n == canon or n.lower() == lname]
+        canon = _CANONICAL.get(name.lower())
+        if canon is not None:
+            return [v for n, v in self.headers if n == canon]
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
 
     def list_values(self, name: str) -> list[str]:
         """All elements of a list header across occurrences (RFC 3261 §7.3.1)."""
