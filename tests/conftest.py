@@ -14,8 +14,6 @@ from pbx.store import User
 from tests.support.pbxproc import PbxProcess, make_pbx, write_config
 from tests.support.ports import free_port
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 async def add_users(ex: Exchange, passwords: dict[str, str]) -> None:
     """Create users in a started in-process exchange and make its registrar see them."""

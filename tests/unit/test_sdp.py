@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -22,8 +21,9 @@ from pbx.sip.sdp import (
     Timing,
     parse_sdp,
 )
+from tests.support.shared import TORTURE
 
-RFC5118 = Path(__file__).resolve().parents[3] / "shared" / "sip-torture" / "rfc5118"
+RFC5118 = TORTURE / "rfc5118"
 
 
 def sdp(text: str) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,9 @@ import pytest
 from pbx.errors import RemoteProtocolError, SipStatus
 from pbx.sip.message import Request, Response, parse_contacts, parse_message
 from pbx.sip.uri import SipUri
+from tests.support.shared import TORTURE
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "sip-torture"
+CORPUS = TORTURE
 INDEX: list[dict[str, Any]] = json.loads((CORPUS / "index.json").read_text())
 BY_NAME = {e["name"]: e for e in INDEX}
 
