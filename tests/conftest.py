@@ -38,7 +38,11 @@ def pbx_proc(tmp_path: Path) -> Iterator[PbxProcess]:
 async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
     """An in-process exchange on free loopback ports, users 1001 (pw1001) and 1002."""
     port = free_port()
-    path = write_config(tmp_path, port, "[registrar]\nqualify_interval = 0\n")
+    path = write_config(
+        tmp_path,
+        port,
+        '[registrar]\nqualify_interval = 0\n[auth]\nalgorithms = ["MD5", "SHA-256"]\n',
+    )
     ex = Exchange(pbx_config.load(path))
     await ex.start()
     await add_users(ex, {"1001": "pw1001", "1002": "pw1002"})

@@ -24,6 +24,8 @@ _PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
 def _run(work: Callable[[Store], Awaitable[T]], config: Config) -> T:
+    """Run one piece of database work; a PbxError becomes a clear message and exit code 1."""
+
     async def main() -> T:
         store = await Store.open(config.database)
         try:
@@ -31,7 +33,10 @@ def _run(work: Callable[[Store], Awaitable[T]], config: Config) -> T:
         finally:
             await store.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 class _Context:
@@ -135,10 +140,7 @@ def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> 
     # Letters and digits only: easy to type on a desk phone's keypad, never starts with '-'.
     password = password or "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(14))
     record = _user_record(ctx.config, extension, name, password)
-    try:
-        _run(lambda s: s.add_user(record, time.time()), ctx.config)
-    except PbxError as exc:
-        raise click.ClickException(str(exc)) from None
+    _run(lambda s: s.add_user(record, time.time()), ctx.config)
     if generated:
         click.echo(f"{extension}\t{password}")
     else:
@@ -152,13 +154,10 @@ def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> 
 def user_passwd(ctx: _Context, extension: str, password: str) -> None:
     """Change a user's password."""
     record = _user_record(ctx.config, extension, "", password)
-    try:
-        _run(
-            lambda s: s.update_password(extension, record.realm, record.ha1_md5, record.ha1_sha256),
-            ctx.config,
-        )
-    except PbxError as exc:
-        raise click.ClickException(str(exc)) from None
+    _run(
+        lambda s: s.update_password(extension, record.realm, record.ha1_md5, record.ha1_sha256),
+        ctx.config,
+    )
     click.echo(f"password of {extension} changed")
 
 
@@ -167,10 +166,7 @@ def user_passwd(ctx: _Context, extension: str, password: str) -> None:
 @pass_ctx
 def user_remove(ctx: _Context, extension: str) -> None:
     """Remove a user and its registrations."""
-    try:
-        _run(lambda s: s.remove_user(extension), ctx.config)
-    except PbxError as exc:
-        raise click.ClickException(str(exc)) from None
+    _run(lambda s: s.remove_user(extension), ctx.config)
     click.echo(f"removed {extension}")
 
 

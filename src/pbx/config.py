@@ -72,16 +72,20 @@ class RegistrarConfig:
 class AuthConfig:
     realm: str = ""
     """Digest realm; defaults to sip.domain, else "pbx". Changing it invalidates passwords."""
-    algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    algorithms: tuple[str, ...] = ("MD5",)
     """Offered digest algorithms, one challenge each, in this order (RFC 8760).
 
-    MD5 comes first by default because many user agents (SIPp 3.6, older desk phones)
-    answer only the first challenge and know nothing but MD5; RFC 8760 lets the server
-    choose the order. Sites whose phones all do SHA-256 can put it first, or alone."""
+    MD5 alone by default: many user agents know nothing else, and some refuse a 401 that
+    offers anything more (baresip 1.0/libre abandons it; SIPp 3.6 answers only the first
+    challenge). Sites whose phones all do SHA-256 write ["SHA-256", "MD5"] or ["SHA-256"]."""
     nonce_ttl: float = 300.0
     """Seconds a nonce stays valid; older ones get stale=true."""
     max_failures: int = 10
-    """Failed authentications from one source within failure_window before it is blocked."""
+    """Failed authentications for one user from one address within failure_window before
+    that user is blocked from that address."""
+    max_source_failures: int = 50
+    """Failed authentications from one address, all users together, before the address is
+    blocked altogether (extension scans)."""
     failure_window: float = 60.0
     block_seconds: float = 300.0
     """How long a blocked source is ignored."""
@@ -239,6 +243,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "algorithms": _algorithms,
             "nonce_ttl": _positive(float),
             "max_failures": _positive(int),
+            "max_source_failures": _positive(int),
             "failure_window": _positive(float),
             "block_seconds": _positive(float),
         },

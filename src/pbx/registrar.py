@@ -20,7 +20,7 @@ from pbx.errors import RemoteProtocolError, SipStatus
 from pbx.sip.aio import Peer
 from pbx.sip.digest import DigestAuthenticator, FailureThrottle, Verdict, parse_credentials
 from pbx.sip.message import Request, Response, build_response, new_tag, parse_contacts
-from pbx.sip.uri import NameAddr, SipUri, unescape
+from pbx.sip.uri import NameAddr, SipUri, is_digits, unescape
 from pbx.store import Binding, Store, User
 
 log = logging.getLogger("pbx.registrar")
@@ -47,7 +47,7 @@ def _expires_header(request: Request, default: int) -> int:
     if value is None:
         return default
     value = value.strip()
-    if not value.isdigit():
+    if not is_digits(value):
         raise RemoteProtocolError(f"bad Expires {value!r}")
     # RFC 4475 scalar02: an overlarge expiry is treated as the default.
     return int(value) if len(value) <= 10 and int(value) <= 2**32 - 1 else default
@@ -57,7 +57,7 @@ def _contact_expires(contact: NameAddr, header: int, default: int) -> int:
     value = contact.param("expires")
     if value is None:
         return header
-    if not value.isdigit():
+    if not is_digits(value):
         raise RemoteProtocolError(f"bad expires parameter {value!r}")
     return int(value) if len(value) <= 10 else default
 
@@ -182,7 +182,13 @@ class Registrar:
         self.user_agent = user_agent
         self.clock = clock
         self.authenticator = DigestAuthenticator(realm, secret, auth.algorithms, auth.nonce_ttl)
+        # Per address and user: one phone with a wrong password (which answers every new
+        # challenge at once) locks out only itself, not the whole office behind one NAT.
         self.throttle = FailureThrottle(auth.max_failures, auth.failure_window, auth.block_seconds)
+        # Per address, all users: a scan over many extensions is stopped too.
+        self.source_throttle = FailureThrottle(
+            auth.max_source_failures, auth.failure_window, auth.block_seconds
+        )
         self.location: dict[str, dict[str, Binding]] = {}
         self.users: dict[str, User] = {}
         self._users_version = -1
@@ -255,7 +261,7 @@ class Registrar:
     def handle(self, request: Request, peer: Peer) -> None:
         now = self.clock()
         source = peer.host
-        if self.throttle.blocked(source, now):
+        if self.source_throttle.blocked(source, now):
             return  # a blocked source learns nothing, not even that we are here
         header = request.header("Authorization")
         if header is None:
@@ -266,6 +272,9 @@ class Registrar:
         except RemoteProtocolError:
             self._challenge(request, now, stale=False)
             return
+        key = f"{source} {creds.username}"
+        if self.throttle.blocked(key, now):
+            return
         user = self.users.get(creds.username)
         verdict = self.authenticator.verify(
             creds, request.method, user.ha1 if user else lambda _a: None, now
@@ -274,18 +283,10 @@ class Registrar:
             self._challenge(request, now, stale=True)
             return
         if verdict is Verdict.FAILED:
-            if self.throttle.failure(source, now):
-                security.warning(
-                    "blocking %s for %.0f s after repeated failed authentication (last user %r)",
-                    source,
-                    self.throttle.block,
-                    creds.username,
-                )
-            else:
-                security.info("failed authentication for %r from %s", creds.username, peer)
+            self._failed(key, source, creds.username, peer, now)
             self._challenge(request, now, stale=False)
             return
-        self.throttle.success(source)
+        self.throttle.success(key)
         assert user is not None
         try:
             aor = aor_of(request)
@@ -308,6 +309,20 @@ class Registrar:
             self.respond(request, outcome.response)
             return
         self._commit(request, aor, outcome)
+
+    def _failed(self, key: str, source: str, username: str, peer: Peer, now: float) -> None:
+        if self.throttle.failure(key, now):
+            security.warning(
+                "blocking %s for user %r for %.0f s after repeated failed authentication",
+                source, username, self.throttle.block,
+            )  # fmt: skip
+        elif self.source_throttle.failure(source, now):
+            security.warning(
+                "blocking %s for %.0f s after failed authentication for many users (last %r)",
+                source, self.source_throttle.block, username,
+            )  # fmt: skip
+        else:
+            security.info("failed authentication for %r from %s", username, peer)
 
     def _commit(self, request: Request, aor: str, outcome: RegisterOutcome) -> None:
         waits: list[asyncio.Future[None]] = []

@@ -57,23 +57,26 @@ class Exchange:
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await Store.open(self.config.database)
-        secret = await self.store.secret("digest-nonce-key")
-        self.registrar = Registrar(
-            self.store,
-            self.config.registrar,
-            self.config.auth,
-            self.config.realm,
-            secret,
-            self.endpoint.respond,
-            self.config.sip.user_agent,
-        )
-        await self.registrar.load()
         try:
+            secret = await self.store.secret("digest-nonce-key")
+            self.registrar = Registrar(
+                self.store,
+                self.config.registrar,
+                self.config.auth,
+                self.config.realm,
+                secret,
+                self.endpoint.respond,
+                self.config.sip.user_agent,
+            )
+            await self.registrar.load()
             await self.endpoint.start()
-        except PbxError:
+            await self.control.start()
+        except BaseException:
+            # A start that fails half-way releases what it took, so the process can exit.
+            await self.endpoint.stop()
             await self.store.close()
+            self.store = None
             raise
-        await self.control.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.registrar.qualify_interval > 0:
             self._tasks.append(asyncio.create_task(self._qualify_loop()))

@@ -132,27 +132,48 @@ class Store:
             db = await aiosqlite.connect(path, timeout=10.0)
         except Exception as exc:  # sqlite3.Error, OSError
             raise StoreError(f"cannot open database {path}: {exc}") from exc
-        await db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a process crash (kill -9) loses nothing committed; only a
-        # power cut may lose the last commits.
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=10000")
         store = cls(db, path)
-        await store._migrate()
+        try:
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a process crash (kill -9) loses nothing committed; only a
+            # power cut may lose the last commits.
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await store._migrate()
+        except BaseException as exc:
+            # Close the connection, or its thread keeps a failed process alive.
+            await db.close()
+            if isinstance(exc, StoreError):
+                raise
+            if isinstance(exc, Exception):
+                raise StoreError(f"cannot open database {path}: {exc}") from exc
+            raise
         return store
 
     async def _migrate(self) -> None:
-        row = next(iter(await self._db.execute_fetchall("PRAGMA user_version")), None)
-        version = int(row[0]) if row else 0
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"database schema {version} is newer than this pbx understands "
-                f"({len(MIGRATIONS)}); upgrade pbx"
-            )
-        for number, script in enumerate(MIGRATIONS[version:], version + 1):
-            await self._db.executescript(
-                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
-            )
+        """Bring the schema up to date, once, even when several processes start together.
+
+        The version is read inside an IMMEDIATE transaction, so a second process waits for
+        the first one's migration and then finds nothing left to do.
+        """
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = next(iter(await self._db.execute_fetchall("PRAGMA user_version")), None)
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"database schema {version} is newer than this pbx understands "
+                    f"({len(MIGRATIONS)}); upgrade pbx"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number}")
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
 
     async def close(self) -> None:
         if self._flusher is not None:

@@ -106,3 +106,46 @@ def test_status_reports_live_counters(pbx_proc: PbxProcess) -> None:
     stopped = pbx_proc.cli("status", check=False)
     assert stopped.returncode != 0
     assert "not running" in stopped.stderr
+
+
+def test_port_in_use_fails_fast_and_clearly(pbx_proc: PbxProcess) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        taken.bind(("127.0.0.1", pbx_proc.port))
+        taken.listen()
+        result = pbx_proc.cli("serve", check=False)  # bounded by cli()'s timeout
+    assert result.returncode == 1
+    assert f"cannot listen on tcp:127.0.0.1:{pbx_proc.port}" in result.stderr
+
+
+def test_newer_schema_is_refused_without_hanging(pbx_proc: PbxProcess) -> None:
+    import sqlite3
+
+    pbx_proc.add_user("1001", "pw")
+    database = pbx_proc.config.parent / "data" / "pbx.sqlite3"
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA user_version = 99")
+    for command in (["user", "list"], ["serve"]):
+        result = pbx_proc.cli(*command, check=False)
+        assert result.returncode == 1
+        assert "newer than this pbx understands" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_concurrent_first_use_of_a_new_database(pbx_proc: PbxProcess) -> None:
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pbx", "-c", str(pbx_proc.config), "user", "add", ext,
+             "--password", "pw"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for ext in ("1001", "1002", "1003", "1004")
+    ]  # fmt: skip
+    results = [p.communicate(timeout=30) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], results
+    assert len(pbx_proc.cli_json("user", "list")) == 4

@@ -7,6 +7,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+import pytest
+
 from pbx import config as pbx_config
 from pbx.server import Exchange
 from pbx.sip.digest import FailureThrottle
@@ -71,17 +73,31 @@ async def test_repeated_failures_block_the_source(exchange: Exchange) -> None:
     async with SipTestClient(server_of(exchange)) as ua:
         for _ in range(3):
             assert (await ua.register("1001", "guess")).status == 401
-        ua.send(ua.register_bytes("1001"))
-        assert ua.queue.empty()
         # Blocked: even the correct password gets no answer now.
         ua.send(ua.register_bytes("1001"))
-        try:
+        challenge = await ua.recv()
+        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
+                                "1001", "pw1001")  # fmt: skip
+        ua.send(ua.register_bytes("1001", authorization=auth))
+        with pytest.raises(TimeoutError):
             await ua.recv(timeout=0.5)
-            answered = True
-        except TimeoutError:
-            answered = False
-        assert not answered
-    assert registrar.throttle.blocked("127.0.0.1", time.time())
+    assert registrar.throttle.blocked("127.0.0.1 1001", time.time())
+    # Only that user from that address: another extension behind the same NAT still works.
+    async with SipTestClient(server_of(exchange)) as other:
+        assert (await other.register("1002", "pw1002")).status == 200
+
+
+async def test_a_scan_over_many_users_blocks_the_address(exchange: Exchange) -> None:
+    registrar = exchange.registrar
+    assert registrar is not None
+    registrar.source_throttle = FailureThrottle(limit=4, window=60, block=300)
+    async with SipTestClient(server_of(exchange)) as ua:
+        for ext in ("2001", "2002", "2003", "2004"):
+            assert (await ua.register(ext, "guess")).status == 401
+        ua.send(ua.register_bytes("1001"))  # not even a challenge now
+        with pytest.raises(TimeoutError):
+            await ua.recv(timeout=0.5)
+    assert registrar.source_throttle.blocked("127.0.0.1", time.time())
 
 
 async def test_cannot_register_someone_elses_extension(exchange: Exchange) -> None:

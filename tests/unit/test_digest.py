@@ -41,7 +41,7 @@ def stored(algorithm: str) -> str:
 
 @pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
 def test_good_response_is_accepted(algorithm: str) -> None:
-    auth = DigestAuthenticator(REALM, b"k" * 32)
+    auth = DigestAuthenticator(REALM, b"k" * 32, algorithms=("MD5", "SHA-256"))
     assert auth.verify(answer(auth, 100.0, algorithm), "REGISTER", stored, 100.5) is Verdict.OK
 
 
@@ -86,6 +86,13 @@ def test_nonce_survives_restart_with_same_secret() -> None:
     creds = answer(DigestAuthenticator(REALM, b"k" * 32), 0.0)
     restarted = DigestAuthenticator(REALM, b"k" * 32)
     assert restarted.verify(creds, "REGISTER", stored, 5.0) is Verdict.OK
+
+
+def test_offered_algorithms_only() -> None:
+    auth = DigestAuthenticator(REALM, b"k" * 32)  # default: MD5 alone
+    assert len(auth.challenges(0.0)) == 1
+    creds = answer(auth, 0.0, "SHA-256")
+    assert auth.verify(creds, "REGISTER", stored, 1.0) is Verdict.FAILED
 
 
 def test_challenges_one_per_algorithm_in_order() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pbx.config import ListenAddress
 from pbx.errors import RemoteProtocolError, SipStatus, TransactionTimeout, TransportError
-from pbx.sip.framing import Ping, StreamFramer
+from pbx.sip.framing import FramingError, Ping, StreamFramer
 from pbx.sip.message import Method, Request, Response, Via, build_response, parse_message
 from pbx.sip.transaction import (
     Action,
@@ -518,15 +518,21 @@ class _TcpConnection(asyncio.Protocol):
         self.endpoint.stats.received += 1
         try:
             items = self.framer.feed(data)
-        except RemoteProtocolError as exc:
-            # RFC 4475 ncl/mcl01: a framing error on a stream cannot be recovered from.
+        except FramingError as exc:
+            # RFC 4475 ncl/mcl01: a framing error on a stream cannot be recovered from;
+            # what came before it is still served, then the broken message is answered.
+            self._deliver(exc.framed)
             self.endpoint.stats.malformed += 1
             log.info("closing TCP connection from %s: %s", self.peer, exc)
-            reply = error_response_for(data, exc.status, str(exc), self.endpoint.user_agent)
+            reply = error_response_for(exc.data, exc.status, str(exc), self.endpoint.user_agent)
             if reply is not None and self.transport is not None:
                 self.transport.write(reply)
             self.close()
             return
+        self._deliver(items)
+
+    def _deliver(self, items: list[bytes | Ping]) -> None:
+        assert self.peer is not None
         for item in items:
             if isinstance(item, Ping):
                 self.write(b"\r\n")

@@ -93,7 +93,7 @@ class DigestAuthenticator:
         self,
         realm: str,
         secret: bytes | None = None,
-        algorithms: Sequence[str] = ("MD5", "SHA-256"),
+        algorithms: Sequence[str] = ("MD5",),
         nonce_ttl: float = 300.0,
     ) -> None:
         for alg in algorithms:

@@ -13,12 +13,25 @@ class Ping:
     """A CRLFCRLF keep-alive ping; answer it with one CRLF (RFC 5626 §3.5.1)."""
 
 
+class FramingError(RemoteProtocolError):
+    """The stream cannot be framed any further (RFC 4475 ncl, mcl01).
+
+    `framed` holds what was complete before the broken message, so none of it is lost;
+    `data` is the broken message's text, to answer it where it can be read.
+    """
+
+    def __init__(self, cause: RemoteProtocolError, framed: list[bytes | Ping], data: bytes):
+        super().__init__(str(cause), cause.status)
+        self.framed = framed
+        self.data = data
+
+
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into whole messages by Content-Length.
 
     `feed()` returns complete message byte strings and `Ping()`s. A framing error (no or bad
     Content-Length, oversized header) is unrecoverable on a stream: it raises
-    `RemoteProtocolError` and the connection must be closed (RFC 4475 ncl, mcl01).
+    `FramingError` and the connection must be closed (RFC 4475 ncl, mcl01).
     """
 
     def __init__(self, max_message: int = 65535) -> None:
@@ -28,6 +41,13 @@ class StreamFramer:
     def feed(self, data: bytes) -> list[bytes | Ping]:
         self._buffer += data
         out: list[bytes | Ping] = []
+        try:
+            self._frame(out)
+        except RemoteProtocolError as exc:
+            raise FramingError(exc, out, bytes(self._buffer)) from None
+        return out
+
+    def _frame(self, out: list[bytes | Ping]) -> None:
         buf = self._buffer
         while buf:
             # Leading CRLFs between messages are keep-alives, not message text.
@@ -58,7 +78,6 @@ class StreamFramer:
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
-        return out
 
     @property
     def pending(self) -> int:

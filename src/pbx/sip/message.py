@@ -23,6 +23,7 @@ from pbx.sip.uri import (
     Uri,
     format_params,
     has_param,
+    is_digits,
     is_token,
     param,
     parse_name_addr,
@@ -127,7 +128,7 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = param(self.params, "rport")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value and is_digits(value) else None
 
     @property
     def wants_rport(self) -> bool:
@@ -183,7 +184,7 @@ class CSeq:
 
 def parse_cseq(text: str) -> CSeq:
     parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not is_token(parts[1]):
+    if len(parts) != 2 or not is_digits(parts[0]) or not is_token(parts[1]):
         raise RemoteProtocolError(f"bad CSeq {text!r}")
     number = int(parts[0])
     if number > MAX_CSEQ:
@@ -230,7 +231,7 @@ def _core_fields(headers: Headers) -> _Core:
     max_forwards: int | None = None
     if "Max-Forwards" in singles:
         mf = singles["Max-Forwards"].strip()
-        if not mf.isdigit():
+        if not is_digits(mf):
             raise RemoteProtocolError(f"bad Max-Forwards {mf!r}")
         # RFC 4475 scalar02: an overlarge value may be treated as absent.
         max_forwards = int(mf) if len(mf) < 6 and int(mf) <= 255 else None
@@ -414,7 +415,7 @@ def content_length(headers: Headers) -> int | None:
     for n, v in headers:
         if n == "Content-Length":
             text = v.strip()
-            if not text.isdigit() or len(text) > 9:
+            if not is_digits(text) or len(text) > 9:
                 raise RemoteProtocolError(f"bad Content-Length {text!r}")
             if value is not None and value != int(text):
                 raise RemoteProtocolError("conflicting Content-Length headers")
@@ -508,7 +509,7 @@ def _parse_response(start: str, headers: Headers, body: bytes) -> Response:
     code, _, reason = rest.partition(" ")
     if version.upper() != SIP_VERSION:
         raise RemoteProtocolError(f"unsupported version {version}", SipStatus.VERSION_NOT_SUPPORTED)
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
         raise RemoteProtocolError(f"bad status code {code[:20]!r}")
     core = _core_fields(headers)
     return Response(

@@ -27,6 +27,11 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _URI_BAD_CHAR = re.compile(r"[^A-Za-z0-9\-_.!~*'()%&=+$,;?/:@\[\]\x80-\U0010ffff]")
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() cannot read."""
+    return text.isascii() and text.isdigit()
+
+
 def is_token(text: str) -> bool:
     """RFC 3261 §25.1 `token`."""
     return _TOKEN.fullmatch(text) is not None
@@ -134,7 +139,7 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         has_port = bool(colon)
     port: int | None = None
     if has_port:
-        if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+        if not is_digits(port_text) or len(port_text) > 5 or int(port_text) > 65535:
             raise RemoteProtocolError(f"bad port in {text!r}")
         port = int(port_text)
     return parse_host(host), port

@@ -1,0 +1,106 @@
+"""Run SIPp (Debian `sip-tester`) scenarios against pbx, bounded in time.
+
+The scenarios live in ../shared/peers/sipp/; SIPp resolves scenario, injection and pcap
+files relative to its working directory, so every run copies what it needs into a fresh
+directory of its own (which also keeps its stat and error files apart from other runs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SCENARIOS = Path(__file__).resolve().parents[3] / "shared" / "peers" / "sipp"
+_runs = itertools.count(1)
+
+
+def sipp_binary() -> str:
+    """The `sipp` executable; the test is skipped (with the reason shown by -ra) without it."""
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.skip("sipp is not installed (Debian package sip-tester)")
+    return path
+
+
+def write_users_csv(path: Path, users: Iterable[tuple[str, str]]) -> Path:
+    """An injection file for register.xml: field0 = user, field1 = its [authentication]."""
+    lines = ["SEQUENTIAL"]
+    lines += [f"{user};[authentication username={user} password={pw}]" for user, pw in users]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    stats: dict[str, str]
+    """The last (cumulative) row of the -trace_stat CSV, by column name."""
+    output: str
+    errors: str
+    """SIPp's -trace_err log: every unexpected message, with the call it broke."""
+
+    def counter(self, name: str) -> int:
+        return int(self.stats[name])
+
+    def explain(self) -> str:
+        return f"sipp exit {self.returncode}\n{self.errors[-3000:]}\n{self.output[-3000:]}"
+
+
+def run_sipp(
+    scenario: str,
+    target: tuple[str, int],
+    workdir: Path,
+    *,
+    local_port: int,
+    calls: int,
+    inf: Path | None = None,
+    rate: int = 100,
+    timeout: float = 30.0,
+    extra: Sequence[str] = (),
+) -> SippResult:
+    """Run `calls` calls of `scenario` from 127.0.0.1:`local_port` to `target`; wait for it."""
+    binary = sipp_binary()
+    run_dir = workdir / f"sipp-{next(_runs)}"
+    run_dir.mkdir(parents=True)
+    shutil.copy(SCENARIOS / scenario, run_dir / scenario)
+    host, port = target
+    stat = run_dir / "stat.csv"
+    cmd = [
+        binary,
+        "-sf", scenario,
+        "-i", host,
+        "-p", str(local_port),
+        "-m", str(calls),
+        "-l", str(calls),
+        "-r", str(rate),
+        "-nostdin",
+        # SIPp's own bound: quit with an error exit once this much time has passed.
+        "-timeout", f"{max(1, int(timeout))}s",
+        "-timeout_error",
+        "-trace_stat", "-stf", stat.name,
+        "-trace_err",
+        *extra,
+    ]  # fmt: skip
+    if inf is not None:
+        shutil.copy(inf, run_dir / inf.name)
+        cmd += ["-inf", inf.name]
+    cmd.append(f"{host}:{port}")
+    try:
+        proc = subprocess.run(
+            cmd, cwd=run_dir, capture_output=True, text=True, timeout=timeout + 15
+        )
+    except subprocess.TimeoutExpired as exc:  # subprocess.run has killed it
+        raise AssertionError(f"sipp did not finish within {timeout + 15} s") from exc
+    errors = "".join(p.read_text(errors="replace") for p in run_dir.glob("*_errors.log"))
+    stats: dict[str, str] = {}
+    if stat.exists():
+        rows = [line for line in stat.read_text().splitlines() if line.strip()]
+        if len(rows) >= 2:
+            stats = dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
+    return SippResult(proc.returncode, stats, proc.stdout + proc.stderr, errors)
