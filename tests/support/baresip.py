@@ -24,14 +24,15 @@ from typing import Any
 import pytest
 
 from tests.support.ports import free_port
+from tests.support.shared import PEERS as SHARED_PEERS
 
-PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers" / "baresip"
+PEERS = SHARED_PEERS / "baresip"
 
 
 def baresip_binary() -> str:
     path = shutil.which("baresip")
     if path is None:
-        pytest.skip("baresip is not installed (Debian package baresip)")
+        pytest.fail("baresip is not installed: `make test` installs it (Debian baresip)")
     return path
 
 

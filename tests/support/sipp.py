@@ -16,15 +16,17 @@ from pathlib import Path
 
 import pytest
 
-SCENARIOS = Path(__file__).resolve().parents[3] / "shared" / "peers" / "sipp"
+from tests.support.shared import PEERS
+
+SCENARIOS = PEERS / "sipp"
 _runs = itertools.count(1)
 
 
 def sipp_binary() -> str:
-    """The `sipp` executable; the test is skipped (with the reason shown by -ra) without it."""
+    """The `sipp` executable; without it the test fails: `make test` installs it."""
     path = shutil.which("sipp")
     if path is None:
-        pytest.skip("sipp is not installed (Debian package sip-tester)")
+        pytest.fail("sipp is not installed: `make test` installs it (Debian sip-tester)")
     return path
 
 
