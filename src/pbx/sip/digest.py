@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import random
 import re
 import struct
 from collections import OrderedDict
@@ -103,6 +104,7 @@ class DigestAuthenticator:
         self.algorithms = tuple(algorithms)
         self.nonce_ttl = nonce_ttl
         self._secret = secret or os.urandom(32)
+        self._salt = random.Random(os.urandom(32))
         self._opaque = hashlib.sha256(self._secret + b"opaque").hexdigest()[:16]
         # nonce -> highest nonce-count accepted, oldest first, pruned by age
         self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
@@ -111,7 +113,8 @@ class DigestAuthenticator:
         return hmac.new(self._secret, body + self.realm.encode(), hashlib.sha256).digest()[:12]
 
     def new_nonce(self, now: float) -> str:
-        body = struct.pack(">d", now) + os.urandom(6)
+        # The salt only makes each nonce unique (the HMAC makes it unforgeable).
+        body = struct.pack(">d", now) + self._salt.getrandbits(48).to_bytes(6, "big")
         return base64.urlsafe_b64encode(body + self._seal(body)).decode()
 
     def nonce_issued_at(self, nonce: str) -> float | None:

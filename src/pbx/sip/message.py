@@ -9,6 +9,7 @@ Max-Forwards) are also parsed into typed fields once, when the message is built.
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -91,13 +92,19 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+# Tags and branches must be unique, not secret (RFC 3261 §19.3): a PRNG seeded from the OS
+# costs a fraction of an os.urandom() system call per message.
+_unique = random.Random(os.urandom(32))
+
+
 def new_branch() -> str:
     """A fresh RFC 3261 magic-cookie branch (§8.1.1.7)."""
-    return "z9hG4bK" + os.urandom(10).hex()
+    return f"z9hG4bK{_unique.getrandbits(80):020x}"
 
 
 def new_tag() -> str:
-    return os.urandom(6).hex()
+    """A fresh From/To tag with 48 random bits (§19.3 asks for at least 32)."""
+    return f"{_unique.getrandbits(48):012x}"
 
 
 @dataclass(frozen=True, slots=True)
