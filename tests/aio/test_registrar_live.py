@@ -39,10 +39,7 @@ async def test_stale_nonce_gets_stale_true(exchange: Exchange) -> None:
     registrar = exchange.registrar
     assert registrar is not None
     async with SipTestClient(server_of(exchange)) as ua:
-        ua.send(ua.register_bytes("1001"))
-        challenge = await ua.recv()
-        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
-                                "1001", "pw1001")  # fmt: skip
+        auth = await ua.challenge_answer("1001", "pw1001")
         registrar.clock = lambda: time.time() + 3600  # the nonce is now an hour old
         ua.send(ua.register_bytes("1001", authorization=auth))
         stale = await ua.recv()
@@ -56,10 +53,7 @@ async def test_stale_nonce_gets_stale_true(exchange: Exchange) -> None:
 
 async def test_replayed_credentials_are_refused(exchange: Exchange) -> None:
     async with SipTestClient(server_of(exchange)) as ua:
-        ua.send(ua.register_bytes("1001"))
-        challenge = await ua.recv()
-        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
-                                "1001", "pw1001")  # fmt: skip
+        auth = await ua.challenge_answer("1001", "pw1001")
         ua.send(ua.register_bytes("1001", authorization=auth))
         assert (await ua.recv()).status == 200
         ua.send(ua.register_bytes("1001", authorization=auth))  # same nc, new transaction
@@ -74,10 +68,7 @@ async def test_repeated_failures_block_the_source(exchange: Exchange) -> None:
         for _ in range(3):
             assert (await ua.register("1001", "guess")).status == 401
         # Blocked: even the correct password gets no answer now.
-        ua.send(ua.register_bytes("1001"))
-        challenge = await ua.recv()
-        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
-                                "1001", "pw1001")  # fmt: skip
+        auth = await ua.challenge_answer("1001", "pw1001")
         ua.send(ua.register_bytes("1001", authorization=auth))
         with pytest.raises(TimeoutError):
             await ua.recv(timeout=0.5)
@@ -102,10 +93,7 @@ async def test_a_scan_over_many_users_blocks_the_address(exchange: Exchange) -> 
 
 async def test_cannot_register_someone_elses_extension(exchange: Exchange) -> None:
     async with SipTestClient(server_of(exchange)) as ua:
-        ua.send(ua.register_bytes("1001"))
-        challenge = await ua.recv()
-        auth = ua.authorization(md5_challenge(challenge.headers_named("WWW-Authenticate")),
-                                "1002", "pw1002")  # fmt: skip
+        auth = await ua.challenge_answer("1001", "pw1002", auth_user="1002")
         ua.send(ua.register_bytes("1001", authorization=auth))
         assert (await ua.recv()).status == 403
 

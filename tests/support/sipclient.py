@@ -153,6 +153,17 @@ class SipTestClient:
         parse_credentials(value)  # what we send must be what the server parses
         return value
 
+    async def challenge_answer(
+        self, user: str, password: str, auth_user: str | None = None, algorithm: str = "MD5"
+    ) -> str:
+        """REGISTER `user` unauthenticated; return the Authorization answering the 401."""
+        self.send(self.register_bytes(user))
+        challenge = await self.recv()
+        assert challenge.status == 401, challenge
+        offers = challenge.headers_named("WWW-Authenticate")
+        offer = next(v for v in offers if f"algorithm={algorithm}" in v)
+        return self.authorization(offer, auth_user or user, password)
+
     async def register(
         self,
         user: str,
