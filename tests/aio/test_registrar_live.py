@@ -13,6 +13,7 @@ from pbx import config as pbx_config
 from pbx.server import Exchange
 from pbx.sip.digest import FailureThrottle
 from pbx.sip.message import Request, build_response, parse_message
+from pbx.sip.transaction import Timers
 from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
 from tests.support.pbxproc import write_config
@@ -183,3 +184,24 @@ async def test_register_over_ipv6_loopback(tmp_path: Path) -> None:
         assert len(sources) == 2
     finally:
         await ex.stop()
+
+
+async def test_unanswered_and_answered_transactions_do_not_linger(exchange: Exchange) -> None:
+    """Nothing stays in the transaction table: answered ones end after Timer J, requests
+    from a blocked source (never answered) after 64*T1 (fast timers for the test)."""
+    registrar = exchange.registrar
+    assert registrar is not None
+    exchange.endpoint.timers = Timers(t1=0.01, t2=0.04, t4=0.05)
+    registrar.source_throttle = FailureThrottle(limit=1, window=60, block=300)
+    async with SipTestClient(server_of(exchange)) as ua:
+        assert (await ua.register("1001", "pw1001")).status == 200
+        assert (await ua.register("1999", "guess")).status == 401  # now blocked
+        ua.send(ua.register_bytes("1001"))
+        with pytest.raises(TimeoutError):
+            await ua.recv(timeout=0.2)
+    table = exchange.endpoint._server_txns
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while table and loop.time() < deadline:  # noqa: ASYNC110 - no event marks timer expiry
+        await asyncio.sleep(0.05)  # timers fire on the loop; nothing else to await
+    assert table == {}

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbx.config import ListenAddress
-from pbx.errors import RemoteProtocolError, SipStatus, TransactionTimeout, TransportError
+from pbx.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    SipStatus,
+    TransactionTimeout,
+    TransportError,
+)
 from pbx.sip.framing import FramingError, Ping, StreamFramer
 from pbx.sip.message import Method, Request, Response, Via, build_response, parse_message
 from pbx.sip.transaction import (
@@ -28,6 +34,7 @@ from pbx.sip.transaction import (
     NonInviteClient,
     NonInviteServer,
     Send,
+    State,
     Terminated,
     TimedOut,
     Timers,
@@ -279,12 +286,17 @@ class SipEndpoint:
             self._run_server(key, txn, txn.core.on_request(now))
             return
         core = NonInviteServer(now, self.timers, reliable=peer.reliable)
-        self._server_txns[key] = _ServerTxn(core, response_peer(request.vias[0], peer))
+        txn = _ServerTxn(core, response_peer(request.vias[0], peer))
+        self._server_txns[key] = txn
+        # A request the handler chose not to answer (a blocked source) still absorbs its
+        # retransmissions, but only until Timer F would have given up on the client side.
+        self._schedule(("x", key, txn), now + self.timers.timer_f)
         try:
             self.on_request(request, peer)
         except Exception:
             log.exception("handler failed on %s from %s", request.method, peer)
-            self.respond(request, build_response(request, SipStatus.SERVER_INTERNAL_ERROR))
+            with contextlib.suppress(LocalProtocolError):  # it may have answered already
+                self.respond(request, build_response(request, SipStatus.SERVER_INTERNAL_ERROR))
 
     def _incoming_response(self, response: Response) -> None:
         branch = response.vias[0].branch or ""
@@ -366,9 +378,13 @@ class SipEndpoint:
             self._timers.add(when, key)
 
     def _on_timer(self, key: Any, when: float) -> None:
-        kind, txn_key = key
+        kind, txn_key = key[0], key[1]
         now = self._now()
-        if kind == "s":
+        if kind == "x":
+            unanswered = self._server_txns.get(txn_key)
+            if unanswered is key[2] and unanswered.core.state in (State.TRYING, State.PROCEEDING):
+                del self._server_txns[txn_key]
+        elif kind == "s":
             stxn = self._server_txns.get(txn_key)
             if stxn is not None and stxn.core.next_timer() == when:
                 self._run_server(txn_key, stxn, stxn.core.on_timer(now))
