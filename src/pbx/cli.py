@@ -247,6 +247,25 @@ def status(ctx: _Context, as_json: bool) -> None:
         click.echo(f"sip.{key}: {value}")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
+@pass_ctx
+def events(ctx: _Context, as_json: bool) -> None:
+    """Follow the live event bus of the running server until Ctrl-C."""
+    try:
+        for event in control.follow(ctx.config.control_socket, "events"):
+            if as_json:
+                click.echo(json.dumps(event))
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
+                kind = event.pop("type")
+                click.echo(f"{stamp} {kind} " + " ".join(f"{k}={v}" for k, v in event.items()))
+    except KeyboardInterrupt:
+        pass
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command("check-config")
 @pass_ctx
 def check_config(ctx: _Context) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from pbx.errors import PbxError
 log = logging.getLogger("pbx.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+# A stream answers with one JSON object per line until the client goes away.
+Stream = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
 MAX_REQUEST = 65536
 
 
@@ -30,9 +32,13 @@ class ControlError(PbxError):
 
 
 class ControlServer:
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self, path: Path, handlers: dict[str, Handler], streams: dict[str, Stream] | None = None
+    ) -> None:
         self.path = path
         self.handlers = handlers
+        self.streams = streams or {}
+        self._clients: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -46,7 +52,34 @@ class ControlServer:
             return
         self.path.chmod(0o600)
 
+    async def _stream(
+        self,
+        items: AsyncIterator[dict[str, Any]],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        # The client sends nothing more; its EOF is how we learn that it went away.
+        gone = asyncio.ensure_future(reader.read())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(items))
+                await asyncio.wait({following, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    break
+                try:
+                    item = following.result()
+                except StopAsyncIteration:
+                    break
+                writer.write(json.dumps(item).encode() + b"\n")
+                await writer.drain()
+        finally:
+            gone.cancel()
+            await items.aclose()  # type: ignore[attr-defined]
+
     async def stop(self) -> None:
+        for task in list(self._clients):
+            task.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -56,12 +89,19 @@ class ControlServer:
                 self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
         try:
             line = await reader.readline()
             try:
                 request = json.loads(line)
-                handler = self.handlers[request["command"]]
-                reply = {"ok": True, "result": await handler(request)}
+                name = request["command"]
+                if name in self.streams:
+                    await self._stream(self.streams[name](request), reader, writer)
+                    return
+                reply = {"ok": True, "result": await self.handlers[name](request)}
             except (ValueError, KeyError, TypeError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             except PbxError as exc:
@@ -74,6 +114,21 @@ class ControlServer:
             log.exception("control request failed")
         finally:
             writer.close()
+
+
+def follow(path: Path, command: str, **params: Any) -> Iterator[dict[str, Any]]:
+    """Each object a streaming command sends, until the server stops (blocking; CLI)."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlError(f"pbx is not running (no server at {path})") from None
+    except OSError as exc:
+        raise ControlError(f"cannot reach the running pbx at {path}: {exc}") from None
+    with sock, sock.makefile("rb") as lines:
+        sock.sendall(json.dumps({"command": command, **params}).encode() + b"\n")
+        for line in lines:
+            yield json.loads(line)
 
 
 def call(path: Path, command: str, timeout: float = 5.0, **params: Any) -> Any:

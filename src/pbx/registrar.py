@@ -17,6 +17,7 @@ from email.utils import formatdate
 
 from pbx.config import AuthConfig, RegistrarConfig
 from pbx.errors import RemoteProtocolError, SipStatus
+from pbx.events import EventBus, RegistrationChanged
 from pbx.sip.aio import Peer
 from pbx.sip.digest import DigestAuthenticator, FailureThrottle, Verdict, parse_credentials
 from pbx.sip.message import Request, Response, build_response, new_tag, parse_contacts
@@ -175,6 +176,7 @@ class Registrar:
         respond: Callable[[Request, Response], None],
         user_agent: str = "pbx",
         clock: Callable[[], float] = time.time,
+        events: EventBus | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -192,7 +194,7 @@ class Registrar:
         self.location: dict[str, dict[str, Binding]] = {}
         self.users: dict[str, User] = {}
         self._users_version = -1
-        self.on_change: list[Callable[[str], None]] = []
+        self.events = events or EventBus()
 
     async def load(self) -> None:
         """Read users and the bindings that survived a restart; drop the expired ones."""
@@ -218,7 +220,7 @@ class Registrar:
         self.users = users
         for aor in gone:
             for contact in list(self.location.get(aor, {})):
-                self._forget(aor, contact)
+                self._forget(aor, contact, "removed")
 
     def contacts(self, aor: str) -> list[Binding]:
         now = self.clock()
@@ -233,16 +235,24 @@ class Registrar:
         for aor, bindings in list(self.location.items()):
             for contact, binding in list(bindings.items()):
                 if binding.expires_at <= now:
-                    self._forget(aor, contact)
+                    self._forget(aor, contact, "expired")
         await self.store.purge_expired(now)
 
-    def _forget(self, aor: str, contact: str) -> None:
+    def _forget(self, aor: str, contact: str, action: str) -> None:
         bindings = self.location.get(aor)
-        if bindings and bindings.pop(contact, None) is not None:
+        binding = bindings.pop(contact, None) if bindings else None
+        if binding is not None:
             if not bindings:
                 del self.location[aor]
-            for callback in self.on_change:
-                callback(aor)
+            self._announce(binding, action)
+
+    def _announce(self, binding: Binding, action: str) -> None:
+        self.events.publish(
+            RegistrationChanged(
+                self.clock(), binding.aor, binding.contact, action,
+                binding.transport, binding.source, binding.user_agent,
+            )
+        )  # fmt: skip
 
     async def set_reachability(
         self, binding: Binding, reachable: bool, rtt_ms: float | None
@@ -328,15 +338,17 @@ class Registrar:
         waits: list[asyncio.Future[None]] = []
         bindings = self.location.setdefault(aor, {})
         for contact in outcome.removed:
-            bindings.pop(contact, None)
+            old = bindings.pop(contact, None)
             waits.append(self.store.delete_binding(aor, contact))
+            if old is not None:
+                self._announce(old, "unregistered")
         for binding in outcome.upserts:
+            known = binding.contact in bindings
             bindings[binding.contact] = binding
             waits.append(self.store.save_binding(binding))
+            self._announce(binding, "refreshed" if known else "registered")
         if not bindings:
             self.location.pop(aor, None)
-        for callback in self.on_change:
-            callback(aor)
         if not waits:
             self.respond(request, outcome.response)
             return

@@ -9,12 +9,14 @@ import gc
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pbx import __version__
 from pbx.config import Config, ListenAddress
 from pbx.control import ControlServer
 from pbx.errors import PbxError, SipStatus, TransactionTimeout, TransportError
+from pbx.events import EventBus
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.message import (
@@ -52,7 +54,10 @@ class Exchange:
         self.registrar: Registrar | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
-        self.control = ControlServer(config.control_socket, {"status": self._status})
+        self.events = EventBus()
+        self.control = ControlServer(
+            config.control_socket, {"status": self._status}, {"events": self._follow_events}
+        )
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +72,7 @@ class Exchange:
                 secret,
                 self.endpoint.respond,
                 self.config.sip.user_agent,
+                events=self.events,
             )
             await self.registrar.load()
             await self.endpoint.start()
@@ -107,6 +113,10 @@ class Exchange:
             "reachable": sum(1 for b in bindings if b.reachable),
             "sip": dataclasses.asdict(self.endpoint.stats),
         }
+
+    async def _follow_events(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.events.follow():
+            yield event.to_json()
 
     # requests
 

@@ -1,0 +1,90 @@
+"""The event bus: typed events published in-process, followed by CTI, CDR and `pbx events`.
+
+Publishing is synchronous and cheap: subscribers are plain callables. Remote followers
+(`pbx events` over the control socket) get a bounded queue each, so a slow reader loses
+its oldest events (and is told how many) instead of slowing the exchange down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+log = logging.getLogger("pbx.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: ClassVar[str] = "event"
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationChanged(Event):
+    """A binding was added, refreshed, removed or expired."""
+
+    type: ClassVar[str] = "registration"
+    aor: str
+    contact: str
+    action: str  # "registered", "refreshed", "unregistered", "expired", "removed"
+    transport: str = ""
+    source: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventsLost(Event):
+    """Sent to a follower that fell behind: this many events were dropped for it."""
+
+    type: ClassVar[str] = "events_lost"
+    count: int
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call `subscriber` for every event; returns the function that unsubscribes."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # one broken subscriber must not stop the others
+                log.exception("event subscriber failed on %s", event.type)
+
+    async def follow(self, limit: int = 10_000) -> AsyncIterator[Event]:
+        """Every event from now on, through a queue of at most `limit` events."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        lost = 0
+
+        def enqueue(event: Event) -> None:
+            nonlocal lost
+            if queue.qsize() >= limit:
+                queue.get_nowait()
+                lost += 1
+            queue.put_nowait(event)
+
+        unsubscribe = self.subscribe(enqueue)
+        try:
+            while True:
+                event = await queue.get()
+                if lost:
+                    yield EventsLost(event.time, lost)
+                    lost = 0
+                yield event
+        finally:
+            unsubscribe()
