@@ -65,7 +65,9 @@ class PbxProcess:
         self.cli("user", "add", extension, "--password", password)
 
     def start(self, timeout: float = 20.0) -> None:
-        self._ready.clear()
+        # One event per process: the reader of a previous (killed) process must not be
+        # able to signal this one ready when it reaches its own end of file.
+        self._ready = threading.Event()
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "pbx", "-c", str(self.config), "serve"],
             stdout=subprocess.DEVNULL,
@@ -73,12 +75,12 @@ class PbxProcess:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
+        threading.Thread(target=self._read_log, args=(self.proc, self._ready), daemon=True).start()
         if not self._ready.wait(timeout):
             self.stop()
             raise AssertionError("pbx did not start:\n" + "\n".join(self.log[-30:]))
 
-    def _read_log(self, proc: subprocess.Popen[str]) -> None:
+    def _read_log(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stderr is not None
         listening = 0
         for line in proc.stderr:
@@ -86,8 +88,8 @@ class PbxProcess:
             if "listening on" in line:
                 listening += 1
                 if listening == 2:
-                    self._ready.set()
-        self._ready.set()  # exited: let start() report it
+                    ready.set()
+        ready.set()  # exited: let start() report it
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.proc is None:
