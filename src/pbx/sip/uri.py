@@ -61,7 +61,7 @@ def split_params(text: str) -> Params:
 
 def split_outside_quotes(text: str, sep: str, angle: bool = False) -> list[str]:
     """Split on `sep` outside double quotes (and outside `<...>` when `angle`)."""
-    if '"' not in text and (not angle or "<" not in text):
+    if '"' not in text and (sep not in text or not angle or "<" not in text):
         return text.split(sep)
     parts: list[str] = []
     start = 0
