@@ -9,6 +9,7 @@ keeps the in-memory location service the rest of the exchange routes with.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ from pbx.events import EventBus, RegistrationChanged
 from pbx.sip.aio import Peer
 from pbx.sip.digest import DigestAuthenticator, FailureThrottle, Verdict, parse_credentials
 from pbx.sip.message import Request, Response, build_response, new_tag, parse_contacts
-from pbx.sip.uri import NameAddr, SipUri, is_digits, unescape
+from pbx.sip.uri import NameAddr, SipUri, ip_literal, is_digits, unescape
 from pbx.store import Binding, Store, User
 
 log = logging.getLogger("pbx.registrar")
@@ -33,6 +34,14 @@ class RegisterOutcome:
     response: Response
     upserts: tuple[Binding, ...] = ()
     removed: tuple[str, ...] = ()  # contacts whose bindings go away
+
+
+def throttle_key(host: str) -> str:
+    """Failures are counted per IPv4 address, and per /64 for IPv6: one host owns a /64."""
+    address = ip_literal(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 def aor_of(request: Request) -> str:
@@ -270,31 +279,36 @@ class Registrar:
 
     def handle(self, request: Request, peer: Peer) -> None:
         now = self.clock()
-        source = peer.host
+        source = throttle_key(peer.host)
         if self.source_throttle.blocked(source, now):
             return  # a blocked source learns nothing, not even that we are here
         header = request.header("Authorization")
         if header is None:
-            self._challenge(request, now, stale=False)
+            self._challenge(request, peer, now, stale=False)
             return
         try:
             creds = parse_credentials(header)
         except RemoteProtocolError:
-            self._challenge(request, now, stale=False)
+            self._challenge(request, peer, now, stale=False)
             return
         key = f"{source} {creds.username}"
         if self.throttle.blocked(key, now):
             return
         user = self.users.get(creds.username)
         verdict = self.authenticator.verify(
-            creds, request.method, user.ha1 if user else lambda _a: None, now
+            creds, request.method, user.ha1 if user else lambda _a: None, now, peer.host
         )
+        if verdict is Verdict.FOREIGN:
+            # Not a nonce we gave this address: a fresh challenge, but no failure counted,
+            # or a spoofed sender could get a real phone's address blocked.
+            self._challenge(request, peer, now, stale=False)
+            return
         if verdict is Verdict.STALE:
-            self._challenge(request, now, stale=True)
+            self._challenge(request, peer, now, stale=True)
             return
         if verdict is Verdict.FAILED:
             self._failed(key, source, creds.username, peer, now)
-            self._challenge(request, now, stale=False)
+            self._challenge(request, peer, now, stale=False)
             return
         self.throttle.success(key)
         assert user is not None
@@ -369,8 +383,9 @@ class Registrar:
         # The last write of a batch commits with all earlier ones, so one callback suffices.
         waits[-1].add_done_callback(committed)
 
-    def _challenge(self, request: Request, now: float, stale: bool) -> None:
-        headers = [("WWW-Authenticate", v) for v in self.authenticator.challenges(now, stale)]
+    def _challenge(self, request: Request, peer: Peer, now: float, stale: bool) -> None:
+        challenges = self.authenticator.challenges(now, stale, peer.host)
+        headers = [("WWW-Authenticate", v) for v in challenges]
         headers.append(("Server", self.user_agent))
         self.respond(
             request,

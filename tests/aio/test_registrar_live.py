@@ -205,3 +205,22 @@ async def test_unanswered_and_answered_transactions_do_not_linger(exchange: Exch
     while table and loop.time() < deadline:  # noqa: ASYNC110 - no event marks timer expiry
         await asyncio.sleep(0.05)  # timers fire on the loop; nothing else to await
     assert table == {}
+
+
+async def test_answers_to_nonces_never_issued_here_do_not_block_anyone(
+    exchange: Exchange,
+) -> None:
+    """A spoofed sender never sees our nonces: its failures must not block the victim."""
+    registrar = exchange.registrar
+    assert registrar is not None
+    registrar.throttle = FailureThrottle(limit=3, window=60, block=300)
+    registrar.source_throttle = FailureThrottle(limit=3, window=60, block=300)
+    forged = (
+        'Digest username="1001", realm="pbx", nonce="junk", uri="sip:x", response="00", '
+        'algorithm=MD5, qop=auth, nc=00000001, cnonce="c"'
+    )
+    async with SipTestClient(server_of(exchange)) as ua:
+        for _ in range(10):
+            ua.send(ua.register_bytes("1001", authorization=forged))
+            assert (await ua.recv()).status == 401
+        assert (await ua.register("1001", "pw1001")).status == 200

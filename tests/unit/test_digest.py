@@ -78,8 +78,23 @@ def test_forged_or_foreign_nonce_fails() -> None:
     ours = DigestAuthenticator(REALM, b"k" * 32)
     theirs = DigestAuthenticator(REALM, b"x" * 32)
     creds = answer(theirs, 0.0)
-    assert ours.verify(creds, "REGISTER", stored, 1.0) is Verdict.FAILED
+    assert ours.verify(creds, "REGISTER", stored, 1.0) is Verdict.FOREIGN
     assert ours.nonce_issued_at("not-base64!") is None
+
+
+def test_nonce_is_bound_to_the_address_it_was_issued_to() -> None:
+    auth = DigestAuthenticator(REALM, b"k" * 32)
+    nonce = auth.new_nonce(0.0, "192.0.2.7")
+    creds = answer(auth, 0.0, nonce=nonce)
+    assert auth.verify(creds, "REGISTER", stored, 1.0, "198.51.100.9") is Verdict.FOREIGN
+    assert auth.verify(creds, "REGISTER", stored, 1.0, "192.0.2.7") is Verdict.OK
+
+
+def test_answer_without_qop_is_good_once() -> None:
+    auth = DigestAuthenticator(REALM, b"k" * 32)
+    creds = answer(auth, 0.0, qop=None)
+    assert auth.verify(creds, "REGISTER", stored, 1.0) is Verdict.OK
+    assert auth.verify(creds, "REGISTER", stored, 2.0) is Verdict.FAILED
 
 
 def test_nonce_survives_restart_with_same_secret() -> None:

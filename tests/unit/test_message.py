@@ -145,3 +145,30 @@ def test_name_addr_forms() -> None:
     assert b.display_name == "Reception Desk"
     c = parse_name_addr("sip:a@b;tag=2")
     assert c.tag == "2" and not c.bracketed and str(c.uri) == "sip:a@b"
+
+
+# Inputs that made regexes backtrack quadratically (a 60 KB datagram held the loop for
+# 12-16 s). The timeout is a liveness bound, not a speed measurement: each parses in ms.
+@pytest.mark.timeout(10)
+def test_long_space_run_with_folding_parses_in_linear_time() -> None:
+    data = (
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+        b"From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+        b"X-F: a\r\n b\r\nX-Spaces: a" + b" " * 60_000 + b"b\r\nContent-Length: 0\r\n\r\n"
+    )
+    msg = parse_message(data)
+    assert msg.header("X-F") == "a b"
+
+
+@pytest.mark.timeout(10)
+def test_long_authorization_token_parses_in_linear_time() -> None:
+    from pbx.sip.digest import parse_credentials
+
+    with pytest.raises(RemoteProtocolError):
+        parse_credentials("Digest " + "a" * 60_000)
+
+
+def test_huge_cseq_number_is_a_protocol_error() -> None:
+    data = REGISTER.replace(b"CSeq: 3 REGISTER", b"CSeq: " + b"9" * 5000 + b" REGISTER")
+    with pytest.raises(RemoteProtocolError):
+        parse_message(data)

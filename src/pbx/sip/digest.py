@@ -49,7 +49,10 @@ class Credentials:
 
 
 # RFC 7616 §3.4 auth-param: name = token / quoted-string (quoted-pairs allowed inside).
-_AUTH_PARAM = re.compile(r'([A-Za-z0-9_\-]+)\s*=\s*(?:("(?:[^"\\]|\\.)*")|([^\s,"]*))')
+# The lookbehind keeps a long run of name characters from being retried at every offset.
+_AUTH_PARAM = re.compile(
+    r'(?<![A-Za-z0-9_\-])([A-Za-z0-9_\-]+)\s*=\s*(?:("(?:[^"\\]|\\.)*")|([^\s,"]*))'
+)
 
 
 def parse_credentials(value: str) -> Credentials:
@@ -81,7 +84,8 @@ def parse_credentials(value: str) -> Credentials:
 class Verdict(Enum):
     OK = "ok"
     STALE = "stale"  # the digest was right but the nonce too old: challenge with stale=true
-    FAILED = "failed"
+    FAILED = "failed"  # a wrong answer to a challenge we sent this source: counts as a failure
+    FOREIGN = "foreign"  # not our nonce for this source (forged, spoofed): challenge, no count
 
 
 _SESS = "-SESS"
@@ -109,28 +113,31 @@ class DigestAuthenticator:
         # nonce -> highest nonce-count accepted, oldest first, pruned by age
         self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
-    def _seal(self, body: bytes) -> bytes:
-        return hmac.new(self._secret, body + self.realm.encode(), hashlib.sha256).digest()[:12]
+    def _seal(self, body: bytes, source: str) -> bytes:
+        data = b"|".join((body, self.realm.encode(), source.encode()))
+        return hmac.new(self._secret, data, hashlib.sha256).digest()[:12]
 
-    def new_nonce(self, now: float) -> str:
+    def new_nonce(self, now: float, source: str = "") -> str:
+        """A nonce valid only for `source` (the client's address): over UDP anyone can send
+        in a victim's name, but only the victim receives the nonces issued to it."""
         # The salt only makes each nonce unique (the HMAC makes it unforgeable).
         body = struct.pack(">d", now) + self._salt.getrandbits(48).to_bytes(6, "big")
-        return base64.urlsafe_b64encode(body + self._seal(body)).decode()
+        return base64.urlsafe_b64encode(body + self._seal(body, source)).decode()
 
-    def nonce_issued_at(self, nonce: str) -> float | None:
-        """When we issued `nonce`, or None if it is not one of ours."""
+    def nonce_issued_at(self, nonce: str, source: str = "") -> float | None:
+        """When we issued `nonce` to `source`, or None if it is not one of ours for it."""
         try:
             raw = base64.urlsafe_b64decode(nonce.encode())
         except (ValueError, UnicodeError):
             return None
-        if len(raw) != 26 or not hmac.compare_digest(raw[14:], self._seal(raw[:14])):
+        if len(raw) != 26 or not hmac.compare_digest(raw[14:], self._seal(raw[:14], source)):
             return None
         issued: float = struct.unpack(">d", raw[:8])[0]
         return issued
 
-    def challenges(self, now: float, stale: bool = False) -> list[str]:
+    def challenges(self, now: float, stale: bool = False, source: str = "") -> list[str]:
         """WWW-Authenticate values, one per algorithm in the configured order (RFC 8760 §2.4)."""
-        nonce = self.new_nonce(now)
+        nonce = self.new_nonce(now, source)
         tail = ", stale=true" if stale else ""
         return [
             f'Digest realm="{self.realm}", nonce="{nonce}", opaque="{self._opaque}", '
@@ -139,18 +146,23 @@ class DigestAuthenticator:
         ]
 
     def verify(
-        self, creds: Credentials, method: str, ha1_for: Callable[[str], str | None], now: float
+        self,
+        creds: Credentials,
+        method: str,
+        ha1_for: Callable[[str], str | None],
+        now: float,
+        source: str = "",
     ) -> Verdict:
         """Check a response. `ha1_for(algorithm)` gives the user's stored HA1 (None: no user).
 
         An unknown user fails exactly like a wrong password, so nothing tells them apart.
         """
+        issued = self.nonce_issued_at(creds.nonce, source)
+        if issued is None or issued > now + 1.0:
+            return Verdict.FOREIGN
         algorithm = creds.algorithm
         base = algorithm[: -len(_SESS)] if algorithm.endswith(_SESS) else algorithm
         if base not in self.algorithms or creds.realm != self.realm:
-            return Verdict.FAILED
-        issued = self.nonce_issued_at(creds.nonce)
-        if issued is None or issued > now + 1.0:
             return Verdict.FAILED
         stored = ha1_for(base)
         known = stored is not None
@@ -167,18 +179,21 @@ class DigestAuthenticator:
             expected = h(f"{key}:{creds.nonce}:{creds.nc}:{creds.cnonce}:auth:{ha2}".encode())
         else:
             return Verdict.FAILED
-        if not hmac.compare_digest(expected, creds.response) or not known:
+        if not hmac.compare_digest(expected.encode(), creds.response.encode()) or not known:
             return Verdict.FAILED
         if now - issued > self.nonce_ttl:
             return Verdict.STALE
-        if creds.qop is not None and not self._count_ok(creds.nonce, creds.nc or "", issued, now):
+        # Without qop there is no nonce-count (RFC 2069 clients such as pyVoIP): such a
+        # nonce is good for one request only, so a captured answer cannot be replayed.
+        nc_text = creds.nc or "" if creds.qop is not None else "1"
+        if not self._count_ok(creds.nonce, nc_text, issued, now):
             return Verdict.FAILED
         return Verdict.OK
 
     def _count_ok(self, nonce: str, nc_text: str, issued: float, now: float) -> bool:
         """RFC 7616 §3.4: each use of a nonce must carry a higher nonce-count."""
         try:
-            nc = int(nc_text, 16)
+            nc = int(nc_text[:16], 16)
         except ValueError:
             return False
         while self._counts:
@@ -220,6 +235,7 @@ class FailureThrottle:
         self.limit, self.window, self.block = limit, window, block
         self._failures: dict[str, list[float]] = {}
         self._blocked_until: dict[str, float] = {}
+        self._next_prune = 0.0
 
     def blocked(self, source: str, now: float) -> bool:
         until = self._blocked_until.get(source)
@@ -241,11 +257,16 @@ class FailureThrottle:
             self._blocked_until[source] = now + self.block
             return True
         self._failures[source] = times
-        if len(self._failures) > 100_000:  # bounded memory under a spray of sources
-            self._failures = {
-                s: ts for s, ts in self._failures.items() if ts and now - ts[-1] < self.window
-            }
+        self._prune(now)
         return False
+
+    def _prune(self, now: float) -> None:
+        """Bound memory under a spray of sources, at most once per window (not per call)."""
+        if now < self._next_prune or len(self._failures) + len(self._blocked_until) < 10_000:
+            return
+        self._next_prune = now + self.window
+        self._failures = {s: ts for s, ts in self._failures.items() if now - ts[-1] < self.window}
+        self._blocked_until = {s: t for s, t in self._blocked_until.items() if t > now}
 
     def success(self, source: str) -> None:
         self._failures.pop(source, None)
