@@ -66,6 +66,8 @@ class ControlServer:
                 await asyncio.wait({following, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
                     following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await following  # let the generator settle before aclose()
                     break
                 try:
                     item = following.result()

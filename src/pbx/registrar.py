@@ -84,6 +84,10 @@ def apply_register(
 ) -> RegisterOutcome:
     """RFC 3261 §10.3 steps 6-8 for one REGISTER. Raises RemoteProtocolError on bad input."""
     contacts = parse_contacts(request)
+    if contacts != "*" and len(contacts) > config.max_contacts:
+        raise RemoteProtocolError(
+            f"{len(contacts)} contacts in one REGISTER; at most {config.max_contacts}"
+        )
     header_expires = _expires_header(request, config.default_expires)
     call_id, cseq = request.call_id, request.cseq.number
     upserts: list[Binding] = []

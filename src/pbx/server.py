@@ -15,7 +15,12 @@ from typing import Any
 from pbx import __version__
 from pbx.config import Config, ListenAddress
 from pbx.control import ControlServer
-from pbx.errors import PbxError, SipStatus, TransactionTimeout, TransportError
+from pbx.errors import (
+    PbxError,
+    SipStatus,
+    TransactionTimeout,
+    TransportError,
+)
 from pbx.events import EventBus
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
@@ -34,7 +39,9 @@ log = logging.getLogger("pbx")
 
 ALLOW = "REGISTER, OPTIONS, ACK"
 ACCEPT = "application/sdp"
-SUPPORTED = "path, outbound"
+# Path (RFC 3327) and outbound (RFC 5626) are not implemented yet: neither is advertised,
+# and a request that requires them gets 420.
+SUPPORTED = ""
 USERS_REFRESH = 1.0  # seconds: how soon `pbx user add` on a running server takes effect
 PURGE_INTERVAL = 10.0
 
@@ -60,7 +67,7 @@ class Exchange:
         )
 
     async def start(self) -> None:
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = await Store.open(self.config.database)
         try:
             secret = await self.store.secret("digest-nonce-key")
@@ -141,7 +148,11 @@ class Exchange:
             self._reply(
                 request,
                 SipStatus.OK,
-                [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)],
+                [
+                    ("Allow", ALLOW),
+                    ("Accept", ACCEPT),
+                    ("Supported", SUPPORTED),
+                ],
             )
         elif method in KNOWN_METHODS:
             self._reply(request, SipStatus.METHOD_NOT_ALLOWED, [("Allow", ALLOW)])
@@ -149,7 +160,7 @@ class Exchange:
             self._reply(request, SipStatus.NOT_IMPLEMENTED, [("Allow", ALLOW)])
 
     def _reply(
-        self, request: Request, status: SipStatus, headers: list[tuple[str, str]] | None = None
+        self, request: Request, status: int, headers: list[tuple[str, str]] | None = None
     ) -> None:
         headers = [*(headers or []), ("Server", self.config.sip.user_agent)]
         self.endpoint.respond(request, build_response(request, status, headers=headers,
@@ -177,7 +188,12 @@ class Exchange:
         interval = self.config.registrar.qualify_interval
         while True:
             bindings = list(self.registrar.all_bindings())
-            await asyncio.gather(*(self.qualify(b) for b in bindings), return_exceptions=True)
+            results = await asyncio.gather(
+                *(self.qualify(b) for b in bindings), return_exceptions=True
+            )
+            for binding, result in zip(bindings, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("qualify of %s at %s failed: %s", binding.aor, binding.source, result)
             await asyncio.sleep(interval)
 
     async def qualify(self, binding: Binding) -> bool:

@@ -127,11 +127,16 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The database holds HA1 hashes, which open any account as well as a password would:
+        # only the pbx user may read it (and its WAL files, created with the same umask).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        old_umask = os.umask(0o077)
         try:
             db = await aiosqlite.connect(path, timeout=10.0)
         except Exception as exc:  # sqlite3.Error, OSError
             raise StoreError(f"cannot open database {path}: {exc}") from exc
+        finally:
+            os.umask(old_umask)
         store = cls(db, path)
         try:
             await db.execute("PRAGMA busy_timeout=10000")
@@ -140,6 +145,9 @@ class Store:
             # power cut may lose the last commits.
             await db.execute("PRAGMA synchronous=NORMAL")
             await store._migrate()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.with_name(path.name + suffix).chmod(0o600)
         except BaseException as exc:
             # Close the connection, or its thread keeps a failed process alive.
             await db.close()

@@ -224,3 +224,12 @@ async def test_answers_to_nonces_never_issued_here_do_not_block_anyone(
             ua.send(ua.register_bytes("1001", authorization=forged))
             assert (await ua.recv()).status == 401
         assert (await ua.register("1001", "pw1001")).status == 200
+
+
+async def test_database_and_data_dir_are_private(exchange: Exchange) -> None:
+    database = exchange.config.database
+    assert database.stat().st_mode & 0o777 == 0o600
+    assert exchange.config.data_dir.stat().st_mode & 0o777 == 0o700
+    for suffix in ("-wal", "-shm"):
+        side = database.with_name(database.name + suffix)
+        assert side.stat().st_mode & 0o077 == 0

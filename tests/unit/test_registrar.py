@@ -141,3 +141,8 @@ def test_bad_expires_and_non_sip_to() -> None:
 def test_overlarge_expires_means_default() -> None:
     out = run(register(["<sip:a@h>"], expires="99999999999999999999"))
     assert out.upserts[0].expires_at == 1600.0
+
+
+def test_more_contacts_than_allowed_in_one_request_is_400() -> None:
+    with pytest.raises(RemoteProtocolError, match="4 contacts"):
+        run(register([f"<sip:{n}@h>" for n in "abcd"]))
