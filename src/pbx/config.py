@@ -42,6 +42,11 @@ class SipConfig:
     """Sent in Server and User-Agent headers."""
     max_message: int = 65535
     """Largest SIP message accepted, in octets."""
+    tcp_idle_timeout: float = 3700.0
+    """A TCP connection with no traffic this long is closed. Longer than the longest
+    registration, so a phone that only re-registers keeps its connection."""
+    tcp_max_per_address: int = 64
+    """Open TCP connections one address may hold; more are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +227,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "domain": _string,
             "user_agent": _string,
             "max_message": _positive(int),
+            "tcp_idle_timeout": _positive(float),
+            "tcp_max_per_address": _positive(int),
         },
     ),
     "rtp": (RtpConfig, {"port_range": _port_range, "address": _address}),

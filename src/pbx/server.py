@@ -57,6 +57,8 @@ class Exchange:
             self.dispatch,
             max_message=config.sip.max_message,
             user_agent=config.sip.user_agent,
+            tcp_idle_timeout=config.sip.tcp_idle_timeout,
+            tcp_max_per_address=config.sip.tcp_max_per_address,
         )
         self.registrar: Registrar | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -43,6 +43,7 @@ from pbx.sip.transaction import (
 log = logging.getLogger("pbx.sip")
 
 RECEIVE_BUFFER = 4 * 1024 * 1024  # needed above ~20,000 packets/s (see issue 2)
+WRITE_BUFFER_LIMIT = 1024 * 1024  # a TCP peer that stops reading is cut off here
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ class Stats:
     sent: int = 0
     send_errors: int = 0
     unmatched_responses: int = 0
+    tcp_refused: int = 0
+    tcp_idle_closed: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -149,12 +152,17 @@ class SipEndpoint:
         timers: Timers = Timers(),
         max_message: int = 65535,
         user_agent: str = "pbx",
+        tcp_idle_timeout: float = 3700.0,
+        tcp_max_per_address: int = 64,
     ) -> None:
         self.listen = tuple(listen)
         self.on_request = on_request
         self.timers = timers
         self.max_message = max_message
         self.user_agent = user_agent
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_max_per_address = tcp_max_per_address
+        self._tcp_per_address: dict[str, int] = {}
         self.stats = Stats()
         self._udp: dict[ListenAddress, asyncio.DatagramTransport] = {}
         self._tcp_servers: list[asyncio.Server] = []
@@ -416,13 +424,27 @@ class SipEndpoint:
             if raise_errors:
                 raise TransportError(str(exc)) from None
 
-    def _tcp_opened(self, conn: _TcpConnection) -> None:
-        if conn.remote is not None:
-            self._tcp[conn.remote] = conn
+    def _tcp_opened(self, conn: _TcpConnection) -> bool:
+        """Register a new connection; False if its address already holds too many."""
+        assert conn.remote is not None
+        host = conn.remote[0]
+        count = self._tcp_per_address.get(host, 0)
+        if count >= self.tcp_max_per_address:
+            self.stats.tcp_refused += 1
+            return False
+        self._tcp_per_address[host] = count + 1
+        self._tcp[conn.remote] = conn
+        return True
 
     def _tcp_closed(self, conn: _TcpConnection) -> None:
         if conn.remote is not None and self._tcp.get(conn.remote) is conn:
             del self._tcp[conn.remote]
+            host = conn.remote[0]
+            left = self._tcp_per_address.get(host, 1) - 1
+            if left > 0:
+                self._tcp_per_address[host] = left
+            else:
+                self._tcp_per_address.pop(host, None)
 
 
 def response_peer(via: Via, peer: Peer) -> Peer:
@@ -519,6 +541,8 @@ class _TcpConnection(asyncio.Protocol):
         self.framer = StreamFramer(endpoint.max_message)
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        self._last_activity = 0.0
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -527,10 +551,30 @@ class _TcpConnection(asyncio.Protocol):
         self.remote = (str(peername[0]), int(peername[1]))
         local = ListenAddress("tcp", str(sockname[0]), int(sockname[1]))
         self.peer = Peer("tcp", self.remote[0], self.remote[1], local)
-        self.endpoint._tcp_opened(self)
+        if not self.endpoint._tcp_opened(self):
+            log.warning("refusing TCP connection from %s: too many from that address", self.peer)
+            self.remote = None  # never registered: nothing to release on close
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        self._idle = loop.call_later(self.endpoint.tcp_idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # Re-armed lazily: one timer per connection instead of one per received segment.
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_activity
+        timeout = self.endpoint.tcp_idle_timeout
+        if quiet >= timeout:
+            self.endpoint.stats.tcp_idle_closed += 1
+            log.info("closing TCP connection from %s: idle for %.0f s", self.peer, quiet)
+            self.close()
+        else:
+            self._idle = loop.call_later(timeout - quiet, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None
+        self._last_activity = asyncio.get_running_loop().time()
         self.endpoint.stats.received += 1
         try:
             items = self.framer.feed(data)
@@ -558,6 +602,10 @@ class _TcpConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise TransportError("connection closed")
+        if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            log.info("closing TCP connection to %s: it stopped reading", self.peer)
+            self.close()
+            raise TransportError("peer stopped reading")
         self.transport.write(data)
 
     def close(self) -> None:
@@ -565,4 +613,6 @@ class _TcpConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
         self.endpoint._tcp_closed(self)
