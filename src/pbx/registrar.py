@@ -353,20 +353,9 @@ class Registrar:
             security.info("failed authentication for %r from %s", username, peer)
 
     def _commit(self, request: Request, aor: str, outcome: RegisterOutcome) -> None:
-        waits: list[asyncio.Future[None]] = []
-        bindings = self.location.setdefault(aor, {})
-        for contact in outcome.removed:
-            old = bindings.pop(contact, None)
-            waits.append(self.store.delete_binding(aor, contact))
-            if old is not None:
-                self._announce(old, "unregistered")
-        for binding in outcome.upserts:
-            known = binding.contact in bindings
-            bindings[binding.contact] = binding
-            waits.append(self.store.save_binding(binding))
-            self._announce(binding, "refreshed" if known else "registered")
-        if not bindings:
-            self.location.pop(aor, None)
+        """Store the changes, then (and only then) route with them, announce and answer."""
+        waits = [self.store.delete_binding(aor, contact) for contact in outcome.removed]
+        waits += [self.store.save_binding(binding) for binding in outcome.upserts]
         if not waits:
             self.respond(request, outcome.response)
             return
@@ -376,16 +365,31 @@ class Registrar:
                 return
             error = next((w.exception() for w in waits if w.exception() is not None), None)
             if error is not None:
+                # Nothing changes in memory either: the phone retries, the store stays true.
                 log.error("cannot store binding for %s: %s", aor, error)
                 self.respond(
                     request,
                     build_response(request, SipStatus.SERVER_INTERNAL_ERROR, to_tag=new_tag()),
                 )
                 return
+            self._apply(aor, outcome)
             self.respond(request, outcome.response)
 
         # The last write of a batch commits with all earlier ones, so one callback suffices.
         waits[-1].add_done_callback(committed)
+
+    def _apply(self, aor: str, outcome: RegisterOutcome) -> None:
+        bindings = self.location.setdefault(aor, {})
+        for contact in outcome.removed:
+            old = bindings.pop(contact, None)
+            if old is not None:
+                self._announce(old, "unregistered")
+        for binding in outcome.upserts:
+            known = binding.contact in bindings
+            bindings[binding.contact] = binding
+            self._announce(binding, "refreshed" if known else "registered")
+        if not bindings:
+            self.location.pop(aor, None)
 
     def _challenge(self, request: Request, peer: Peer, now: float, stale: bool) -> None:
         challenges = self.authenticator.challenges(now, stale, peer.host)

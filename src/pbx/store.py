@@ -124,6 +124,9 @@ class Store:
         self._pending: list[tuple[Binding | None, tuple[str, str] | None, asyncio.Future[None]]]
         self._pending = []
         self._flusher: asyncio.Task[None] | None = None
+        # One connection, one transaction at a time: a commit by another writer in the
+        # middle of a binding batch would commit half of it.
+        self._writing = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -206,40 +209,62 @@ class Store:
         if row:
             return bytes(row[0])
         value = os.urandom(size)
-        await self._db.execute(
-            "INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value)
+        await self._write(
+            [("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))]
         )
-        await self._db.commit()
         return await self.secret(key, size)
+
+    async def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> list[int]:
+        """Run statements in one transaction; their row counts. Rolled back on error."""
+        async with self._writing:
+            counts = []
+            try:
+                for sql, params in statements:
+                    cursor = await self._db.execute(sql, params)
+                    counts.append(cursor.rowcount)
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            return counts
 
     # users
 
     async def add_user(self, user: User, now: float) -> None:
         try:
-            await self._db.execute(
-                "INSERT INTO users (extension, name, realm, ha1_md5, ha1_sha256, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (user.extension, user.name, user.realm, user.ha1_md5, user.ha1_sha256, now),
+            await self._write(
+                [
+                    (
+                        "INSERT INTO users (extension, name, realm, ha1_md5, ha1_sha256, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (user.extension, user.name, user.realm, user.ha1_md5, user.ha1_sha256, now),
+                    )
+                ]
             )
         except aiosqlite.IntegrityError:
             raise StoreError(f"user {user.extension} already exists") from None
-        await self._db.commit()
 
     async def update_password(self, extension: str, realm: str, md5: str, sha256: str) -> None:
-        cur = await self._db.execute(
-            "UPDATE users SET realm = ?, ha1_md5 = ?, ha1_sha256 = ? WHERE extension = ?",
-            (realm, md5, sha256, extension),
+        [changed] = await self._write(
+            [
+                (
+                    "UPDATE users SET realm = ?, ha1_md5 = ?, ha1_sha256 = ? WHERE extension = ?",
+                    (realm, md5, sha256, extension),
+                )
+            ]
         )
-        if cur.rowcount == 0:
+        if changed == 0:
             raise StoreError(f"no user {extension}")
-        await self._db.commit()
 
     async def remove_user(self, extension: str) -> None:
-        cur = await self._db.execute("DELETE FROM users WHERE extension = ?", (extension,))
-        if cur.rowcount == 0:
+        removed, _ = await self._write(
+            [
+                ("DELETE FROM users WHERE extension = ?", (extension,)),
+                ("DELETE FROM bindings WHERE aor = ?", (extension,)),
+            ]
+        )
+        if removed == 0:
             raise StoreError(f"no user {extension}")
-        await self._db.execute("DELETE FROM bindings WHERE aor = ?", (extension,))
-        await self._db.commit()
 
     async def users(self) -> list[User]:
         rows = await self._db.execute_fetchall(
@@ -256,9 +281,8 @@ class Store:
         return [_binding_from_row(row) for row in rows]
 
     async def purge_expired(self, now: float) -> int:
-        cur = await self._db.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,))
-        await self._db.commit()
-        return cur.rowcount
+        [purged] = await self._write([("DELETE FROM bindings WHERE expires_at <= ?", (now,))])
+        return purged
 
     def save_binding(self, binding: Binding) -> asyncio.Future[None]:
         """Queue an insert-or-replace; the future resolves once it is committed."""
@@ -283,6 +307,7 @@ class Store:
                 for binding, key, _ in batch:
                     final[(binding.aor, binding.contact) if binding else key] = binding  # type: ignore[index]
                 error: BaseException | None = None
+                await self._writing.acquire()
                 try:
                     await self._db.executemany(
                         f"INSERT OR REPLACE INTO bindings ({_BINDING_COLUMNS}) "
@@ -298,6 +323,8 @@ class Store:
                     error = exc
                     with contextlib.suppress(Exception):
                         await self._db.rollback()
+                finally:
+                    self._writing.release()
                 for _, _, future in batch:
                     if future.done():
                         continue

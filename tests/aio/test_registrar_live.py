@@ -233,3 +233,23 @@ async def test_database_and_data_dir_are_private(exchange: Exchange) -> None:
     for suffix in ("-wal", "-shm"):
         side = database.with_name(database.name + suffix)
         assert side.stat().st_mode & 0o077 == 0
+
+
+async def test_failed_commit_changes_nothing_and_answers_500(exchange: Exchange) -> None:
+    """The database refuses the write (a trigger plays a full disk): the phone gets 500,
+    and the binding is neither routable nor announced."""
+    registrar, store = exchange.registrar, exchange.store
+    assert registrar is not None and store is not None
+    seen: list[object] = []
+    exchange.events.subscribe(seen.append)
+    await store._db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON bindings BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    async with SipTestClient(server_of(exchange)) as ua:
+        assert (await ua.register("1001", "pw1001")).status == 500
+        assert registrar.contacts("1001") == []
+        assert seen == []
+        await store._db.execute("DROP TRIGGER refuse")
+        assert (await ua.register("1001", "pw1001")).status == 200
+    assert len(registrar.contacts("1001")) == 1
+    assert len(await store.bindings()) == 1
