@@ -7,6 +7,7 @@ import json
 import logging
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -122,6 +123,13 @@ def _user_record(config: Config, extension: str, name: str, password: str) -> Us
     )
 
 
+def _password_argument(password: str | None) -> str | None:
+    """`--password -` reads one line from standard input: argv is visible to every user."""
+    if password == "-":
+        return sys.stdin.readline().rstrip("\r\n")
+    return password
+
+
 def _check_extension(extension: str) -> str:
     if not extension or not all(c.isalnum() or c in "-_.+" for c in extension):
         raise click.BadParameter("use letters, digits and - _ . + only", param_hint="EXT")
@@ -130,12 +138,17 @@ def _check_extension(extension: str) -> str:
 
 @user.command("add")
 @click.argument("extension")
-@click.option("--password", help="SIP password; a random one is made and printed if omitted.")
+@click.option(
+    "--password",
+    help="SIP password ('-' reads it from standard input, out of sight of ps); "
+    "a random one is made and printed if omitted.",
+)
 @click.option("--name", default="", help="Display name.")
 @pass_ctx
 def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> None:
     """Add a user that phones register as."""
     _check_extension(extension)
+    password = _password_argument(password)
     generated = password is None
     # Letters and digits only: easy to type on a desk phone's keypad, never starts with '-'.
     password = password or "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(14))
@@ -149,10 +162,15 @@ def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> 
 
 @user.command("passwd")
 @click.argument("extension")
-@click.option("--password", required=True, help="The new SIP password.")
+@click.option(
+    "--password", required=True, help="The new SIP password ('-' reads it from standard input)."
+)
 @pass_ctx
 def user_passwd(ctx: _Context, extension: str, password: str) -> None:
     """Change a user's password."""
+    password = _password_argument(password) or ""
+    if not password:
+        raise click.BadParameter("the password is empty", param_hint="--password")
     record = _user_record(ctx.config, extension, "", password)
     _run(
         lambda s: s.update_password(extension, record.realm, record.ha1_md5, record.ha1_sha256),

@@ -149,3 +149,16 @@ def test_concurrent_first_use_of_a_new_database(pbx_proc: PbxProcess) -> None:
     results = [p.communicate(timeout=30) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], results
     assert len(pbx_proc.cli_json("user", "list")) == 4
+
+
+async def test_password_from_stdin(pbx_proc: PbxProcess) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run(  # noqa: ASYNC221 - the CLI runs before the server starts
+        [sys.executable, "-m", "pbx", "-c", str(pbx_proc.config), "user", "add", "1001",
+         "--password", "-"],
+        input="from-stdin\n", text=True, check=True, timeout=30, capture_output=True,
+    )  # fmt: skip
+    pbx_proc.start()
+    assert await register_until(pbx_proc, "1001", "from-stdin", 200) == 200
