@@ -206,10 +206,6 @@ class SipUri:
         value = param(self.params, "transport")
         return value.lower() if value else None
 
-    @property
-    def host_unbracketed(self) -> str:
-        return self.host[1:-1] if self.host.startswith("[") else self.host
-
     def aor(self) -> str:
         """The address-of-record key: scheme, user and host, compared as RFC 3261 §10.3 says."""
         user = normalize_escapes(self.user) if self.user is not None else ""
