@@ -191,10 +191,6 @@ class Store:
             await self._flusher
         await self._db.close()
 
-    async def schema_version(self) -> int:
-        row = next(iter(await self._db.execute_fetchall("PRAGMA user_version")), None)
-        return int(row[0]) if row else 0
-
     async def data_version(self) -> int:
         """Changes whenever another connection commits (PRAGMA data_version)."""
         row = next(iter(await self._db.execute_fetchall("PRAGMA data_version")), None)
