@@ -1,0 +1,729 @@
+"""RTP and RTCP (RFC 3550): packets, receive statistics and header rewriting.
+
+Everything here is sans-I/O: bytes and times (in seconds, from the caller's
+clock) go in, values and bytes come out. Nothing reads a clock or a socket.
+
+This module sits on the media hot path: a bridged call relays about 100 RTP
+packets per second in each direction, per call. So the RTP parts use
+precompiled `struct.Struct` objects, `RtpPacket` is a `NamedTuple` rather
+than a frozen dataclass (building a 9-field frozen slotted dataclass costs
+about 4x a tuple, because its `__init__` goes through `object.__setattr__`
+once per field), and `rewrite_header` relays a packet without parsing it.
+RTCP arrives about once every five seconds, so its types are ordinary frozen
+slotted dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from struct import Struct
+from typing import NamedTuple
+
+from pbx.errors import LocalProtocolError, MediaError
+
+__all__ = [
+    "MAX_DROPOUT",
+    "MAX_MISORDER",
+    "MIN_SEQUENTIAL",
+    "RTCP_BYE",
+    "RTCP_RR",
+    "RTCP_SDES",
+    "RTCP_SR",
+    "SDES_CNAME",
+    "Bye",
+    "ReceiveStats",
+    "ReceiverReport",
+    "ReportBlock",
+    "RtcpPacket",
+    "RtcpUnknown",
+    "RtpError",
+    "RtpExtension",
+    "RtpPacket",
+    "SdesChunk",
+    "SenderInfo",
+    "SenderReport",
+    "SequenceRewriter",
+    "SourceDescription",
+    "build_rtcp",
+    "is_rtcp",
+    "ntp_from_unix",
+    "parse_rtcp",
+    "parse_rtp",
+    "rewrite_header",
+]
+
+
+class RtpError(MediaError):
+    """An RTP or RTCP packet from the wire is malformed."""
+
+
+# RFC 3550 §5.1 fixed header: V/P/X/CC, M/PT, sequence, timestamp, SSRC.
+_HEADER = Struct("!BBHII")
+# One precompiled CSRC-list struct per CC value (0..15), so parsing never
+# formats a struct string per packet.
+_CSRCS = tuple(Struct(f"!{n}I") for n in range(16))
+_EXTENSION = Struct("!HH")  # RFC 3550 §5.3.1: profile-defined, length in words
+_SEQ_TS_SSRC = Struct("!HII")
+
+_SEQ_MOD = 1 << 16
+_TS_MOD = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class RtpExtension:
+    """RFC 3550 §5.3.1 header extension: a profile-defined 16-bit value and data.
+
+    `data` excludes the 4-byte extension header and is a multiple of 4 bytes.
+    """
+
+    profile: int
+    data: bytes
+
+
+class RtpPacket(NamedTuple):
+    """One RTP data packet, RFC 3550 §5.1. The version is always 2.
+
+    `padding` is the number of padding octets including the final count octet
+    (RFC 3550 §5.1 "P"), 0 for none; padding contents are not kept, since only
+    the count octet has a defined meaning.
+    """
+
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes = b""
+    marker: bool = False
+    csrcs: tuple[int, ...] = ()
+    extension: RtpExtension | None = None
+    padding: int = 0
+
+    def encode(self) -> bytes:
+        """Serialize per RFC 3550 §5.1; padding octets are zero but for the count."""
+        csrcs, extension, padding = self.csrcs, self.extension, self.padding
+        if not 0 <= self.payload_type <= 127:
+            raise LocalProtocolError(f"RTP payload type {self.payload_type} not in 0..127")
+        if len(csrcs) > 15:
+            raise LocalProtocolError("an RTP packet carries at most 15 CSRCs")
+        if not 0 <= padding <= 255:
+            raise LocalProtocolError(f"RTP padding {padding} not in 0..255")
+        b0 = 0x80 | len(csrcs)
+        if padding:
+            b0 |= 0x20
+        if extension is not None:
+            b0 |= 0x10
+        b1 = self.payload_type | (0x80 if self.marker else 0)
+        parts = [
+            _HEADER.pack(b0, b1, self.sequence, self.timestamp, self.ssrc),
+            _CSRCS[len(csrcs)].pack(*csrcs),
+        ]
+        if extension is not None:
+            words, rest = divmod(len(extension.data), 4)
+            if rest or words > 0xFFFF:
+                raise LocalProtocolError("RTP extension data must be whole 32-bit words")
+            parts += (_EXTENSION.pack(extension.profile, words), extension.data)
+        parts.append(self.payload)
+        if padding:
+            parts.append(bytes(padding - 1) + bytes((padding,)))
+        return b"".join(parts)
+
+
+def parse_rtp(data: bytes) -> RtpPacket:
+    """Parse one RTP packet (RFC 3550 §5.1, §5.3.1); raise `RtpError` if malformed.
+
+    Checks the version, that the CSRC list and extension fit, and that the
+    padding count is non-zero and fits (RFC 3550 §A.1 validity checks that
+    need no session state).
+    """
+    size = len(data)
+    if size < 12:
+        raise RtpError(f"RTP packet of {size} bytes is shorter than the 12-byte header")
+    b0, b1, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+    if b0 >> 6 != 2:
+        raise RtpError(f"RTP version {b0 >> 6}, expected 2")
+    offset = 12
+    count = b0 & 0x0F
+    csrcs: tuple[int, ...] = ()
+    if count:
+        offset += 4 * count
+        if size < offset:
+            raise RtpError("RTP packet truncated in the CSRC list")
+        csrcs = _CSRCS[count].unpack_from(data, 12)
+    extension = None
+    if b0 & 0x10:
+        if size < offset + 4:
+            raise RtpError("RTP packet truncated in the extension header")
+        profile, words = _EXTENSION.unpack_from(data, offset)
+        start = offset + 4
+        offset = start + 4 * words
+        if size < offset:
+            raise RtpError("RTP packet truncated in the header extension")
+        extension = RtpExtension(profile, data[start:offset])
+    end = size
+    padding = 0
+    if b0 & 0x20:
+        padding = data[-1]
+        # §5.1: the count includes itself, so 0 is impossible.
+        if padding == 0 or offset + padding > size:
+            raise RtpError(f"RTP padding count {padding} is invalid")
+        end -= padding
+    return RtpPacket(
+        b1 & 0x7F,
+        sequence,
+        timestamp,
+        ssrc,
+        data[offset:end],
+        b1 >= 0x80,
+        csrcs,
+        extension,
+        padding,
+    )
+
+
+def rewrite_header(
+    data: bytes,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    payload_type: int | None = None,
+    marker: bool | None = None,
+) -> bytes:
+    """Replace the RFC 3550 §5.1 fixed-header fields of a packet without parsing it.
+
+    A B2BUA relaying payloads must keep sequence, timestamp and SSRC continuous
+    towards each phone when the source behind it changes. The CSRC list,
+    extension, padding and payload are copied unchanged. `sequence` and
+    `timestamp` are reduced modulo 2**16 and 2**32 so callers can add freely.
+    `payload_type` and `marker` are kept when None.
+    """
+    if len(data) < 12 or data[0] >> 6 != 2:
+        raise RtpError("not an RTP version 2 packet")
+    b1 = data[1]
+    if payload_type is not None:
+        if not 0 <= payload_type <= 127:
+            raise LocalProtocolError(f"RTP payload type {payload_type} not in 0..127")
+        b1 = (b1 & 0x80) | payload_type
+    if marker is not None:
+        b1 = (b1 & 0x7F) | (0x80 if marker else 0)
+    # A fresh header plus the sliced tail measured ~40% faster than
+    # bytearray + pack_into + bytes(), which copies the payload twice.
+    return _HEADER.pack(data[0], b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + data[12:]
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RFC 5761 §4 demultiplexing: RTCP packet types 192-223 in the second octet.
+
+    Those values are RTP marker + payload types 64-95, which RFC 5761 forbids
+    for RTP on a multiplexed port.
+    """
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+def ntp_from_unix(seconds: float) -> int:
+    """64-bit NTP timestamp (RFC 3550 §4) for a Unix time in seconds."""
+    return int((seconds + 2_208_988_800) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
+
+
+# --- RTCP (RFC 3550 §6.4-6.6) ----------------------------------------------
+
+RTCP_SR = 200
+RTCP_RR = 201
+RTCP_SDES = 202
+RTCP_BYE = 203
+SDES_CNAME = 1
+
+_RTCP_HEADER = Struct("!BBH")  # V/P/count, packet type, length in words - 1
+_SSRC = Struct("!I")
+_SENDER_INFO = Struct("!QIII")  # NTP, RTP timestamp, packet count, octet count
+_REPORT_BLOCK = Struct("!IIIIII")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportBlock:
+    """RFC 3550 §6.4.1 reception report block about one source.
+
+    `fraction_lost` is in 1/256ths; `cumulative_lost` is signed (24 bits on
+    the wire; duplicates can make it negative); `lsr` is the middle 32 bits of
+    the last SR's NTP timestamp and `dlsr` the delay since, in 1/65536 s.
+    """
+
+    ssrc: int
+    fraction_lost: int
+    cumulative_lost: int
+    highest_sequence: int
+    jitter: int
+    lsr: int = 0
+    dlsr: int = 0
+
+    def encode(self) -> bytes:
+        """The 24-byte wire form."""
+        lost = max(-0x800000, min(0x7FFFFF, self.cumulative_lost)) & 0xFFFFFF
+        return _REPORT_BLOCK.pack(
+            self.ssrc,
+            (self.fraction_lost << 24) | lost,
+            self.highest_sequence,
+            self.jitter,
+            self.lsr,
+            self.dlsr,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SenderInfo:
+    """RFC 3550 §6.4.1 sender information: 64-bit NTP time and send counters."""
+
+    ntp_timestamp: int
+    rtp_timestamp: int
+    packet_count: int
+    octet_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SenderReport:
+    """RFC 3550 §6.4.1 SR (packet type 200)."""
+
+    ssrc: int
+    sender_info: SenderInfo
+    reports: tuple[ReportBlock, ...] = ()
+
+    def encode(self) -> bytes:
+        """Wire form, without padding."""
+        info = self.sender_info
+        body = _SSRC.pack(self.ssrc) + _SENDER_INFO.pack(
+            info.ntp_timestamp, info.rtp_timestamp, info.packet_count, info.octet_count
+        )
+        return _rtcp(RTCP_SR, len(self.reports), body + _blocks(self.reports))
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverReport:
+    """RFC 3550 §6.4.2 RR (packet type 201)."""
+
+    ssrc: int
+    reports: tuple[ReportBlock, ...] = ()
+
+    def encode(self) -> bytes:
+        """Wire form, without padding."""
+        return _rtcp(RTCP_RR, len(self.reports), _SSRC.pack(self.ssrc) + _blocks(self.reports))
+
+
+@dataclass(frozen=True, slots=True)
+class SdesChunk:
+    """RFC 3550 §6.5 chunk: an SSRC/CSRC and its (item type, value) list."""
+
+    ssrc: int
+    items: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def cname(self) -> bytes | None:
+        """The CNAME item (§6.5.1), which every compound packet should carry."""
+        return next((value for kind, value in self.items if kind == SDES_CNAME), None)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDescription:
+    """RFC 3550 §6.5 SDES (packet type 202)."""
+
+    chunks: tuple[SdesChunk, ...]
+
+    def encode(self) -> bytes:
+        """Wire form; each chunk ends in 1-4 null octets to a 32-bit boundary."""
+        parts = []
+        if any(len(value) > 255 for chunk in self.chunks for _, value in chunk.items):
+            raise LocalProtocolError("an SDES item is at most 255 octets")
+        for chunk in self.chunks:
+            items = b"".join(bytes((kind, len(value))) + value for kind, value in chunk.items)
+            # At least one null octet terminates the item list (§6.5).
+            parts.append(_SSRC.pack(chunk.ssrc) + items + bytes(4 - len(items) % 4))
+        return _rtcp(RTCP_SDES, len(self.chunks), b"".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """RFC 3550 §6.6 BYE (packet type 203) with an optional reason."""
+
+    ssrcs: tuple[int, ...]
+    reason: bytes | None = None
+
+    def encode(self) -> bytes:
+        """Wire form; the reason is padded with nulls to a 32-bit boundary."""
+        body = b"".join(_SSRC.pack(ssrc) for ssrc in self.ssrcs)
+        if self.reason is not None:
+            if len(self.reason) > 255:
+                raise LocalProtocolError("a BYE reason is at most 255 octets")
+            reason = bytes((len(self.reason),)) + self.reason
+            body += reason + bytes(-len(reason) % 4)
+        return _rtcp(RTCP_BYE, len(self.ssrcs), body)
+
+
+@dataclass(frozen=True, slots=True)
+class RtcpUnknown:
+    """Any other RTCP packet (APP, feedback, XR): kept raw so it can be relayed."""
+
+    packet_type: int
+    count: int
+    body: bytes
+
+    def encode(self) -> bytes:
+        """Wire form; a body that is not whole 32-bit words gets padding (§6.4.1 P)."""
+        pad = -len(self.body) % 4
+        if not pad:
+            return _rtcp(self.packet_type, self.count, self.body)
+        data = bytearray(
+            _rtcp(self.packet_type, self.count, self.body + bytes(pad - 1) + bytes((pad,)))
+        )
+        data[0] |= 0x20
+        return bytes(data)
+
+
+RtcpPacket = SenderReport | ReceiverReport | SourceDescription | Bye | RtcpUnknown
+
+
+def _rtcp(packet_type: int, count: int, body: bytes) -> bytes:
+    if count > 31 or len(body) % 4:
+        raise LocalProtocolError("RTCP count over 31 or body not whole 32-bit words")
+    return _RTCP_HEADER.pack(0x80 | count, packet_type, len(body) // 4) + body
+
+
+def _blocks(reports: tuple[ReportBlock, ...]) -> bytes:
+    return b"".join(block.encode() for block in reports)
+
+
+def build_rtcp(*packets: RtcpPacket) -> bytes:
+    """Concatenate packets into one compound RTCP packet (RFC 3550 §6.1).
+
+    The caller orders them: SR or RR first, then SDES with a CNAME, BYE last.
+    """
+    return b"".join(packet.encode() for packet in packets)
+
+
+def parse_rtcp(data: bytes) -> list[RtcpPacket]:
+    """Split a compound RTCP packet (RFC 3550 §6.1) and parse SR, RR, SDES and BYE.
+
+    Checks the version and that every length fits (the §A.2 checks that do
+    not depend on ordering, since RFC 5506 allows non-compound packets).
+    Other packet types come back as `RtcpUnknown`.
+    """
+    packets: list[RtcpPacket] = []
+    offset, size = 0, len(data)
+    if size < 4:
+        raise RtpError("RTCP packet shorter than its 4-byte header")
+    while offset < size:
+        if size - offset < 4:
+            raise RtpError("RTCP compound packet has trailing bytes")
+        b0, packet_type, words = _RTCP_HEADER.unpack_from(data, offset)
+        if b0 >> 6 != 2:
+            raise RtpError(f"RTCP version {b0 >> 6}, expected 2")
+        start, end = offset + 4, offset + 4 + 4 * words
+        if end > size:
+            raise RtpError("RTCP packet length runs past the datagram")
+        if b0 & 0x20:
+            padding = data[end - 1] if end > start else 0
+            if padding == 0 or padding > end - start:
+                raise RtpError("RTCP padding count is invalid")
+            body = data[start : end - padding]
+        else:
+            body = data[start:end]
+        packets.append(_parse_one(packet_type, b0 & 0x1F, body))
+        offset = end
+    return packets
+
+
+def _parse_one(packet_type: int, count: int, body: bytes) -> RtcpPacket:
+    if packet_type == RTCP_SR:
+        if len(body) < 24 + 24 * count:
+            raise RtpError("RTCP SR truncated")
+        ntp, rtp_ts, packets, octets = _SENDER_INFO.unpack_from(body, 4)
+        info = SenderInfo(ntp, rtp_ts, packets, octets)
+        return SenderReport(_SSRC.unpack_from(body)[0], info, _parse_blocks(body, 24, count))
+    if packet_type == RTCP_RR:
+        if len(body) < 4 + 24 * count:
+            raise RtpError("RTCP RR truncated")
+        return ReceiverReport(_SSRC.unpack_from(body)[0], _parse_blocks(body, 4, count))
+    if packet_type == RTCP_SDES:
+        return SourceDescription(_parse_chunks(body, count))
+    if packet_type == RTCP_BYE:
+        if len(body) < 4 * count:
+            raise RtpError("RTCP BYE truncated")
+        ssrcs = Struct(f"!{count}I").unpack_from(body)
+        reason = None
+        if len(body) > 4 * count:
+            length = body[4 * count]
+            reason = body[4 * count + 1 : 4 * count + 1 + length]
+            if len(reason) != length:
+                raise RtpError("RTCP BYE reason truncated")
+        return Bye(ssrcs, reason)
+    return RtcpUnknown(packet_type, count, body)
+
+
+def _parse_blocks(body: bytes, offset: int, count: int) -> tuple[ReportBlock, ...]:
+    blocks = []
+    for i in range(count):
+        ssrc, lost, highest, jitter, lsr, dlsr = _REPORT_BLOCK.unpack_from(body, offset + 24 * i)
+        cumulative = lost & 0xFFFFFF
+        if cumulative & 0x800000:  # 24-bit two's complement (§6.4.1)
+            cumulative -= 0x1000000
+        blocks.append(ReportBlock(ssrc, lost >> 24, cumulative, highest, jitter, lsr, dlsr))
+    return tuple(blocks)
+
+
+def _parse_chunks(body: bytes, count: int) -> tuple[SdesChunk, ...]:
+    chunks = []
+    offset, size = 0, len(body)
+    for _ in range(count):
+        if size - offset < 4:
+            raise RtpError("RTCP SDES chunk truncated")
+        ssrc = _SSRC.unpack_from(body, offset)[0]
+        offset += 4
+        items = []
+        while True:
+            if offset >= size:
+                raise RtpError("RTCP SDES item list not terminated")
+            kind = body[offset]
+            if kind == 0:
+                # The null item ends the list; skip to the chunk's 32-bit boundary.
+                offset += 4 - offset % 4
+                break
+            if offset + 2 > size or offset + 2 + body[offset + 1] > size:
+                raise RtpError("RTCP SDES item truncated")
+            length = body[offset + 1]
+            items.append((kind, body[offset + 2 : offset + 2 + length]))
+            offset += 2 + length
+        chunks.append(SdesChunk(ssrc, tuple(items)))
+    return tuple(chunks)
+
+
+# --- Receiver statistics (RFC 3550 Appendix A.1, A.3, A.8) -----------------
+
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
+MIN_SEQUENTIAL = 2
+
+
+class ReceiveStats:
+    """Reception statistics for one source: RFC 3550 §A.1, §A.3 and §A.8.
+
+    A plain mutable class: it is updated once per received packet, so it keeps
+    its counters in slots rather than rebuilding a frozen value each time.
+    Arrival times are seconds on any monotonic clock of the caller's.
+    """
+
+    __slots__ = (
+        "_bad_seq",
+        "_base_seq",
+        "_clock_rate",
+        "_cycles",
+        "_expected_prior",
+        "_jitter",
+        "_lsr",
+        "_lsr_arrival",
+        "_max_seq",
+        "_min_sequential",
+        "_probation",
+        "_received",
+        "_received_prior",
+        "_started",
+        "_transit",
+        "ssrc",
+    )
+
+    def __init__(self, ssrc: int, clock_rate: int, min_sequential: int = MIN_SEQUENTIAL) -> None:
+        self.ssrc = ssrc
+        self._clock_rate = clock_rate
+        self._min_sequential = self._probation = min_sequential
+        self._started = False
+        self._base_seq = self._max_seq = self._cycles = 0
+        self._bad_seq = _SEQ_MOD + 1  # an impossible sequence number
+        self._received = self._received_prior = self._expected_prior = 0
+        self._transit: float | None = None
+        self._jitter = 0.0
+        self._lsr = 0
+        self._lsr_arrival = 0.0
+
+    def _init_seq(self, seq: int) -> None:
+        self._base_seq = self._max_seq = seq
+        self._bad_seq = _SEQ_MOD + 1
+        self._cycles = self._received = self._received_prior = self._expected_prior = 0
+
+    def on_packet(self, sequence: int, timestamp: int, arrival: float) -> bool:
+        """Account one RTP packet (§A.1 `update_seq`); True if it counts as valid.
+
+        False means the source is still on probation or the packet looks like
+        a jump that needs a second in-order packet to confirm a restart.
+        """
+        if not self._started:
+            # §A.1: first packet; max_seq = seq - 1 so that seq is "in order".
+            self._started = True
+            self._init_seq(sequence)
+            self._max_seq = (sequence - 1) & 0xFFFF
+        udelta = (sequence - self._max_seq) & 0xFFFF
+        if self._probation:
+            # The C reference compares with max_seq + 1 unwrapped, which
+            # rejects a probation run across 65535 -> 0; wrapping is meant.
+            if sequence == (self._max_seq + 1) & 0xFFFF:
+                self._probation -= 1
+                self._max_seq = sequence
+                if self._probation == 0:
+                    self._init_seq(sequence)
+                    self._received += 1
+                    self._update_jitter(timestamp, arrival)
+                    return True
+            else:
+                self._probation = self._min_sequential - 1
+                self._max_seq = sequence
+            return False
+        if udelta < MAX_DROPOUT:
+            if sequence < self._max_seq:
+                self._cycles += _SEQ_MOD  # wrapped around
+            self._max_seq = sequence
+        elif udelta <= _SEQ_MOD - MAX_MISORDER:
+            # A very large jump: two in a row mean the sender restarted.
+            if sequence == self._bad_seq:
+                self._init_seq(sequence)
+            else:
+                self._bad_seq = (sequence + 1) & 0xFFFF
+                return False
+        # else: a duplicate or a reordered packet; count it, max_seq stays.
+        self._received += 1
+        self._update_jitter(timestamp, arrival)
+        return True
+
+    def _update_jitter(self, timestamp: int, arrival: float) -> None:
+        """§A.8: J += (|D| - J) / 16, with transit in RTP timestamp units."""
+        transit = arrival * self._clock_rate - timestamp
+        previous, self._transit = self._transit, transit
+        if previous is None:
+            return
+        # Keep D in -2**31..2**31 so a 32-bit timestamp wrap is not a spike.
+        d = abs((transit - previous + (1 << 31)) % _TS_MOD - (1 << 31))
+        self._jitter += (d - self._jitter) / 16
+
+    def on_sender_report(self, ntp_timestamp: int, arrival: float) -> None:
+        """Note an SR from this source, for LSR/DLSR in our next report (§6.4.1)."""
+        self._lsr = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        self._lsr_arrival = arrival
+
+    @property
+    def received(self) -> int:
+        """Packets counted since the sequence was (re)initialised (§A.3)."""
+        return self._received
+
+    @property
+    def extended_max(self) -> int:
+        """Highest sequence number seen, extended with the wrap count (§A.3)."""
+        return self._cycles + self._max_seq
+
+    @property
+    def expected(self) -> int:
+        """Packets expected: extended_max - base_seq + 1 (§A.3)."""
+        return self.extended_max - self._base_seq + 1
+
+    @property
+    def lost(self) -> int:
+        """Cumulative packets lost, negative with duplicates (§A.3)."""
+        return self.expected - self._received
+
+    @property
+    def jitter(self) -> int:
+        """Interarrival jitter in timestamp units, as reported (§A.8)."""
+        return int(self._jitter)
+
+    def report_block(self, now: float) -> ReportBlock | None:
+        """The §6.4.1 block for our next SR/RR; None before any valid packet.
+
+        It starts a new reporting interval, so `fraction_lost` covers only
+        packets since the previous call (§A.3).
+        """
+        if not self._received:
+            return None
+        expected = self.expected
+        expected_interval = expected - self._expected_prior
+        received_interval = self._received - self._received_prior
+        self._expected_prior, self._received_prior = expected, self._received
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval and lost_interval > 0:
+            fraction = (lost_interval << 8) // expected_interval
+        dlsr = 0
+        if self._lsr:
+            dlsr = max(0, min(0xFFFFFFFF, int((now - self._lsr_arrival) * 65536)))
+        return ReportBlock(
+            self.ssrc,
+            fraction,
+            max(-0x800000, min(0x7FFFFF, self.lost)),
+            self.extended_max & 0xFFFFFFFF,
+            self.jitter,
+            self._lsr,
+            dlsr,
+        )
+
+
+# --- Source switching for a B2BUA ------------------------------------------
+
+
+class SequenceRewriter:
+    """One continuous outgoing RTP stream built from changing incoming sources.
+
+    A B2BUA that relays hold music and then the other party towards a phone
+    must present one SSRC with continuous sequence numbers and timestamps
+    (RFC 3550 §8.2, §5.1), or the phone's jitter buffer may discard the new
+    source as a wild jump. Within one source, offsets are preserved, so the
+    source's own gaps and timestamp steps pass through. On a new source (SSRC
+    change, or a sequence jump of MAX_DROPOUT or more, a restart under the same
+    SSRC), the sequence continues at +1, the timestamp advances by the media
+    time elapsed since the last packet sent, and the marker bit is set, as
+    for the start of a talkspurt (RFC 3551 §4.1).
+
+    Late packets from a previous source are treated as yet another switch;
+    callers that mix sources should stop feeding the old one.
+    """
+
+    __slots__ = (
+        "_clock_rate",
+        "_last_arrival",
+        "_last_in_seq",
+        "_last_seq",
+        "_last_ts",
+        "_seq_offset",
+        "_source",
+        "_ts_offset",
+        "ssrc",
+    )
+
+    def __init__(self, ssrc: int, sequence: int, timestamp: int, clock_rate: int) -> None:
+        """`sequence` and `timestamp` are the first outgoing values (pick them randomly, §5.1)."""
+        self.ssrc = ssrc
+        self._clock_rate = clock_rate
+        self._source: int | None = None
+        self._seq_offset = self._ts_offset = 0
+        self._last_in_seq = 0
+        self._last_seq = (sequence - 1) & 0xFFFF
+        self._last_ts = timestamp & 0xFFFFFFFF
+        self._last_arrival: float | None = None
+
+    def rewrite(self, data: bytes, now: float, payload_type: int | None = None) -> bytes:
+        """Rewrite one incoming RTP packet arriving at `now` (seconds) for sending on."""
+        if len(data) < 12 or data[0] >> 6 != 2:
+            raise RtpError("not an RTP version 2 packet")
+        seq, ts, source = _SEQ_TS_SSRC.unpack_from(data, 2)
+        marker = None
+        if source != self._source or MAX_DROPOUT <= (seq - self._last_in_seq) & 0xFFFF <= (
+            _SEQ_MOD - MAX_MISORDER
+        ):
+            if self._last_arrival is None:
+                out_ts = self._last_ts  # very first packet: the initial timestamp
+            else:
+                elapsed = round((now - self._last_arrival) * self._clock_rate)
+                # At least one tick: a repeated timestamp would merge two frames.
+                out_ts = self._last_ts + max(1, elapsed)
+            self._source = source
+            self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
+            self._ts_offset = (out_ts - ts) & 0xFFFFFFFF
+            marker = True
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
+        # Track only forward progress, so a reordered packet does not rewind us.
+        if marker or 0 < (out_seq - self._last_seq) & 0xFFFF < MAX_DROPOUT:
+            self._last_seq, self._last_ts, self._last_in_seq = out_seq, out_ts, seq
+            self._last_arrival = now
+        return rewrite_header(data, out_seq, out_ts, self.ssrc, payload_type, marker)
