@@ -1,0 +1,369 @@
+"""The RFC 3264 offer/answer model for a B2BUA that anchors media.
+
+Pure functions over `pbx.sip.sdp` descriptions: build an offer, answer an offer, and read
+what was agreed from an answer. The result of a negotiation is a `MediaParameters`, which is
+everything the RTP layer needs for one audio stream: the codec, the RFC 4733
+telephone-event payload type, the packetization time, where to send, and in which direction.
+
+We anchor one audio stream per call. Any other stream (video, T.38 `image`, a second audio
+stream, SRTP profiles) is rejected with port 0, which keeps the m-line count and order the
+offerer expects (RFC 3264 §6). T.38 will be accepted here once the fax layer can take it.
+
+No clock is read: the caller supplies `sess-id` and `sess-version` (or lets
+`LocalSession` count versions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pbx.errors import LocalProtocolError, RemoteProtocolError, SipStatus
+from pbx.sip.sdp import (
+    Direction,
+    MediaDescription,
+    RtpMap,
+    SessionDescription,
+)
+
+TELEPHONE_EVENT = "telephone-event"
+# RTP profiles we can terminate; SRTP (RTP/SAVP) and feedback profiles are rejected.
+_PROTOS = frozenset({"RTP/AVP"})
+# Formats that are never "the" audio codec: DTMF events and comfort noise (RFC 3389).
+_NOT_AUDIO = frozenset({TELEPHONE_EVENT, "cn"})
+_HOLD_ADDRESSES = frozenset({"0.0.0.0", "::"})
+DEFAULT_PTIME = 20
+
+
+class NegotiationError(RemoteProtocolError):
+    """The peer's SDP leaves nothing we can use (RFC 3264 §6): answer 488."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, SipStatus.NOT_ACCEPTABLE_HERE)
+
+
+@dataclass(frozen=True, slots=True)
+class CodecPreference:
+    """A codec we support. A sequence of them is our order of preference.
+
+    `payload_type` is the number we offer; for a dynamic type (96-127) the answerer's and
+    offerer's numbers win when we answer (RFC 3264 §6.1). `passthrough` marks a codec we
+    can only relay between legs that both negotiated it, never transcode.
+    """
+
+    encoding: str
+    clock_rate: int
+    payload_type: int
+    channels: int = 1
+    fmtp: str | None = None
+    passthrough: bool = False
+
+    @property
+    def rtpmap(self) -> RtpMap:
+        return RtpMap(self.payload_type, self.encoding, self.clock_rate, self.channels)
+
+    @property
+    def is_telephone_event(self) -> bool:
+        return self.encoding.lower() == TELEPHONE_EVENT
+
+    def matches(self, rtpmap: RtpMap) -> bool:
+        """Same codec as `rtpmap`: encoding names are case-insensitive (RFC 4566 §6)."""
+        return (
+            rtpmap.encoding.lower() == self.encoding.lower()
+            and rtpmap.clock_rate == self.clock_rate
+            and rtpmap.channels == self.channels
+        )
+
+
+PCMU = CodecPreference("PCMU", 8000, 0)
+PCMA = CodecPreference("PCMA", 8000, 8)
+# RFC 3551 §4.5.2: G.722 samples at 16 kHz but its RTP clock is 8000.
+G722 = CodecPreference("G722", 8000, 9, passthrough=True)
+TELEPHONE_EVENT_8000 = CodecPreference(TELEPHONE_EVENT, 8000, 101, fmtp="0-16")
+DEFAULT_CODECS: tuple[CodecPreference, ...] = (PCMU, PCMA, G722, TELEPHONE_EVENT_8000)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaParameters:
+    """What one offer/answer exchange agreed for the audio stream.
+
+    `direction` is always from our side: SENDONLY means we send and do not receive.
+    `remote_address` may be `0.0.0.0` for an RFC 2543 style hold; `direction` then says
+    that we must not send.
+    """
+
+    codec: str
+    payload_type: int
+    clock_rate: int
+    telephone_event: int | None
+    ptime: int
+    remote_address: str
+    remote_port: int
+    remote_rtcp_port: int
+    direction: Direction
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to send and the parameters it commits us to."""
+
+    sdp: SessionDescription
+    parameters: MediaParameters
+
+
+_MIRROR = {
+    Direction.SENDRECV: Direction.SENDRECV,
+    Direction.SENDONLY: Direction.RECVONLY,
+    Direction.RECVONLY: Direction.SENDONLY,
+    Direction.INACTIVE: Direction.INACTIVE,
+}
+
+
+def mirror(direction: Direction) -> Direction:
+    """The direction an answerer uses for `direction` in the offer (RFC 3264 §6.1)."""
+    return _MIRROR[direction]
+
+
+def effective_direction(sd: SessionDescription, media: MediaDescription) -> Direction:
+    """The sender's direction for `media`, counting `c=0.0.0.0` as "do not send to me".
+
+    RFC 3264 §8.4 asks answerers to accept the RFC 2543 hold, where the address rather than
+    an attribute says the peer will not receive.
+    """
+    direction = sd.direction_for(media)
+    conn = sd.connection_for(media)
+    if conn is not None and conn.address in _HOLD_ADDRESSES:
+        if direction is Direction.SENDRECV:
+            return Direction.SENDONLY
+        if direction is Direction.RECVONLY:
+            return Direction.INACTIVE
+    return direction
+
+
+def _check_codecs(codecs: Sequence[CodecPreference]) -> None:
+    if not any(not c.is_telephone_event for c in codecs):
+        raise LocalProtocolError("codecs name no audio codec, only telephone-event")
+
+
+def make_offer(
+    address: str,
+    port: int,
+    codecs: Sequence[CodecPreference] = DEFAULT_CODECS,
+    *,
+    ptime: int = DEFAULT_PTIME,
+    direction: Direction = Direction.SENDRECV,
+    session_id: str,
+    version: int = 0,
+) -> SessionDescription:
+    """An offer with one audio stream listing `codecs` in our preference order (§5)."""
+    _check_codecs(codecs)
+    audio = MediaDescription.rtp(
+        "audio",
+        port,
+        [c.rtpmap for c in codecs],
+        fmtp={c.payload_type: c.fmtp for c in codecs if c.fmtp is not None},
+        ptime=ptime,
+        direction=direction,
+    )
+    return SessionDescription.create(address, [audio], sess_id=session_id, sess_version=version)
+
+
+def _rejected(media: MediaDescription) -> MediaDescription:
+    """RFC 3264 §6: port 0, same media and proto, and at least one of the offer's formats."""
+    return MediaDescription(media.media, 0, media.proto, media.formats or ("0",))
+
+
+def _acceptable(media: MediaDescription) -> bool:
+    return media.media.lower() == "audio" and media.port != 0 and media.proto.upper() in _PROTOS
+
+
+def _rtcp_port(media: MediaDescription) -> int:
+    """`a=rtcp` (RFC 3605), else the next port up (RFC 3550 §11)."""
+    rtcp = media.rtcp
+    return rtcp if rtcp is not None else media.port + 1
+
+
+def _choose(
+    offered: MediaDescription, codecs: Sequence[CodecPreference]
+) -> tuple[RtpMap, CodecPreference, RtpMap | None, CodecPreference | None] | None:
+    """The first offered audio codec we support (offerer's order), and the offer's
+    telephone-event at the same clock rate if we support that too."""
+    rtpmaps = offered.rtpmaps.values()
+    for theirs in rtpmaps:
+        if theirs.encoding.lower() in _NOT_AUDIO:
+            continue
+        ours = next((c for c in codecs if not c.is_telephone_event and c.matches(theirs)), None)
+        if ours is None:
+            continue
+        for their_te in rtpmaps:
+            if their_te.encoding.lower() != TELEPHONE_EVENT:
+                continue
+            if their_te.clock_rate != theirs.clock_rate:
+                continue
+            our_te = next((c for c in codecs if c.is_telephone_event and c.matches(their_te)), None)
+            if our_te is not None:
+                return theirs, ours, their_te, our_te
+        return theirs, ours, None, None
+    return None
+
+
+def answer(
+    offer: SessionDescription,
+    address: str,
+    port: int,
+    codecs: Sequence[CodecPreference] = DEFAULT_CODECS,
+    *,
+    session_id: str,
+    version: int = 0,
+    ptime: int = DEFAULT_PTIME,
+) -> Answer:
+    """Answer `offer` (RFC 3264 §6): accept its first usable audio stream, reject the rest.
+
+    The codec is the first in the offerer's order that we support, under the offerer's
+    payload type number; telephone-event keeps the offerer's dynamic number too. Raises
+    NegotiationError (488) when no audio stream has a codec in common.
+    """
+    _check_codecs(codecs)
+    answered: list[MediaDescription] = []
+    parameters: MediaParameters | None = None
+    for media in offer.media:
+        choice = _choose(media, codecs) if parameters is None and _acceptable(media) else None
+        conn = offer.connection_for(media)
+        if choice is None or conn is None:
+            answered.append(_rejected(media))
+            continue
+        theirs, ours, their_te, our_te = choice
+        direction = mirror(effective_direction(offer, media))
+        agreed_ptime = media.ptime or ptime
+        maps = [theirs] if their_te is None else [theirs, their_te]
+        fmtp = {theirs.payload_type: ours.fmtp} if ours.fmtp is not None else {}
+        if their_te is not None and our_te is not None and our_te.fmtp is not None:
+            fmtp[their_te.payload_type] = our_te.fmtp
+        answered.append(
+            MediaDescription.rtp(
+                "audio",
+                port,
+                maps,
+                proto=media.proto,
+                fmtp=fmtp,
+                ptime=agreed_ptime,
+                direction=direction,
+            )
+        )
+        parameters = MediaParameters(
+            codec=theirs.encoding,
+            payload_type=theirs.payload_type,
+            clock_rate=theirs.clock_rate,
+            telephone_event=None if their_te is None else their_te.payload_type,
+            ptime=agreed_ptime,
+            remote_address=conn.address,
+            remote_port=media.port,
+            remote_rtcp_port=_rtcp_port(media),
+            direction=direction,
+        )
+    if parameters is None:
+        raise NegotiationError("no audio stream in the offer has a codec we support")
+    sd = SessionDescription.create(address, answered, sess_id=session_id, sess_version=version)
+    return Answer(sd, parameters)
+
+
+def parameters_from_answer(
+    offer: SessionDescription, answer_sdp: SessionDescription
+) -> MediaParameters:
+    """What the peer's answer to our `offer` agreed (RFC 3264 §7).
+
+    The answer must keep our m-lines and choose among the codecs we offered, matched by
+    name and clock rate: the answer's numbers are the ones to send with (§6.1). Raises
+    NegotiationError (488) otherwise, or when the audio stream was rejected.
+    """
+    if len(answer_sdp.media) != len(offer.media):
+        raise NegotiationError(
+            f"answer has {len(answer_sdp.media)} m-lines, the offer had {len(offer.media)}"
+        )
+    for ours, theirs in zip(offer.media, answer_sdp.media, strict=True):
+        if not _acceptable(ours) or theirs.port == 0:
+            continue
+        if theirs.media.lower() != ours.media.lower():
+            raise NegotiationError(f"answer turned {ours.media} into {theirs.media}")
+        offered = list(ours.rtpmaps.values())
+        codec: RtpMap | None = None
+        event: RtpMap | None = None
+        for rtpmap in theirs.rtpmaps.values():
+            if not any(_same_codec(rtpmap, o) for o in offered):
+                raise NegotiationError(f"answer chose {rtpmap.encoding}, which we did not offer")
+            if rtpmap.encoding.lower() == TELEPHONE_EVENT:
+                event = event or rtpmap
+            elif rtpmap.encoding.lower() not in _NOT_AUDIO:
+                codec = codec or rtpmap
+        conn = answer_sdp.connection_for(theirs)
+        if codec is None or conn is None:
+            raise NegotiationError("answer accepted the audio stream without a usable codec")
+        return MediaParameters(
+            codec=codec.encoding,
+            payload_type=codec.payload_type,
+            clock_rate=codec.clock_rate,
+            telephone_event=None if event is None else event.payload_type,
+            ptime=theirs.ptime or ours.ptime or DEFAULT_PTIME,
+            remote_address=conn.address,
+            remote_port=theirs.port,
+            remote_rtcp_port=_rtcp_port(theirs),
+            direction=mirror(effective_direction(answer_sdp, theirs)),
+        )
+    raise NegotiationError("answer rejected the audio stream")
+
+
+def _same_codec(a: RtpMap, b: RtpMap) -> bool:
+    return (a.encoding.lower(), a.clock_rate, a.channels) == (
+        b.encoding.lower(),
+        b.clock_rate,
+        b.channels,
+    )
+
+
+class LocalSession:
+    """Our side of one SDP session: a fixed `sess-id` whose version grows by one with each
+    offer or answer we send (RFC 3264 §8), starting at `version`."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        codecs: Sequence[CodecPreference] = DEFAULT_CODECS,
+        *,
+        session_id: str,
+        version: int = 0,
+        ptime: int = DEFAULT_PTIME,
+    ) -> None:
+        _check_codecs(codecs)
+        self.address, self.port, self.codecs = address, port, tuple(codecs)
+        self.session_id, self.ptime = session_id, ptime
+        self._next_version = version
+
+    def _take_version(self) -> int:
+        version, self._next_version = self._next_version, self._next_version + 1
+        return version
+
+    def offer(self, direction: Direction = Direction.SENDRECV) -> SessionDescription:
+        return make_offer(
+            self.address,
+            self.port,
+            self.codecs,
+            ptime=self.ptime,
+            direction=direction,
+            session_id=self.session_id,
+            version=self._take_version(),
+        )
+
+    def answer(self, offer: SessionDescription) -> Answer:
+        # Negotiate before taking a version, so a 488 does not use one up.
+        result = answer(
+            offer,
+            self.address,
+            self.port,
+            self.codecs,
+            session_id=self.session_id,
+            version=self._next_version,
+            ptime=self.ptime,
+        )
+        self._take_version()
+        return result
