@@ -31,6 +31,7 @@ from pbx.sip.message import Method, Request, Response, Via, build_response, pars
 from pbx.sip.transaction import (
     Action,
     Deliver,
+    InviteServer,
     NonInviteClient,
     NonInviteServer,
     Send,
@@ -128,7 +129,7 @@ class _TimerHeap:
 class _ServerTxn:
     __slots__ = ("core", "peer")
 
-    def __init__(self, core: NonInviteServer, peer: Peer) -> None:
+    def __init__(self, core: NonInviteServer | InviteServer, peer: Peer) -> None:
         self.core = core
         self.peer = peer
 
@@ -283,17 +284,30 @@ class SipEndpoint:
         received = via.with_received(peer.host, peer.port)
         if received != via:
             request = request.with_top_via(received)
-        if request.method == Method.ACK:
-            self.on_request(request, peer)  # ACKs have no transaction of their own here
-            return
         key = _server_key(request)
         txn = self._server_txns.get(key)
         now = self._now()
+        if request.method == Method.ACK:
+            # The ACK of a non-2xx final belongs to its INVITE transaction (§17.2.1); the
+            # ACK of a 2xx has a branch of its own and goes to the TU (§13.3.1.4).
+            if (
+                txn is not None
+                and isinstance(txn.core, InviteServer)
+                and txn.core.state in (State.COMPLETED, State.CONFIRMED)
+            ):
+                self._run_server(key, txn, txn.core.on_ack(now))  # absorbed when CONFIRMED
+                return
+            self.on_request(request, peer)
+            return
         if txn is not None:
             self.stats.retransmissions_absorbed += 1
             self._run_server(key, txn, txn.core.on_request(now))
             return
-        core = NonInviteServer(now, self.timers, reliable=peer.reliable)
+        core: NonInviteServer | InviteServer
+        if request.method == Method.INVITE:
+            core = InviteServer(now, self.timers, reliable=peer.reliable)
+        else:
+            core = NonInviteServer(now, self.timers, reliable=peer.reliable)
         txn = _ServerTxn(core, response_peer(request.vias[0], peer))
         self._server_txns[key] = txn
         # A request the handler chose not to answer (a blocked source) still absorbs its
