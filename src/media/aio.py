@@ -1,0 +1,389 @@
+"""Asyncio shell for media anchoring: one leg's RTP/RTCP sockets, and a relay.
+
+`MediaEndpoint` owns one leg's RTP and RTCP UDP sockets on a `PortPool` pair.
+It latches symmetrically (RFC 4961): before the leg's first RTP packet it
+sends to the address from SDP; afterwards to where that packet came from,
+which is what gets through NATs. Packets from any other source are dropped
+until `set_remote` (a new SDP offer/answer) unlatches. It keeps RFC 3550
+receive statistics and calls back when RTP stops for `inactivity` seconds,
+so the call can be hung up.
+
+`Bridge` relays RTP payloads between two endpoints without decoding them;
+each direction has its own `SequenceRewriter`, so each phone sees one
+continuous stream. PCMU<->PCMA is a `bytes.translate` of the payload. RTCP is
+consumed per leg (statistics, `on_rtcp`) and never forwarded: the two legs
+are separate RTP sessions, the B2BUA is the endpoint of each.
+
+The receive path runs ~50 times per second per leg per call, so it avoids
+logging, parsing into objects, and timer re-arming per packet: the
+inactivity timer is armed once per `inactivity` period and compares the
+last arrival time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import socket
+from collections.abc import Callable
+from struct import Struct
+from typing import Any
+
+from media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
+from media.ports import PortPool, PortsExhausted
+from media.rtp import (
+    ReceiveStats,
+    RtcpPacket,
+    RtpError,
+    SenderReport,
+    SequenceRewriter,
+    parse_rtcp,
+)
+from pbx.errors import MediaError
+
+__all__ = ["Bridge", "MediaEndpoint"]
+
+Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
+RtpHandler = Callable[[bytes, float], None]
+
+_HEADER = Struct("!BBHII")  # RFC 3550 §5.1 fixed header
+_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 static payload types
+_TABLES = {("PCMU", "PCMA"): ULAW_TO_ALAW, ("PCMA", "PCMU"): ALAW_TO_ULAW}
+# Slack for the loop firing a timer up to its clock resolution early.
+_TIMER_SLACK = 1e-3
+
+
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: MediaEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._endpoint._on_rtcp(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP unreachable from a phone that went away; inactivity handles it
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._endpoint._open_sockets += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._endpoint._socket_closed()
+
+
+class MediaEndpoint(asyncio.DatagramProtocol):
+    """One leg's RTP (even port) and RTCP (port + 1) sockets. Open with `open`.
+
+    Public counters: `received` (RTP packets accepted), `sent`, `foreign`
+    (dropped: from an address other than the latched one), `dropped`
+    (not RTP/RTCP version 2, or malformed RTCP). `stats` is the RFC 3550
+    `ReceiveStats` of the current incoming SSRC, None before the first packet.
+    """
+
+    on_rtp: RtpHandler | None
+    """Called with each accepted RTP packet and its arrival time (set by `Bridge`)."""
+    on_rtcp: Callable[[list[RtcpPacket]], None] | None
+    """Called with each parsed incoming RTCP compound packet."""
+
+    def __init__(
+        self,
+        pool: PortPool,
+        port: int,
+        remote: Address | None,
+        clock_rate: int,
+        inactivity: float | None,
+        on_inactive: Callable[[MediaEndpoint], None] | None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._time = self._loop.time
+        self._pool, self.port, self.clock_rate = pool, port, clock_rate
+        self.on_rtp = None
+        self.on_rtcp = None
+        self.on_inactive = on_inactive
+        self.stats: ReceiveStats | None = None
+        self.received = self.sent = self.foreign = self.dropped = 0
+        self._sdp_remote: Address | None = remote
+        self._latched: Address | None = None
+        self._rtcp_latched: Address | None = None
+        self._send_to = remote
+        self._rtp: asyncio.DatagramTransport | None = None
+        self._rtcp: asyncio.DatagramTransport | None = None
+        self._open_sockets = 0
+        self._all_closed = asyncio.Event()
+        self._closed = False
+        self._inactivity = inactivity
+        self._last_rtp = self._time()
+        self._timer: asyncio.TimerHandle | None = None
+        self.inactive = False
+
+    @classmethod
+    async def open(
+        cls,
+        pool: PortPool,
+        address: str,
+        remote: Address | None = None,
+        *,
+        clock_rate: int = 8000,
+        inactivity: float | None = None,
+        on_inactive: Callable[[MediaEndpoint], None] | None = None,
+    ) -> MediaEndpoint:
+        """Bind RTP+RTCP on `address` at a pool port pair; send to `remote` (from SDP).
+
+        A pair that something else holds is given back (to the end of the
+        pool's queue) and the next one tried. Raises `PortsExhausted` when
+        none binds, `MediaError` when `address` cannot be bound at all.
+        """
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        for _ in range(pool.free):
+            port = pool.allocate()
+            rtp = socket.socket(family, socket.SOCK_DGRAM)
+            rtcp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                rtp.bind((address, port))
+                rtcp.bind((address, port + 1))
+            except OSError as exc:
+                rtp.close()
+                rtcp.close()
+                pool.release(port)
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise MediaError(f"cannot bind media on {address}:{port}: {exc}") from exc
+            endpoint = cls(pool, port, remote, clock_rate, inactivity, on_inactive)
+            try:
+                await endpoint._start(rtp, rtcp)
+            except BaseException:
+                endpoint.close()
+                rtp.close()
+                rtcp.close()
+                raise
+            return endpoint
+        raise PortsExhausted(f"no free RTP port pair on {address} in {pool.low}-{pool.high}")
+
+    async def _start(self, rtp: socket.socket, rtcp: socket.socket) -> None:
+        loop = self._loop
+        self._rtp, _ = await loop.create_datagram_endpoint(lambda: self, sock=rtp)
+        self._rtcp, _ = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self), sock=rtcp)
+        self._arm()
+
+    # --- asyncio protocol callbacks --------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._open_sockets += 1
+
+    def _socket_closed(self) -> None:
+        self._open_sockets -= 1
+        if self._open_sockets == 0:
+            self._all_closed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._socket_closed()
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP unreachable from a phone that went away; inactivity handles it
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """The per-packet receive path: validate, latch, count, hand on."""
+        if len(data) < 12 or data[0] & 0xC0 != 0x80:
+            self.dropped += 1
+            return
+        if 192 <= data[1] <= 223:  # RFC 5761 §4: RTCP multiplexed on the RTP port
+            self._on_rtcp(data, addr)
+            return
+        latched = self._latched
+        if latched is None:
+            self._latched = self._send_to = addr  # RFC 4961 symmetric RTP
+        elif addr != latched:
+            self.foreign += 1
+            return
+        now = self._time()
+        self._last_rtp = now
+        self.received += 1
+        _, _, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+        stats = self.stats
+        if stats is None or stats.ssrc != ssrc:
+            stats = self.stats = ReceiveStats(ssrc, self.clock_rate)
+        stats.on_packet(sequence, timestamp, now)
+        handler = self.on_rtp
+        if handler is not None:
+            handler(data, now)
+
+    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+        latched = self._rtcp_latched
+        if latched is None:
+            self._rtcp_latched = addr
+        elif addr != latched:
+            self.foreign += 1
+            return
+        try:
+            packets = parse_rtcp(data)
+        except RtpError:
+            self.dropped += 1
+            return
+        stats = self.stats
+        if stats is not None:
+            for packet in packets:
+                if isinstance(packet, SenderReport) and packet.ssrc == stats.ssrc:
+                    stats.on_sender_report(packet.sender_info.ntp_timestamp, self._time())
+        if self.on_rtcp is not None:
+            self.on_rtcp(packets)
+
+    # --- sending and addressing --------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Send one RTP packet to the latched address, else the SDP one; else drop."""
+        to = self._send_to
+        if to is not None and not self._closed:
+            self._rtp.sendto(data, to)  # type: ignore[union-attr]
+            self.sent += 1
+
+    def set_remote(self, remote: Address | None) -> None:
+        """A new SDP address (re-INVITE): send there and latch afresh on the next packet."""
+        self._sdp_remote = self._send_to = remote
+        self._latched = self._rtcp_latched = None
+
+    @property
+    def remote(self) -> Address | None:
+        """Where RTP goes now: the latched source, else the SDP address."""
+        return self._send_to
+
+    @property
+    def latched(self) -> Address | None:
+        """The source the leg's RTP comes from, None before its first packet."""
+        return self._latched
+
+    @property
+    def rtcp_remote(self) -> Address | None:
+        """Where RTCP would go: the latched RTCP source, else SDP port + 1 (RFC 3550 §11)."""
+        if self._rtcp_latched is not None:
+            return self._rtcp_latched
+        sdp = self._sdp_remote
+        return None if sdp is None else (sdp[0], sdp[1] + 1, *sdp[2:])
+
+    # --- inactivity -------------------------------------------------------
+
+    def set_inactivity(self, seconds: float | None) -> None:
+        """Change the RTP timeout (None: off, e.g. while on hold); restarts the count."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inactivity = seconds
+        self._last_rtp = self._time()
+        self.inactive = False
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._inactivity is not None and not self._closed:
+            at = self._last_rtp + self._inactivity
+            self._timer = self._loop.call_at(at, self._check_inactive)
+
+    def _check_inactive(self) -> None:
+        self._timer = None
+        assert self._inactivity is not None
+        if self._time() + _TIMER_SLACK < self._last_rtp + self._inactivity:
+            self._arm()  # packets came since this timer was armed
+            return
+        self.inactive = True
+        if self.on_inactive is not None:
+            self.on_inactive(self)
+
+    # --- teardown -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both sockets and give the port pair back to the pool. Idempotent.
+
+        The pool's FIFO order keeps the pair from being handed out again while
+        the sockets finish closing; `wait_closed` waits for that.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.on_rtp = self.on_rtcp = None
+        self.on_inactive = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for transport in (self._rtp, self._rtcp):
+            if transport is not None:
+                transport.close()
+        if self._open_sockets == 0:
+            self._all_closed.set()
+        self._pool.release(self.port)
+
+    async def wait_closed(self) -> None:
+        """Wait until both sockets are closed (their file descriptors freed)."""
+        await self._all_closed.wait()
+
+
+class Bridge:
+    """Relay RTP between two legs both ways, each direction re-sequenced.
+
+    `transcode` is (codec of leg_a, codec of leg_b), "PCMU" or "PCMA": packets
+    with the source codec's payload type are translated and re-labelled;
+    others (e.g. telephone-event) pass with their payload type unchanged.
+    """
+
+    def __init__(
+        self,
+        leg_a: MediaEndpoint,
+        leg_b: MediaEndpoint,
+        transcode: tuple[str, str] | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        rng = rng if rng is not None else random.SystemRandom()
+        codec_a = codec_b = None
+        if transcode is not None:
+            codec_a, codec_b = (name.upper() for name in transcode)
+            if codec_a not in _PAYLOAD_TYPES or codec_b not in _PAYLOAD_TYPES:
+                raise MediaError(f"cannot transcode {transcode[0]} <-> {transcode[1]}")
+        self.leg_a, self.leg_b = leg_a, leg_b
+        self.a_to_b = SequenceRewriter(
+            rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32), leg_b.clock_rate
+        )
+        self.b_to_a = SequenceRewriter(
+            rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32), leg_a.clock_rate
+        )
+        leg_a.on_rtp = _relay(self.a_to_b, leg_b, codec_a, codec_b)
+        leg_b.on_rtp = _relay(self.b_to_a, leg_a, codec_b, codec_a)
+
+    def close(self) -> None:
+        """Stop relaying; the endpoints stay open (the call closes them)."""
+        self.leg_a.on_rtp = self.leg_b.on_rtp = None
+
+
+def _relay(
+    rewriter: SequenceRewriter, out: MediaEndpoint, source: str | None, target: str | None
+) -> RtpHandler:
+    """The per-packet function for one direction, with its lookups bound once."""
+    rewrite, send = rewriter.rewrite, out.send
+    if source is None or target is None or source == target:
+
+        def relay(data: bytes, now: float) -> None:
+            send(rewrite(data, now))
+
+        return relay
+
+    table = _TABLES[source, target]
+    from_pt, to_pt = _PAYLOAD_TYPES[source], _PAYLOAD_TYPES[target]
+
+    def transcode(data: bytes, now: float) -> None:
+        if data[1] & 0x7F == from_pt:
+            send(_translate(rewrite(data, now, to_pt), table))
+        else:
+            send(rewrite(data, now))
+
+    return transcode
+
+
+def _translate(packet: bytes, table: bytes) -> bytes:
+    """`bytes.translate` the payload only: skip CSRCs and extension, keep padding."""
+    b0 = packet[0]
+    if b0 == 0x80:  # the usual case: no CSRC, extension or padding
+        return packet[:12] + packet[12:].translate(table)
+    start = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:  # RFC 3550 §5.3.1: 16-bit length in words after the profile
+        start += 4 + 4 * int.from_bytes(packet[start + 2 : start + 4], "big")
+    end = len(packet) - packet[-1] if b0 & 0x20 else len(packet)
+    if start >= end:
+        return packet
+    return packet[:start] + packet[start:end].translate(table) + packet[end:]
