@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX bindings_expiry ON bindings (expires_at);
     """,
 )
+
+
+OPEN_PATIENCE = 15.0  # seconds an open keeps retrying while others hold the database
 
 
 class StoreError(PbxError):
@@ -130,6 +135,28 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
+        """Open (creating and migrating as needed) the database at `path`.
+
+        Processes opening a new database together can be refused with "database is locked"
+        without SQLite's busy handler being consulted (switching to WAL needs the database
+        to itself); such an open is retried for up to OPEN_PATIENCE seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OPEN_PATIENCE
+        while True:
+            try:
+                return await cls._open_once(path)
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, sqlite3.OperationalError) or "locked" not in str(
+                    exc.__cause__
+                ):
+                    raise
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05 + random.random() * 0.1)
+
+    @classmethod
+    async def _open_once(cls, path: Path) -> Store:
         # The database holds HA1 hashes, which open any account as well as a password would:
         # only the pbx user may read it (and its WAL files, created with the same umask).
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
