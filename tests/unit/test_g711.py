@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from types import ModuleType
 
@@ -29,8 +28,7 @@ ALL_SAMPLES = np.arange(-32768, 32768, dtype=np.int16)
 
 @pytest.fixture(scope="module")
 def audioop() -> ModuleType:
-    if sys.version_info >= (3, 13):
-        pytest.skip("audioop was removed in Python 3.13")
+    # The stdlib module until 3.12; from 3.13 the audioop-lts package (a test dependency).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import audioop
