@@ -27,10 +27,19 @@ from pbx.errors import (
     TransportError,
 )
 from pbx.sip.framing import FramingError, Ping, StreamFramer
-from pbx.sip.message import Method, Request, Response, Via, build_response, parse_message
+from pbx.sip.message import (
+    Method,
+    Request,
+    Response,
+    Via,
+    build_ack,
+    build_response,
+    parse_message,
+)
 from pbx.sip.transaction import (
     Action,
     Deliver,
+    InviteClient,
     InviteServer,
     NonInviteClient,
     NonInviteServer,
@@ -135,12 +144,21 @@ class _ServerTxn:
 
 
 class _ClientTxn:
-    __slots__ = ("core", "future", "peer")
+    __slots__ = ("core", "future", "on_response", "peer", "request")
 
-    def __init__(self, core: NonInviteClient, peer: Peer, future: asyncio.Future[Response]):
+    def __init__(
+        self,
+        core: NonInviteClient | InviteClient,
+        peer: Peer,
+        future: asyncio.Future[Response],
+        request: Request,
+        on_response: Callable[[Response], None] | None = None,
+    ):
         self.core = core
         self.peer = peer
         self.future = future
+        self.request = request
+        self.on_response = on_response
 
 
 class SipEndpoint:
@@ -326,12 +344,14 @@ class SipEndpoint:
         if txn is None:
             self.stats.unmatched_responses += 1
             return
-        self._run_client(
-            (branch, response.cseq.method),
-            txn,
-            txn.core.on_response(response.status, self._now()),
-            response,
-        )
+        now = self._now()
+        if isinstance(txn.core, InviteClient):
+            # §17.1.1.3: the transaction itself ACKs a 300-699 (the TU ACKs a 2xx).
+            ack = build_ack(txn.request, response).encode() if response.status >= 300 else None
+            actions = txn.core.on_response(response.status, now, ack)
+        else:
+            actions = txn.core.on_response(response.status, now)
+        self._run_client((branch, response.cseq.method), txn, actions, response)
 
     # sending
 
@@ -352,7 +372,22 @@ class SipEndpoint:
         branch = request.vias[0].branch or ""
         key = (branch, request.method)
         core = NonInviteClient(request.encode(), self._now(), self.timers, reliable=peer.reliable)
-        txn = _ClientTxn(core, peer, future)
+        txn = _ClientTxn(core, peer, future, request)
+        self._client_txns[key] = txn
+        self._run_client(key, txn, core.start(), None)
+        return future
+
+    def invite(
+        self, request: Request, peer: Peer, on_response: Callable[[Response], None]
+    ) -> asyncio.Future[Response]:
+        """Send an INVITE (RFC 3261 §17.1.1): `on_response` gets every response delivered
+        (provisionals, the final, and 2xx retransmissions the TU must ACK again, RFC 6026);
+        the future gives the first final response or raises TransactionTimeout."""
+        assert self._loop is not None
+        future: asyncio.Future[Response] = self._loop.create_future()
+        key = (request.vias[0].branch or "", request.method)
+        core = InviteClient(request.encode(), self._now(), self.timers, reliable=peer.reliable)
+        txn = _ClientTxn(core, peer, future, request, on_response)
         self._client_txns[key] = txn
         self._run_client(key, txn, core.start(), None)
         return future
@@ -384,8 +419,10 @@ class SipEndpoint:
                     if not txn.future.done():
                         txn.future.set_exception(exc)
                     return
-            elif isinstance(action, Deliver):
-                if response is not None and action.status >= 200 and not txn.future.done():
+            elif isinstance(action, Deliver) and response is not None:
+                if txn.on_response is not None:
+                    txn.on_response(response)
+                if action.status >= 200 and not txn.future.done():
                     txn.future.set_result(response)
             elif isinstance(action, TimedOut):
                 if not txn.future.done():

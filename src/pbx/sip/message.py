@@ -392,6 +392,22 @@ def build_response(
     )  # fmt: skip
 
 
+def build_ack(invite: Request, response: Response) -> Request:
+    """The ACK of a non-2xx final response, built by the client transaction (§17.1.1.3).
+
+    Same Request-URI, Call-ID, From and CSeq number as the INVITE, the To of the response
+    (with its tag), only the INVITE's top Via, and the INVITE's Route headers.
+    """
+    headers: list[tuple[str, str]] = [("Via", str(invite.vias[0]))]
+    headers.append(("Max-Forwards", "70"))
+    headers.append(("From", invite.header("From") or str(invite.from_)))
+    headers.append(("To", response.header("To") or str(response.to)))
+    headers.append(("Call-ID", invite.call_id))
+    headers.append(("CSeq", f"{invite.cseq.number} ACK"))
+    headers.extend(("Route", value) for value in invite.headers_named("Route"))
+    return Request.build(Method.ACK, invite.uri, headers)
+
+
 def parse_contacts(message: _Message) -> tuple[NameAddr, ...] | Literal["*"]:
     """The Contact values, or "*" for the wildcard of RFC 3261 §10.2.2."""
     values = message.list_values("Contact")
