@@ -12,11 +12,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from media.ports import PortPool
 from pbx import __version__
-from pbx.config import Config, ListenAddress
+from pbx.calls import CallManager, peer_for_binding
+from pbx.config import Config
 from pbx.control import ControlServer
 from pbx.errors import (
     PbxError,
+    RemoteProtocolError,
     SipStatus,
     TransactionTimeout,
     TransportError,
@@ -32,12 +35,13 @@ from pbx.sip.message import (
     new_branch,
     new_tag,
 )
-from pbx.sip.uri import SipUri, parse_uri, split_hostport
+from pbx.sip.uri import SipUri, parse_uri
 from pbx.store import Binding, Store
 
 log = logging.getLogger("pbx")
 
-ALLOW = "REGISTER, OPTIONS, ACK"
+ALLOW = "REGISTER, OPTIONS, INVITE, ACK, BYE, CANCEL"
+CALL_METHODS = frozenset({Method.INVITE, Method.ACK, Method.BYE, Method.CANCEL})
 ACCEPT = "application/sdp"
 # Path (RFC 3327) and outbound (RFC 5626) are not implemented yet: neither is advertised,
 # and a request that requires them gets 420.
@@ -61,6 +65,7 @@ class Exchange:
             tcp_max_per_address=config.sip.tcp_max_per_address,
         )
         self.registrar: Registrar | None = None
+        self.calls: CallManager | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
         self.events = EventBus()
@@ -86,6 +91,8 @@ class Exchange:
             await self.registrar.load()
             await self.endpoint.start()
             await self.control.start()
+            pool = PortPool(*self.config.rtp.port_range)
+            self.calls = CallManager(self.config, self.endpoint, self.registrar, pool)
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
             await self.endpoint.stop()
@@ -104,6 +111,8 @@ class Exchange:
                 await task
         self._tasks.clear()
         await self.control.stop()
+        if self.calls is not None:
+            await self.calls.stop()
         await self.endpoint.stop()
         if self.store is not None:
             await self.store.close()
@@ -132,16 +141,22 @@ class Exchange:
     def dispatch(self, request: Request, peer: Peer) -> None:
         method = request.method
         if method == Method.ACK:
-            return  # nothing we send needs an ACK yet
+            if self.calls is not None:
+                self.calls.handle(request, peer)
+            return
         uri = request.uri
         if not isinstance(uri, SipUri) and uri.scheme != "tel":
             self._reply(request, SipStatus.UNSUPPORTED_URI_SCHEME)
             return
-        unsupported = [
-            ext for ext in request.list_values("Require") if ext.lower() not in ("path", "outbound")
-        ]
+        try:
+            unsupported = request.list_values("Require")
+        except RemoteProtocolError as exc:
+            self._reply(request, exc.status, [("Warning", f'399 pbx "{exc}"')])
+            return
         if unsupported and method != Method.CANCEL:
             self._reply(request, SipStatus.BAD_EXTENSION, [("Unsupported", ", ".join(unsupported))])
+            return
+        if method in CALL_METHODS and self.calls is not None and self.calls.handle(request, peer):
             return
         if method == Method.REGISTER:
             assert self.registrar is not None
@@ -201,8 +216,9 @@ class Exchange:
     async def qualify(self, binding: Binding) -> bool:
         """Ping one contact; records and returns whether it answered."""
         assert self.registrar is not None
-        peer = self._peer_for(binding)
-        if peer is None:
+        try:
+            peer = peer_for_binding(binding)
+        except PbxError:
             return False
         request = self._options_for(binding, peer)
         started = time.monotonic()
@@ -221,17 +237,6 @@ class Exchange:
                     "reachable" if reachable else "unreachable")  # fmt: skip
         await self.registrar.set_reachability(binding, reachable, rtt)
         return reachable
-
-    def _peer_for(self, binding: Binding) -> Peer | None:
-        # Symmetric response routing (RFC 3581): reach the phone where its REGISTER came from.
-        try:
-            host, port = split_hostport(binding.source)
-            transport, _, rest = binding.local.partition(":")
-            local_host, local_port = split_hostport(rest)
-        except PbxError:
-            return None
-        local = ListenAddress(transport, local_host.strip("[]"), local_port or 5060)
-        return Peer(binding.transport, host.strip("[]"), port or 5060, local)
 
     def _options_for(self, binding: Binding, peer: Peer) -> Request:
         local = peer.local

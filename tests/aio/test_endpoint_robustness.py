@@ -39,27 +39,27 @@ NAMES = [e["name"] for e in INDEX]
 
 # What the exchange answers to each torture message (None: nothing, by design).
 ANSWER: dict[str, int | None] = {
-    # RFC 4475 §3.1.1 valid messages: INVITE, BYE and MESSAGE are known methods the exchange
-    # does not allow yet (405, method inspection comes before body checks, RFC 3261
-    # §8.2.1), unknown methods get 501, OPTIONS 200, REGISTER a digest challenge.
-    "wsinv": 405, "intmeth": 501, "esc01": 405, "escnull": 401, "esc02": 501,
-    "lwsdisp": 200, "longreq": 405, "dblreq": 401, "semiuri": 200, "transports": 200,
+    # RFC 4475 §3.1.1 valid messages: a new INVITE gets a proxy digest challenge (407), an
+    # INVITE or BYE for a dialog we do not know 481 (§12.2.2), MESSAGE is a known method
+    # the exchange does not allow (405), unknown methods 501, OPTIONS 200, REGISTER 401.
+    "wsinv": 481, "intmeth": 501, "esc01": 407, "escnull": 401, "esc02": 501,
+    "lwsdisp": 200, "longreq": 407, "dblreq": 401, "semiuri": 200, "transports": 200,
     "mpart01": 405, "unreason": None, "noreason": None,
     # §3.1.2 invalid messages: the precise error where the request can be answered.
     "badinv01": 400, "clerr": 400, "ncl": 400, "scalar02": 400, "scalarlg": None,
     "quotbal": 400, "ltgtruri": 400, "lwsruri": 400, "lwsstart": 400, "trws": 400,
-    "escruri": 400, "baddate": 405, "regbadct": 401, "badaspec": 400, "baddn": 400,
+    "escruri": 400, "baddate": 407, "regbadct": 401, "badaspec": 400, "baddn": 400,
     "badvers": 505, "mismatch01": 400, "mismatch02": 501, "bigcode": None,
     # §3.2-3.4 transaction layer, application layer, backward compatibility.
     "badbranch": 200, "insuf": None, "unkscm": 416, "novelsc": 416, "unksm2": 401,
-    "bext01": 420, "invut": 405, "regaut01": 401, "multi01": 400, "mcl01": 400,
+    "bext01": 420, "invut": 407, "regaut01": 401, "multi01": 400, "mcl01": 400,
     "bcast": None, "zeromf": 200, "cparam01": 401, "cparam02": 401, "regescrt": 401,
-    "sdp01": 405, "inv2543": 405,
+    "sdp01": 407, "inv2543": 407,
     # RFC 5118 IPv6 messages.
     "ipv6-good": 401, "ipv6-bad": 400, "port-ambiguous": 401, "port-unambiguous": 401,
-    "via-received-param-with-delim": 405, "via-received-param-no-delim": 200,
-    "ipv6-in-sdp": 405, "mult-ip-in-header": 405, "mult-ip-in-sdp": 405,
-    "ipv4-mapped-ipv6": 405, "ipv6-bug-abnf-3-colons": 200,
+    "via-received-param-with-delim": 481, "via-received-param-no-delim": 200,
+    "ipv6-in-sdp": 407, "mult-ip-in-header": 481, "mult-ip-in-sdp": 407,
+    "ipv4-mapped-ipv6": 407, "ipv6-bug-abnf-3-colons": 200,
     "ipv6-correct-abnf-2-colons": 200,
 }  # fmt: skip
 # Why the ones with a choice answer as they do:
@@ -511,8 +511,8 @@ async def test_tcp_content_length_beyond_the_data_waits_for_the_rest(exchange: E
             await phone.reply(timeout=0.5)
         assert exchange.endpoint.stats.malformed == 0
         await phone.send(b"x" * (9999 - len(body)))
-        reply = await phone.reply()  # the INVITE is whole now: calls are not served yet
-        assert reply.status == 405
+        reply = await phone.reply()  # the INVITE is whole now: challenged like any call
+        assert reply.status == 407
         assert reply.value("Call-ID") in raw_values(data, "call-id", "i")
         assert await phone.replies_before_probe() == []
 
@@ -521,7 +521,7 @@ async def test_tcp_dblreq_is_two_messages_and_trailing_garbage(exchange: Exchang
     """On a stream the octets after dblreq's REGISTER are the next message (RFC 3261 §18.3).
 
     They frame as an INVITE with a 150-octet body, then five stray octets `C\\r\\n\\r\\n`
-    without Content-Length: the REGISTER gets its 401, the INVITE its 405, then the
+    without Content-Length: the REGISTER gets its 401, the INVITE its 407, then the
     framing error closes the connection.
     """
     async with TcpPhone(server_of(exchange, "tcp")) as phone:
@@ -529,7 +529,7 @@ async def test_tcp_dblreq_is_two_messages_and_trailing_garbage(exchange: Exchang
         replies = await phone.replies_until_closed()
     assert [(status, cseq) for status, _, cseq in replies] == [
         (401, "8 REGISTER"),
-        (405, "8 INVITE"),
+        (407, "8 INVITE"),
     ]
 
 

@@ -392,6 +392,10 @@ class SipEndpoint:
         self._run_client(key, txn, core.start(), None)
         return future
 
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Send outside any transaction (an ACK for a 2xx, RFC 3261 §13.2.2.4)."""
+        self._send_raw(data, peer)
+
     def _run_server(
         self, key: tuple[str, str, str], txn: _ServerTxn, actions: Sequence[Action]
     ) -> None:

@@ -408,6 +408,19 @@ def build_ack(invite: Request, response: Response) -> Request:
     return Request.build(Method.ACK, invite.uri, headers)
 
 
+def build_cancel(invite: Request) -> Request:
+    """The CANCEL of a pending INVITE (RFC 3261 §9.1): same Request-URI, Call-ID, From,
+    To, CSeq number and top Via (so it matches the INVITE's transaction), same Routes."""
+    headers: list[tuple[str, str]] = [("Via", str(invite.vias[0]))]
+    headers.append(("Max-Forwards", "70"))
+    headers.append(("From", invite.header("From") or str(invite.from_)))
+    headers.append(("To", invite.header("To") or str(invite.to)))
+    headers.append(("Call-ID", invite.call_id))
+    headers.append(("CSeq", f"{invite.cseq.number} CANCEL"))
+    headers.extend(("Route", value) for value in invite.headers_named("Route"))
+    return Request.build(Method.CANCEL, invite.uri, headers)
+
+
 def parse_contacts(message: _Message) -> tuple[NameAddr, ...] | Literal["*"]:
     """The Contact values, or "*" for the wildcard of RFC 3261 §10.2.2."""
     values = message.list_values("Contact")

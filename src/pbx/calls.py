@@ -1,0 +1,431 @@
+"""Basic calls: a B2BUA between registered extensions with anchored media (first slice).
+
+A call is an A leg (the caller's INVITE, answered by us) and B legs (our INVITEs to every
+registered contact of the callee, forked in parallel; the first 2xx wins and the others
+are cancelled). Media is anchored: each side talks RTP to a MediaEndpoint of ours, and a
+Bridge relays payloads between them. What is not here yet (see issue 3): re-INVITE/hold,
+transfer, pickup/park, trunks, late offer, session timers, CDRs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from media.aio import Bridge, MediaEndpoint
+from media.ports import PortPool
+from pbx.config import Config, ListenAddress
+from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
+from pbx.registrar import Registrar
+from pbx.sip.aio import Peer, SipEndpoint
+from pbx.sip.dialog import Dialog, DialogId, dialog_id_for_request
+from pbx.sip.digest import Verdict, parse_credentials
+from pbx.sip.message import (
+    Method,
+    Request,
+    Response,
+    build_cancel,
+    build_response,
+    new_branch,
+    new_tag,
+)
+from pbx.sip.offer_answer import answer, make_offer, parameters_from_answer
+from pbx.sip.sdp import SessionDescription, parse_sdp
+from pbx.sip.uri import SipUri, parse_uri, split_hostport
+from pbx.store import Binding
+
+log = logging.getLogger("pbx.calls")
+
+SDP = "application/sdp"
+
+
+@dataclass(eq=False)
+class BLeg:
+    request: Request
+    peer: Peer
+    dialog: Dialog | None = None
+    final: int | None = None
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    a_request: Request
+    a_peer: Peer
+    a_tag: str
+    a_media: MediaEndpoint
+    b_media: MediaEndpoint
+    offer_to_b: SessionDescription
+    a_offer: SessionDescription
+    a_dialog: Dialog | None = None
+    b_legs: list[BLeg] = field(default_factory=list)
+    winner: BLeg | None = None
+    bridge: Bridge | None = None
+    answered: bool = False
+    ended: bool = False
+    a_acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CallManager:
+    def __init__(
+        self, config: Config, endpoint: SipEndpoint, registrar: Registrar, pool: PortPool
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.registrar = registrar
+        self.pool = pool
+        self.calls: dict[str, Call] = {}
+        self._by_dialog: dict[DialogId, tuple[Call, str]] = {}  # -> (call, "a" | "b")
+        self._by_branch: dict[str, Call] = {}  # the caller's INVITE branch, for CANCEL
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # entry points from the dispatcher
+
+    def handle(self, request: Request, peer: Peer) -> bool:
+        """Take INVITE, ACK, BYE and CANCEL that belong to calls; False if not ours."""
+        method = request.method
+        if method == Method.CANCEL:
+            call = self._by_branch.get(request.vias[0].branch or "")
+            if call is None:
+                return False
+            self._reply(request, SipStatus.OK)
+            self._spawn(self._cancelled(call))
+            return True
+        found = self._by_dialog.get(dialog_id_for_request(request) or DialogId("", "", None))
+        if found is not None:
+            self._in_dialog(request, peer, *found)
+            return True
+        if method == Method.ACK:
+            return True  # a stray ACK: nothing to do
+        if request.to.tag is not None:
+            # §12.2.2: a request inside a dialog we do not know.
+            self._reply(request, SipStatus.CALL_DOES_NOT_EXIST)
+            return True
+        if method == Method.INVITE:
+            self._new_call(request, peer)
+            return True
+        return False
+
+    async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            await self._hang_up(call, "shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call task failed", exc_info=task.exception())
+
+    # a new call
+
+    def _new_call(self, request: Request, peer: Peer) -> None:
+        """Decide at once what can be decided at once (auth, target, offer): the caller
+        gets its 407/404/480/488 or 100 Trying before anything else it sent is answered."""
+        caller = self._authenticate(request, peer)
+        if caller is None:
+            return
+        target = request.uri.user if isinstance(request.uri, SipUri) else None
+        if not target or target not in self.registrar.users:
+            self._reply(request, SipStatus.NOT_FOUND)
+            return
+        contacts = self.registrar.contacts(target)
+        if not contacts:
+            self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
+            return
+        try:
+            offer = parse_sdp(request.body)
+        except RemoteProtocolError:
+            # Late offer (INVITE without SDP) is not handled yet.
+            self._reply(request, SipStatus.NOT_ACCEPTABLE_HERE)
+            return
+        self._reply(request, SipStatus.TRYING)
+        self._spawn(self._place_call(request, peer, caller, target, contacts, offer))
+
+    async def _place_call(
+        self,
+        request: Request,
+        peer: Peer,
+        caller: str,
+        target: str,
+        contacts: list[Binding],
+        offer: SessionDescription,
+    ) -> None:
+        address = self.config.rtp.address
+        try:
+            a_media = await MediaEndpoint.open(self.pool, address)
+            b_media = await MediaEndpoint.open(self.pool, address)
+        except MediaError as exc:
+            log.error("no media ports for a call from %s: %s", caller, exc)
+            self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
+            return
+        session = os.urandom(4).hex()
+        call = Call(
+            id=os.urandom(6).hex(),
+            a_request=request,
+            a_peer=peer,
+            a_tag=new_tag(),
+            a_media=a_media,
+            b_media=b_media,
+            offer_to_b=make_offer(address, b_media.port, session_id=session),
+            a_offer=offer,
+        )
+        self.calls[call.id] = call
+        self._by_branch[request.vias[0].branch or ""] = call
+        log.info("call %s: %s -> %s (%d contacts)", call.id, caller, target, len(contacts))
+        forks = [self._fork(call, caller, target, b) for b in contacts]
+        results = await asyncio.gather(*forks, return_exceptions=True)
+        if call.winner is None and not call.ended:
+            statuses = [r for r in results if isinstance(r, int)]
+            status = min(statuses, key=_failure_rank) if statuses else 408
+            self._reply(call.a_request, status, tag=call.a_tag)
+            await self._release(call)
+
+    def _authenticate(self, request: Request, peer: Peer) -> str | None:
+        """Digest as a proxy would (407, RFC 3261 §22.3); the caller's extension or None."""
+        auth = self.registrar.authenticator
+        now = self.registrar.clock()
+        header = request.header("Proxy-Authorization")
+        if header is not None:
+            try:
+                creds = parse_credentials(header)
+            except RemoteProtocolError:
+                creds = None
+            if creds is not None:
+                user = self.registrar.users.get(creds.username)
+                verdict = auth.verify(
+                    creds, request.method, user.ha1 if user else lambda _a: None, now, peer.host
+                )
+                if verdict is Verdict.OK:
+                    return creds.username
+                stale = verdict is Verdict.STALE
+                self._challenge(request, peer, now, stale)
+                return None
+        self._challenge(request, peer, now, False)
+        return None
+
+    def _challenge(self, request: Request, peer: Peer, now: float, stale: bool) -> None:
+        challenges = self.registrar.authenticator.challenges(now, stale, peer.host)
+        headers = [("Proxy-Authenticate", v) for v in challenges]
+        self._reply(request, SipStatus.PROXY_AUTHENTICATION_REQUIRED, headers=headers,
+                    tag=new_tag())  # fmt: skip
+
+    async def _fork(self, call: Call, caller: str, target: str, binding: Binding) -> int:
+        peer = peer_for_binding(binding)
+        local = peer.local
+        host = f"[{local.host}]" if ":" in local.host else local.host
+        body = call.offer_to_b.encode()
+        request = Request.build(
+            Method.INVITE,
+            parse_uri(binding.contact),
+            [
+                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{local.port};"
+                        f"branch={new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:{caller}@{host}>;tag={new_tag()}"),
+                ("To", f"<sip:{target}@{host}>"),
+                ("Call-ID", f"{call.id}-{new_tag()}@{host}"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:pbx@{host}:{local.port};transport={peer.transport}>"),
+                ("User-Agent", self.config.sip.user_agent),
+                ("Content-Type", SDP),
+            ],
+            body,
+        )  # fmt: skip
+        leg = BLeg(request, peer)
+        call.b_legs.append(leg)
+        final = await self.endpoint.invite(
+            request, peer, lambda response: self._b_response(call, leg, response)
+        )
+        leg.final = final.status
+        return final.status
+
+    def _b_response(self, call: Call, leg: BLeg, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status in (180, 183) and not call.answered and not call.ended:
+                self._reply(call.a_request, status, tag=call.a_tag)
+            return
+        if status >= 300:
+            return
+        # A 2xx: the first one wins; later ones (other forks) are answered with BYE.
+        dialog = Dialog.from_uac(leg.request, response)
+        local = (leg.peer.local.host, leg.peer.local.port)
+        ack = dialog.create_ack(local_address=local, transport=leg.peer.transport.upper())
+        self.endpoint.send(ack.encode(), leg.peer)
+        if call.winner is not None and call.winner is not leg:
+            return  # a retransmission of the winner's 2xx got its ACK above
+        if call.winner is leg:
+            return
+        if call.ended:
+            self._spawn(self._bye(dialog, leg.peer))
+            return
+        leg.dialog = dialog
+        call.winner = leg
+        self._by_dialog[dialog.id] = (call, "b")
+        for other in call.b_legs:
+            if other is not leg and other.final is None:
+                self._spawn(self._cancel(other))
+        self._spawn(self._answer_a(call, response))
+
+    async def _answer_a(self, call: Call, b_answer: Response) -> None:
+        try:
+            b_params = parameters_from_answer(call.offer_to_b, parse_sdp(b_answer.body))
+            a_answer = answer(
+                call.a_offer, self.config.rtp.address, call.a_media.port, session_id=call.id
+            )
+        except RemoteProtocolError as exc:
+            log.warning("call %s: media negotiation failed: %s", call.id, exc)
+            await self._hang_up(call, "negotiation")
+            return
+        call.b_media.set_remote((b_params.remote_address, b_params.remote_port))
+        a_params = a_answer.parameters
+        call.a_media.set_remote((a_params.remote_address, a_params.remote_port))
+        transcode = None
+        if a_params.codec.upper() != b_params.codec.upper():
+            transcode = (a_params.codec, b_params.codec)
+        call.bridge = Bridge(call.a_media, call.b_media, transcode)
+        local = call.a_peer.local
+        host = f"[{local.host}]" if ":" in local.host else local.host
+        ok = build_response(
+            call.a_request,
+            SipStatus.OK,
+            headers=[
+                ("Contact", f"<sip:pbx@{host}:{local.port};transport={call.a_peer.transport}>"),
+                ("Content-Type", SDP),
+                ("Server", self.config.sip.user_agent),
+            ],
+            body=a_answer.sdp.encode(),
+            to_tag=call.a_tag,
+        )
+        call.answered = True
+        call.a_dialog = Dialog.from_uas(call.a_request, ok)
+        self._by_dialog[call.a_dialog.id] = (call, "a")
+        self._by_branch.pop(call.a_request.vias[0].branch or "", None)
+        log.info("call %s answered", call.id)
+        # §13.3.1.4: the UAS core retransmits its 2xx until the ACK comes.
+        interval, waited = self.endpoint.timers.t1, 0.0
+        while not call.a_acked.is_set() and not call.ended:
+            self.endpoint.respond(call.a_request, ok)
+            try:
+                await asyncio.wait_for(call.a_acked.wait(), interval)
+            except TimeoutError:
+                waited += interval
+                interval = min(2 * interval, self.endpoint.timers.t2)
+                if waited >= self.endpoint.timers.timer_h:
+                    log.warning("call %s: no ACK for the 200; hanging up", call.id)
+                    await self._hang_up(call, "no ACK")
+                    return
+
+    # in-dialog requests
+
+    def _in_dialog(self, request: Request, peer: Peer, call: Call, side: str) -> None:
+        if request.method == Method.ACK:
+            if side == "a":
+                call.a_acked.set()
+            return
+        dialog = call.a_dialog if side == "a" else (call.winner.dialog if call.winner else None)
+        if dialog is None:
+            self._reply(request, SipStatus.CALL_DOES_NOT_EXIST)
+            return
+        verdict = dialog.receive_request(request)
+        if not verdict.accepted:
+            self._reply(request, verdict.status or 500)
+            return
+        if request.method == Method.BYE:
+            self._reply(request, SipStatus.OK)
+            self._spawn(self._hang_up(call, f"BYE from {side}", exclude=side))
+            return
+        # re-INVITE, UPDATE, INFO...: not in this slice yet.
+        self._reply(request, SipStatus.NOT_IMPLEMENTED if request.method != Method.INVITE
+                    else SipStatus.NOT_ACCEPTABLE_HERE)  # fmt: skip
+
+    # ending
+
+    async def _cancelled(self, call: Call) -> None:
+        if call.answered or call.ended:
+            return
+        self._reply(call.a_request, SipStatus.REQUEST_TERMINATED, tag=call.a_tag)
+        call.ended = True
+        for leg in call.b_legs:
+            if leg.final is None:
+                await self._cancel(leg)
+        await self._release(call)
+
+    async def _cancel(self, leg: BLeg) -> None:
+        try:
+            await self.endpoint.request(build_cancel(leg.request), leg.peer)
+        except PbxError as exc:
+            log.info("CANCEL to %s failed: %s", leg.peer, exc)
+
+    async def _bye(self, dialog: Dialog, peer: Peer) -> None:
+        local = (peer.local.host, peer.local.port)
+        bye = dialog.create_request(Method.BYE, local_address=local,
+                                    transport=peer.transport.upper())  # fmt: skip
+        try:
+            await self.endpoint.request(bye, peer)
+        except PbxError as exc:
+            log.info("BYE to %s failed: %s", peer, exc)
+
+    async def _hang_up(self, call: Call, why: str, exclude: str = "") -> None:
+        if call.ended:
+            return
+        call.ended = True
+        log.info("call %s ends: %s", call.id, why)
+        waits = []
+        if exclude != "a" and call.a_dialog is not None:
+            waits.append(self._bye(call.a_dialog, call.a_peer))
+        winner = call.winner
+        if exclude != "b" and winner is not None and winner.dialog is not None:
+            waits.append(self._bye(winner.dialog, winner.peer))
+        await asyncio.gather(*waits)
+        await self._release(call)
+
+    async def _release(self, call: Call) -> None:
+        call.ended = True
+        if call.bridge is not None:
+            call.bridge.close()
+        for media in (call.a_media, call.b_media):
+            media.close()
+        self.calls.pop(call.id, None)
+        self._by_branch.pop(call.a_request.vias[0].branch or "", None)
+        for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
+            del self._by_dialog[key]
+
+    # helpers
+
+    def _reply(
+        self,
+        request: Request,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        tag: str | None = None,
+    ) -> None:
+        self.endpoint.respond(
+            request,
+            build_response(request, status, headers=headers or [], to_tag=tag or new_tag()),
+        )
+
+
+def peer_for_binding(binding: Binding) -> Peer:
+    """Where a registered contact is reached: where its REGISTER came from (RFC 3581)."""
+    host, port = split_hostport(binding.source)
+    transport, _, rest = binding.local.partition(":")
+    local_host, local_port = split_hostport(rest)
+    local = ListenAddress(transport, local_host.strip("[]"), local_port or 5060)
+    return Peer(binding.transport, host.strip("[]"), port or 5060, local)
+
+
+def _failure_rank(status: int) -> int:
+    # RFC 3261 §16.7 step 6 in spirit: prefer a definite answer (busy, decline) to silence.
+    order: dict[int, int] = {486: 0, 600: 1, 603: 2, 404: 3, 480: 4, 487: 5, 408: 6}
+    return order.get(status, 3 if 400 <= status < 500 else 7)

@@ -1,0 +1,146 @@
+"""A basic call between two registered phones through the B2BUA, with relayed RTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from pbx.server import Exchange
+from pbx.sip.message import Message, Request, Response, build_response, parse_message
+from pbx.sip.sdp import parse_sdp
+from tests.aio.test_register_flow import server_of
+from tests.support.sipclient import SipTestClient
+
+
+def sdp(port: int, formats: str = "0 101") -> bytes:
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {formats}\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n"
+    ).encode()
+
+
+def invite(ua: SipTestClient, cseq: int, branch: str, body: bytes, auth: str = "") -> bytes:
+    host, port = ua.server
+    lhost, lport = ua.local
+    extra = f"Proxy-Authorization: {auth}\r\n" if auth else ""
+    return (
+        f"INVITE sip:1002@{host}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {lhost}:{lport};branch={branch};rport\r\n"
+        f"From: <sip:1001@{host}>;tag=alice\r\nTo: <sip:1002@{host}>\r\n"
+        f"Call-ID: call-1\r\nCSeq: {cseq} INVITE\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:1001@{lhost}:{lport}>\r\n{extra}"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def in_dialog(ua: SipTestClient, method: str, cseq: int, branch: str, to_tag: str) -> bytes:
+    host, port = ua.server
+    lhost, lport = ua.local
+    return (
+        f"{method} sip:pbx@{host}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {lhost}:{lport};branch={branch};rport\r\n"
+        f"From: <sip:1001@{host}>;tag=alice\r\nTo: <sip:1002@{host}>;tag={to_tag}\r\n"
+        f"Call-ID: call-1\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def receive(ua: SipTestClient) -> Message:
+    return parse_message(await ua.recv_raw())
+
+
+def rtp(seq: int, payload: bytes) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x1234) + payload
+
+
+async def udp_recv(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+
+
+def media_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def test_call_between_two_phones(exchange: Exchange) -> None:
+    assert exchange.calls is not None
+    pool_before = exchange.calls.pool.free
+    a_rtp, b_rtp = media_socket(), media_socket()
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        offer = sdp(a_rtp.getsockname()[1])
+        alice.send(invite(alice, 1, "z9hG4bKcall1", offer))
+        challenge = await receive(alice)
+        assert isinstance(challenge, Response)
+        assert challenge.status == 407
+        alice.send(in_dialog(alice, "ACK", 1, "z9hG4bKcall1", challenge.to.tag or ""))
+        offered = next(
+            v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v
+        )
+        auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
+        alice.send(invite(alice, 2, "z9hG4bKcall2", offer, auth))
+        trying = await receive(alice)
+        assert isinstance(trying, Response)
+        assert trying.status == 100
+
+        # Bob's phone rings, then answers.
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        assert incoming.method == "INVITE"
+        pbx_offer = parse_sdp(incoming.body)
+        bob.send(build_response(incoming, 180, to_tag="bob").encode())
+        answer_body = sdp(b_rtp.getsockname()[1], "0")
+        bob.send(
+            build_response(
+                incoming, 200, to_tag="bob", body=answer_body,
+                headers=[("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
+                         ("Content-Type", "application/sdp")],
+            ).encode()
+        )  # fmt: skip
+        ringing = await receive(alice)
+        assert isinstance(ringing, Response)
+        assert ringing.status == 180
+        ok = await receive(alice)
+        assert isinstance(ok, Response)
+        assert ok.status == 200
+        bob_ack = await receive(bob)
+        assert isinstance(bob_ack, Request)
+        assert bob_ack.method == "ACK"
+        to_tag = ok.to.tag or ""
+        alice.send(in_dialog(alice, "ACK", 2, "z9hG4bKack2", to_tag))
+
+        # Media flows both ways through the exchange's two endpoints.
+        pbx_a = parse_sdp(ok.body).media[0].port
+        pbx_b = pbx_offer.media[0].port
+        a_rtp.sendto(rtp(1, b"\xff" * 160), ("127.0.0.1", pbx_a))
+        at_bob = await udp_recv(b_rtp)
+        assert at_bob[12:] == b"\xff" * 160
+        b_rtp.sendto(rtp(1, b"\x7f" * 160), ("127.0.0.1", pbx_b))
+        at_alice = await udp_recv(a_rtp)
+        assert at_alice[12:] == b"\x7f" * 160
+
+        # Alice hangs up: she gets 200, Bob gets the BYE.
+        alice.send(in_dialog(alice, "BYE", 3, "z9hG4bKbye3", to_tag))
+        bye_ok = await receive(alice)
+        assert isinstance(bye_ok, Response)
+        assert bye_ok.status == 200
+        bye = await receive(bob)
+        assert isinstance(bye, Request)
+        assert bye.method == "BYE"
+        bob.send(build_response(bye, 200).encode())
+    a_rtp.close()
+    b_rtp.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while exchange.calls.calls and loop.time() < deadline:  # noqa: ASYNC110 - no event
+        await asyncio.sleep(0.02)
+    assert exchange.calls.calls == {}
+    assert exchange.calls.pool.free == pool_before
