@@ -20,8 +20,7 @@ def configure(proc: PbxProcess, extra: str) -> None:
 def add_users(proc: PbxProcess, users: Iterable[tuple[str, str]]) -> None:
     """`pbx user add` for each (extension, password), the CLI as an operator runs it.
 
-    The first call runs alone: it creates the database (concurrent first use of a fresh
-    database is a separate problem, see the interop report). The rest run in parallel.
+    The first call runs alone and creates the database; the rest run in parallel.
     """
     first, *rest = list(users)
     proc.add_user(*first)
