@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from media.aio import Bridge, MediaEndpoint
 from media.ports import PortPool
 from pbx.config import Config, ListenAddress
 from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
+from pbx.events import CallAnswered, CallEnded, CallRinging, CallStarted, EventBus
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.dialog import Dialog, DialogId, dialog_id_for_request
@@ -68,12 +70,27 @@ class Call:
     answered: bool = False
     ended: bool = False
     a_acked: asyncio.Event = field(default_factory=asyncio.Event)
+    caller: str = ""
+    callee: str = ""
+    started: float = 0.0
+    answered_at: float | None = None
+    status: int = 0  # the final status the caller got
+    cause: str = ""
+    hangup_by: str = "system"
 
 
 class CallManager:
     def __init__(
-        self, config: Config, endpoint: SipEndpoint, registrar: Registrar, pool: PortPool
+        self,
+        config: Config,
+        endpoint: SipEndpoint,
+        registrar: Registrar,
+        pool: PortPool,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.events = events or EventBus()
+        self.clock = clock
         self.config = config
         self.endpoint = endpoint
         self.registrar = registrar
@@ -178,8 +195,12 @@ class CallManager:
             b_media=b_media,
             offer_to_b=make_offer(address, b_media.port, session_id=session),
             a_offer=offer,
+            caller=caller,
+            callee=target,
+            started=self.clock(),
         )
         self.calls[call.id] = call
+        self.events.publish(CallStarted(call.started, call.id, caller, target))
         self._by_branch[request.vias[0].branch or ""] = call
         log.info("call %s: %s -> %s (%d contacts)", call.id, caller, target, len(contacts))
         forks = [self._fork(call, caller, target, b) for b in contacts]
@@ -188,6 +209,7 @@ class CallManager:
             statuses = [r for r in results if isinstance(r, int)]
             status = min(statuses, key=_failure_rank) if statuses else 408
             self._reply(call.a_request, status, tag=call.a_tag)
+            call.status, call.cause = status, f"callee answered {status}"
             await self._release(call)
 
     def _authenticate(self, request: Request, peer: Peer) -> str | None:
@@ -254,6 +276,10 @@ class CallManager:
         if status < 200:
             if status in (180, 183) and not call.answered and not call.ended:
                 self._reply(call.a_request, status, tag=call.a_tag)
+                if status == 180:
+                    self.events.publish(
+                        CallRinging(self.clock(), call.id, call.caller, call.callee)
+                    )
             return
         if status >= 300:
             return
@@ -308,6 +334,9 @@ class CallManager:
             to_tag=call.a_tag,
         )
         call.answered = True
+        call.answered_at = self.clock()
+        call.status = 200
+        self.events.publish(CallAnswered(call.answered_at, call.id, call.caller, call.callee))
         call.a_dialog = Dialog.from_uas(call.a_request, ok)
         self._by_dialog[call.a_dialog.id] = (call, "a")
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
@@ -343,7 +372,8 @@ class CallManager:
             return
         if request.method == Method.BYE:
             self._reply(request, SipStatus.OK)
-            self._spawn(self._hang_up(call, f"BYE from {side}", exclude=side))
+            call.hangup_by = "caller" if side == "a" else "callee"
+            self._spawn(self._hang_up(call, f"BYE from the {call.hangup_by}", exclude=side))
             return
         # re-INVITE, UPDATE, INFO...: not in this slice yet.
         self._reply(request, SipStatus.NOT_IMPLEMENTED if request.method != Method.INVITE
@@ -356,6 +386,7 @@ class CallManager:
             return
         self._reply(call.a_request, SipStatus.REQUEST_TERMINATED, tag=call.a_tag)
         call.ended = True
+        call.status, call.cause, call.hangup_by = 487, "caller cancelled", "caller"
         for leg in call.b_legs:
             if leg.final is None:
                 await self._cancel(leg)
@@ -380,6 +411,7 @@ class CallManager:
         if call.ended:
             return
         call.ended = True
+        call.cause = call.cause or why
         log.info("call %s ends: %s", call.id, why)
         waits = []
         if exclude != "a" and call.a_dialog is not None:
@@ -391,7 +423,10 @@ class CallManager:
         await self._release(call)
 
     async def _release(self, call: Call) -> None:
+        if call.id not in self.calls:
+            return
         call.ended = True
+        self.events.publish(self._ended(call))
         if call.bridge is not None:
             call.bridge.close()
         for media in (call.a_media, call.b_media):
@@ -400,6 +435,41 @@ class CallManager:
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
         for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
             del self._by_dialog[key]
+
+    def _ended(self, call: Call) -> CallEnded:
+        if call.answered_at is not None:
+            disposition = "ANSWERED"
+        elif call.status == 487:
+            disposition = "CANCELLED"
+        elif call.status in (486, 600):
+            disposition = "BUSY"
+        elif call.status in (408, 480):
+            disposition = "NO ANSWER"
+        else:
+            disposition = "FAILED"
+        a, b = call.a_media.stats, call.b_media.stats
+        return CallEnded(
+            self.clock(), call.id, call.caller, call.callee,
+            started=call.started, answered=call.answered_at, disposition=disposition,
+            cause=call.cause, hangup_by=call.hangup_by, status=call.status,
+            caller_loss=a.lost if a else 0,
+            caller_jitter_ms=a.jitter * 1000 / 8000 if a else 0.0,
+            callee_loss=b.lost if b else 0,
+            callee_jitter_ms=b.jitter * 1000 / 8000 if b else 0.0,
+        )  # fmt: skip
+
+    def live(self) -> list[dict[str, object]]:
+        """The calls in progress, for `pbx calls`."""
+        now = self.clock()
+        return [
+            {
+                "call_id": c.id, "caller": c.caller, "callee": c.callee,
+                "state": "answered" if c.answered_at is not None else "ringing",
+                "started": c.started, "duration": round(now - c.started, 1),
+                "legs": 1 + len(c.b_legs),
+            }
+            for c in self.calls.values()
+        ]  # fmt: skip
 
     # helpers
 

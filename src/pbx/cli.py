@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -263,6 +264,60 @@ def status(ctx: _Context, as_json: bool) -> None:
     )
     for key, value in result["sip"].items():
         click.echo(f"sip.{key}: {value}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def calls(ctx: _Context, as_json: bool) -> None:
+    """Calls in progress on the running server."""
+    try:
+        rows = control.call(ctx.config.control_socket, "calls")
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(rows, ["call_id", "caller", "callee", "state", "duration", "legs"])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@click.option(
+    "--since",
+    default=None,
+    help="Only calls started at or after this: a Unix time, an ISO date/time, or -24h / -30m.",
+)
+@pass_ctx
+def cdr(ctx: _Context, as_json: bool, since: str | None) -> None:
+    """Call detail records, one per finished call, oldest first."""
+    start = _parse_since(since) if since else 0.0
+    rows = _run(lambda s: s.cdrs(start), ctx.config)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        started, billsec = row["start"], row["billsec"]
+        assert isinstance(started, float)
+        assert isinstance(billsec, float)
+        row["start"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+        row["billsec"] = round(billsec, 1)
+    _table(rows, ["start", "caller", "callee", "disposition", "billsec", "hangup_by", "cause"])
+
+
+def _parse_since(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text.startswith("-") and text[-1] in units:
+            return time.time() - float(text[1:-1]) * units[text[-1]]
+        try:
+            return float(text)
+        except ValueError:
+            return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            "use a Unix time, an ISO date/time or -24h, -30m, -7d", param_hint="--since"
+        ) from None
 
 
 @main.command()

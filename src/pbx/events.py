@@ -40,6 +40,48 @@ class RegistrationChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CallEvent(Event):
+    """Something happened to a call: `call_id` is the exchange's own id for it."""
+
+    type: ClassVar[str] = "call"
+    call_id: str
+    caller: str
+    callee: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted(CallEvent):
+    type: ClassVar[str] = "call_started"
+
+
+@dataclass(frozen=True, slots=True)
+class CallRinging(CallEvent):
+    type: ClassVar[str] = "call_ringing"
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered(CallEvent):
+    type: ClassVar[str] = "call_answered"
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded(CallEvent):
+    """The call is over; this carries everything its CDR records."""
+
+    type: ClassVar[str] = "call_ended"
+    started: float = 0.0
+    answered: float | None = None
+    disposition: str = "FAILED"  # ANSWERED, NO ANSWER, BUSY, FAILED, CANCELLED
+    cause: str = ""
+    hangup_by: str = ""  # caller, callee, system
+    status: int = 0  # the final SIP status the caller got
+    caller_loss: int = 0
+    caller_jitter_ms: float = 0.0
+    callee_loss: int = 0
+    callee_jitter_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class EventsLost(Event):
     """Sent to a follower that fell behind: this many events were dropped for it."""
 

@@ -24,7 +24,7 @@ from pbx.errors import (
     TransactionTimeout,
     TransportError,
 )
-from pbx.events import EventBus
+from pbx.events import CallEnded, Event, EventBus
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.message import (
@@ -70,8 +70,11 @@ class Exchange:
         self.started_at = time.time()
         self.events = EventBus()
         self.control = ControlServer(
-            config.control_socket, {"status": self._status}, {"events": self._follow_events}
+            config.control_socket,
+            {"status": self._status, "calls": self._live_calls},
+            {"events": self._follow_events},
         )
+        self._cdr_writes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -92,7 +95,10 @@ class Exchange:
             await self.endpoint.start()
             await self.control.start()
             pool = PortPool(*self.config.rtp.port_range)
-            self.calls = CallManager(self.config, self.endpoint, self.registrar, pool)
+            self.calls = CallManager(
+                self.config, self.endpoint, self.registrar, pool, events=self.events
+            )
+            self.events.subscribe(self._write_cdr)
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
             await self.endpoint.stop()
@@ -113,6 +119,8 @@ class Exchange:
         await self.control.stop()
         if self.calls is not None:
             await self.calls.stop()
+        if self._cdr_writes:
+            await asyncio.gather(*self._cdr_writes, return_exceptions=True)
         await self.endpoint.stop()
         if self.store is not None:
             await self.store.close()
@@ -131,6 +139,22 @@ class Exchange:
             "reachable": sum(1 for b in bindings if b.reachable),
             "sip": dataclasses.asdict(self.endpoint.stats),
         }
+
+    async def _live_calls(self, _request: dict[str, Any]) -> list[dict[str, object]]:
+        return self.calls.live() if self.calls is not None else []
+
+    def _write_cdr(self, event: Event) -> None:
+        """The CDR writer: one row per call, committed as soon as the call has ended."""
+        if not isinstance(event, CallEnded) or self.store is None:
+            return
+        task = asyncio.ensure_future(self.store.add_cdr(event))
+        self._cdr_writes.add(task)
+        task.add_done_callback(self._cdr_written)
+
+    def _cdr_written(self, task: asyncio.Task[None]) -> None:
+        self._cdr_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cannot write a CDR: %s", task.exception())
 
     async def _follow_events(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         async for event in self.events.follow():

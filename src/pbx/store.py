@@ -21,6 +21,7 @@ from pathlib import Path
 import aiosqlite
 
 from pbx.errors import PbxError
+from pbx.events import CallEnded
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: users and registrations
@@ -52,6 +53,29 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (aor, contact)
     );
     CREATE INDEX bindings_expiry ON bindings (expires_at);
+    """,
+    # 2: call detail records, one row per call, written when it ends
+    """
+    CREATE TABLE cdr (
+        id INTEGER PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        start REAL NOT NULL,
+        answer REAL,
+        end REAL NOT NULL,
+        duration REAL NOT NULL,
+        billsec REAL NOT NULL,
+        disposition TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        cause TEXT NOT NULL,
+        hangup_by TEXT NOT NULL,
+        caller_loss INTEGER NOT NULL,
+        caller_jitter_ms REAL NOT NULL,
+        callee_loss INTEGER NOT NULL,
+        callee_jitter_ms REAL NOT NULL
+    );
+    CREATE INDEX cdr_start ON cdr (start);
     """,
 )
 
@@ -98,6 +122,12 @@ class Binding:
 _BINDING_COLUMNS = (
     "aor, contact, expires_at, call_id, cseq, transport, source, registered_at, q, local, "
     "user_agent, instance, reachable, rtt_ms"
+)
+
+
+_CDR_COLUMNS = (
+    "call_id, caller, callee, start, answer, end, duration, billsec, disposition, status, "
+    "cause, hangup_by, caller_loss, caller_jitter_ms, callee_loss, callee_jitter_ms"
 )
 
 
@@ -294,6 +324,28 @@ class Store:
             "SELECT extension, name, realm, ha1_md5, ha1_sha256 FROM users ORDER BY extension"
         )
         return [User(*row) for row in rows]
+
+    # call detail records
+
+    async def add_cdr(self, ended: CallEnded) -> None:
+        answer = ended.answered
+        values = (
+            ended.call_id, ended.caller, ended.callee, ended.started, answer, ended.time,
+            ended.time - ended.started, 0.0 if answer is None else ended.time - answer,
+            ended.disposition, ended.status, ended.cause, ended.hangup_by,
+            ended.caller_loss, ended.caller_jitter_ms, ended.callee_loss, ended.callee_jitter_ms,
+        )  # fmt: skip
+        await self._write(
+            [(f"INSERT OR REPLACE INTO cdr ({_CDR_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+              values)]
+        )  # fmt: skip
+
+    async def cdrs(self, since: float = 0.0) -> list[dict[str, object]]:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_CDR_COLUMNS} FROM cdr WHERE start >= ? ORDER BY start", (since,)
+        )
+        names = [c.strip() for c in _CDR_COLUMNS.split(",")]
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     # bindings
 

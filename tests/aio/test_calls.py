@@ -6,6 +6,7 @@ import asyncio
 import socket
 import struct
 
+from pbx.events import CallEnded, Event
 from pbx.server import Exchange
 from pbx.sip.message import Message, Request, Response, build_response, parse_message
 from pbx.sip.sdp import parse_sdp
@@ -69,7 +70,10 @@ def media_socket() -> socket.socket:
 
 async def test_call_between_two_phones(exchange: Exchange) -> None:
     assert exchange.calls is not None
+    assert exchange.store is not None
     pool_before = exchange.calls.pool.free
+    seen: list[Event] = []
+    exchange.events.subscribe(seen.append)
     a_rtp, b_rtp = media_socket(), media_socket()
     async with (
         SipTestClient(server_of(exchange)) as alice,
@@ -144,3 +148,52 @@ async def test_call_between_two_phones(exchange: Exchange) -> None:
         await asyncio.sleep(0.02)
     assert exchange.calls.calls == {}
     assert exchange.calls.pool.free == pool_before
+    kinds = [e.type for e in seen if e.type.startswith("call")]
+    assert kinds == ["call_started", "call_ringing", "call_answered", "call_ended"]
+    ended = seen[-1]
+    assert isinstance(ended, CallEnded)
+    assert (ended.caller, ended.callee, ended.disposition, ended.hangup_by) == (
+        "1001", "1002", "ANSWERED", "caller"
+    )  # fmt: skip
+    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    [row] = await exchange.store.cdrs()
+    assert row["disposition"] == "ANSWERED"
+    assert row["caller"] == "1001"
+    assert float(row["billsec"]) <= float(row["duration"])  # type: ignore[arg-type]
+
+
+async def test_busy_callee(exchange: Exchange) -> None:
+    assert exchange.store is not None
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        offer = sdp(40000)
+        alice.send(invite(alice, 1, "z9hG4bKbusy1", offer))
+        challenge = await receive(alice)
+        assert isinstance(challenge, Response)
+        alice.send(in_dialog(alice, "ACK", 1, "z9hG4bKbusy1", challenge.to.tag or ""))
+        offered = next(
+            v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v
+        )
+        auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
+        alice.send(invite(alice, 2, "z9hG4bKbusy2", offer, auth))
+        assert isinstance(trying := await receive(alice), Response)
+        assert trying.status == 100
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        bob.send(build_response(incoming, 486, to_tag="bob").encode())
+        ack = await receive(bob)  # the exchange ACKs the 486 itself
+        assert isinstance(ack, Request)
+        assert ack.method == "ACK"
+        busy = await receive(alice)
+        assert isinstance(busy, Response)
+        assert busy.status == 486
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    [row] = await exchange.store.cdrs()
+    assert (row["disposition"], row["status"], row["billsec"]) == ("BUSY", 486, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,3 +45,14 @@ def test_sipp_calls_through_the_exchange(pbx_proc: PbxProcess, tmp_path: Path) -
     assert caller.counter("SuccessfulCall(C)") == CALLS, caller.explain()
     assert answered.returncode == 0, answered.explain()
     assert answered.counter("SuccessfulCall(C)") == CALLS, answered.explain()
+    # Each call left a CDR, and nothing is live any more (operator contract: cdr, calls).
+    # The last CDR is written once the callee has answered the last BYE: allow for that.
+    deadline = time.monotonic() + 10
+    while len(records := pbx_proc.cli_json("cdr")) < CALLS and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(records) == CALLS
+    assert {(r["caller"], r["callee"], r["disposition"]) for r in records} == {
+        ("1001", "1002", "ANSWERED")
+    }
+    assert all(0 < r["billsec"] <= r["duration"] for r in records)
+    assert pbx_proc.cli_json("calls") == []
