@@ -3,8 +3,9 @@
 A call is an A leg (the caller's INVITE, answered by us) and B legs (our INVITEs to every
 registered contact of the callee, forked in parallel; the first 2xx wins and the others
 are cancelled). Media is anchored: each side talks RTP to a MediaEndpoint of ours, and a
-Bridge relays payloads between them. What is not here yet (see issue 3): re-INVITE/hold,
-transfer, pickup/park, trunks, late offer, session timers, CDRs.
+Bridge relays payloads between them. Every call publishes its events and, when it ends, the
+CallEnded event its CDR is written from. What is not here yet (see issue 3): re-INVITE/
+hold, transfer, pickup/park, trunks, late offer, session timers, ring groups, dialplan.
 """
 
 from __future__ import annotations
@@ -204,12 +205,20 @@ class CallManager:
         self._by_branch[request.vias[0].branch or ""] = call
         log.info("call %s: %s -> %s (%d contacts)", call.id, caller, target, len(contacts))
         forks = [self._fork(call, caller, target, b) for b in contacts]
-        results = await asyncio.gather(*forks, return_exceptions=True)
+        timeout = asyncio.get_running_loop().call_later(
+            self.config.calls.ring_timeout, self._ring_timeout, call
+        )
+        try:
+            results = await asyncio.gather(*forks, return_exceptions=True)
+        finally:
+            timeout.cancel()
         if call.winner is None and not call.ended:
             statuses = [r for r in results if isinstance(r, int)]
             status = min(statuses, key=_failure_rank) if statuses else 408
+            if call.cause == "ring timeout":
+                status = SipStatus.TEMPORARILY_UNAVAILABLE
             self._reply(call.a_request, status, tag=call.a_tag)
-            call.status, call.cause = status, f"callee answered {status}"
+            call.status, call.cause = status, call.cause or f"callee answered {status}"
             await self._release(call)
 
     def _authenticate(self, request: Request, peer: Peer) -> str | None:
@@ -354,6 +363,14 @@ class CallManager:
                     log.warning("call %s: no ACK for the 200; hanging up", call.id)
                     await self._hang_up(call, "no ACK")
                     return
+
+    def _ring_timeout(self, call: Call) -> None:
+        if call.winner is not None or call.ended:
+            return
+        call.cause = "ring timeout"
+        for leg in call.b_legs:
+            if leg.final is None:
+                self._spawn(self._cancel(leg))
 
     # in-dialog requests
 

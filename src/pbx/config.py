@@ -97,6 +97,12 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CallsConfig:
+    ring_timeout: float = 60.0
+    """Seconds a call rings before the caller gets 480 and the callee's phones a CANCEL."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     """The file this came from."""
@@ -106,6 +112,7 @@ class Config:
     rtp: RtpConfig = field(default_factory=RtpConfig)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
     log_level: str = "info"
 
     @property
@@ -255,6 +262,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "block_seconds": _positive(float),
         },
     ),
+    "calls": (CallsConfig, {"ring_timeout": _positive(float)}),
 }
 _TOP = {"data_dir": _string, "log_level": _log_level}
 

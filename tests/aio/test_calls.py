@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 
@@ -197,3 +198,47 @@ async def test_busy_callee(exchange: Exchange) -> None:
         await asyncio.sleep(0.02)
     [row] = await exchange.store.cdrs()
     assert (row["disposition"], row["status"], row["billsec"]) == ("BUSY", 486, 0.0)
+
+
+async def test_ring_timeout_cancels_the_callee_and_answers_480(exchange: Exchange) -> None:
+    assert exchange.store is not None
+    exchange.config = dataclasses.replace(
+        exchange.config, calls=dataclasses.replace(exchange.config.calls, ring_timeout=0.3)
+    )
+    assert exchange.calls is not None
+    exchange.calls.config = exchange.config
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        offer = sdp(40002)
+        alice.send(invite(alice, 1, "z9hG4bKring1", offer))
+        challenge = await receive(alice)
+        assert isinstance(challenge, Response)
+        alice.send(in_dialog(alice, "ACK", 1, "z9hG4bKring1", challenge.to.tag or ""))
+        offered = next(
+            v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v
+        )
+        auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
+        alice.send(invite(alice, 2, "z9hG4bKring2", offer, auth))
+        assert isinstance(trying := await receive(alice), Response)
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        bob.send(build_response(incoming, 180, to_tag="bob").encode())
+        assert isinstance(ringing := await receive(alice), Response)
+        assert (trying.status, ringing.status) == (100, 180)
+        cancel = await receive(bob)  # nobody answers: the exchange gives up on the phone
+        assert isinstance(cancel, Request)
+        assert cancel.method == "CANCEL"
+        bob.send(build_response(cancel, 200).encode())
+        bob.send(build_response(incoming, 487, to_tag="bob").encode())
+        gave_up = await receive(alice)
+        assert isinstance(gave_up, Response)
+        assert gave_up.status == 480
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    [row] = await exchange.store.cdrs()
+    assert (row["disposition"], row["cause"]) == ("NO ANSWER", "ring timeout")
