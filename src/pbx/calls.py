@@ -329,6 +329,15 @@ class CallManager:
         if a_params.codec.upper() != b_params.codec.upper():
             transcode = (a_params.codec, b_params.codec)
         call.bridge = Bridge(call.a_media, call.b_media, transcode)
+        timeout = self.config.rtp.inactivity_timeout
+        if timeout > 0:
+            # Counted from the answer: a phone that vanished (power cut, lost network)
+            # sends no BYE; silence on its RTP is how the call learns it is over.
+            for media in (call.a_media, call.b_media):
+                media.on_inactive = lambda _m, c=call: self._spawn(
+                    self._hang_up(c, "no RTP (inactivity timeout)")
+                )
+                media.set_inactivity(timeout)
         local = call.a_peer.local
         host = f"[{local.host}]" if ":" in local.host else local.host
         ok = build_response(

@@ -55,6 +55,8 @@ class RtpConfig:
     """Inclusive range of UDP ports for media."""
     address: str = "127.0.0.1"
     """The address media is bound to and advertised in SDP."""
+    inactivity_timeout: float = 60.0
+    """An answered call whose phones send no RTP this long is hung up; 0 disables it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +240,14 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "tcp_max_per_address": _positive(int),
         },
     ),
-    "rtp": (RtpConfig, {"port_range": _port_range, "address": _address}),
+    "rtp": (
+        RtpConfig,
+        {
+            "port_range": _port_range,
+            "address": _address,
+            "inactivity_timeout": _positive(float),
+        },
+    ),
     "registrar": (
         RegistrarConfig,
         {

@@ -69,6 +69,21 @@ def media_socket() -> socket.socket:
     return sock
 
 
+async def authenticated_invite(alice: SipTestClient, offer: bytes, prefix: str) -> None:
+    """INVITE, take the 407 (and ACK it), INVITE again with credentials; wait for 100."""
+    alice.send(invite(alice, 1, f"z9hG4bK{prefix}1", offer))
+    challenge = await receive(alice)
+    assert isinstance(challenge, Response)
+    assert challenge.status == 407
+    alice.send(in_dialog(alice, "ACK", 1, f"z9hG4bK{prefix}1", challenge.to.tag or ""))
+    offered = next(v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v)
+    auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
+    alice.send(invite(alice, 2, f"z9hG4bK{prefix}2", offer, auth))
+    trying = await receive(alice)
+    assert isinstance(trying, Response)
+    assert trying.status == 100
+
+
 async def test_call_between_two_phones(exchange: Exchange) -> None:
     assert exchange.calls is not None
     assert exchange.store is not None
@@ -81,20 +96,7 @@ async def test_call_between_two_phones(exchange: Exchange) -> None:
         SipTestClient(server_of(exchange)) as bob,
     ):
         assert (await bob.register("1002", "pw1002")).status == 200
-        offer = sdp(a_rtp.getsockname()[1])
-        alice.send(invite(alice, 1, "z9hG4bKcall1", offer))
-        challenge = await receive(alice)
-        assert isinstance(challenge, Response)
-        assert challenge.status == 407
-        alice.send(in_dialog(alice, "ACK", 1, "z9hG4bKcall1", challenge.to.tag or ""))
-        offered = next(
-            v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v
-        )
-        auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
-        alice.send(invite(alice, 2, "z9hG4bKcall2", offer, auth))
-        trying = await receive(alice)
-        assert isinstance(trying, Response)
-        assert trying.status == 100
+        await authenticated_invite(alice, sdp(a_rtp.getsockname()[1]), "call")
 
         # Bob's phone rings, then answers.
         incoming = await receive(bob)
@@ -171,18 +173,7 @@ async def test_busy_callee(exchange: Exchange) -> None:
         SipTestClient(server_of(exchange)) as bob,
     ):
         assert (await bob.register("1002", "pw1002")).status == 200
-        offer = sdp(40000)
-        alice.send(invite(alice, 1, "z9hG4bKbusy1", offer))
-        challenge = await receive(alice)
-        assert isinstance(challenge, Response)
-        alice.send(in_dialog(alice, "ACK", 1, "z9hG4bKbusy1", challenge.to.tag or ""))
-        offered = next(
-            v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v
-        )
-        auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
-        alice.send(invite(alice, 2, "z9hG4bKbusy2", offer, auth))
-        assert isinstance(trying := await receive(alice), Response)
-        assert trying.status == 100
+        await authenticated_invite(alice, sdp(40000), "busy")
         incoming = await receive(bob)
         assert isinstance(incoming, Request)
         bob.send(build_response(incoming, 486, to_tag="bob").encode())
@@ -212,22 +203,12 @@ async def test_ring_timeout_cancels_the_callee_and_answers_480(exchange: Exchang
         SipTestClient(server_of(exchange)) as bob,
     ):
         assert (await bob.register("1002", "pw1002")).status == 200
-        offer = sdp(40002)
-        alice.send(invite(alice, 1, "z9hG4bKring1", offer))
-        challenge = await receive(alice)
-        assert isinstance(challenge, Response)
-        alice.send(in_dialog(alice, "ACK", 1, "z9hG4bKring1", challenge.to.tag or ""))
-        offered = next(
-            v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v
-        )
-        auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
-        alice.send(invite(alice, 2, "z9hG4bKring2", offer, auth))
-        assert isinstance(trying := await receive(alice), Response)
+        await authenticated_invite(alice, sdp(40002), "ring")
         incoming = await receive(bob)
         assert isinstance(incoming, Request)
         bob.send(build_response(incoming, 180, to_tag="bob").encode())
         assert isinstance(ringing := await receive(alice), Response)
-        assert (trying.status, ringing.status) == (100, 180)
+        assert ringing.status == 180
         cancel = await receive(bob)  # nobody answers: the exchange gives up on the phone
         assert isinstance(cancel, Request)
         assert cancel.method == "CANCEL"
@@ -242,3 +223,45 @@ async def test_ring_timeout_cancels_the_callee_and_answers_480(exchange: Exchang
         await asyncio.sleep(0.02)
     [row] = await exchange.store.cdrs()
     assert (row["disposition"], row["cause"]) == ("NO ANSWER", "ring timeout")
+
+
+async def test_silent_call_is_hung_up_after_the_rtp_timeout(exchange: Exchange) -> None:
+    assert exchange.store is not None
+    assert exchange.calls is not None
+    exchange.config = dataclasses.replace(
+        exchange.config, rtp=dataclasses.replace(exchange.config.rtp, inactivity_timeout=0.3)
+    )
+    exchange.calls.config = exchange.config
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        await authenticated_invite(alice, sdp(40004), "quiet")
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        bob.send(
+            build_response(
+                incoming, 200, to_tag="bob", body=sdp(40006, "0"),
+                headers=[("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
+                         ("Content-Type", "application/sdp")],
+            ).encode()
+        )  # fmt: skip
+        ok = await receive(alice)
+        assert isinstance(ok, Response)
+        assert ok.status == 200
+        assert isinstance(await receive(bob), Request)  # the ACK
+        alice.send(in_dialog(alice, "ACK", 2, "z9hG4bKquietack", ok.to.tag or ""))
+        # Nobody sends RTP: both phones get a BYE from the exchange.
+        for phone in (alice, bob):
+            bye = await receive(phone)
+            assert isinstance(bye, Request)
+            assert bye.method == "BYE"
+            phone.send(build_response(bye, 200).encode())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    [row] = await exchange.store.cdrs()
+    assert (row["disposition"], row["hangup_by"]) == ("ANSWERED", "system")
+    assert row["cause"] == "no RTP (inactivity timeout)"
