@@ -11,6 +11,7 @@ hold, transfer, pickup/park, trunks, late offer, session timers, ring groups, di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -22,7 +23,14 @@ from media.aio import Bridge, MediaEndpoint
 from media.ports import PortPool
 from pbx.config import Config, ListenAddress
 from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
-from pbx.events import CallAnswered, CallEnded, CallRinging, CallStarted, EventBus
+from pbx.events import (
+    CallAnswered,
+    CallEnded,
+    CallHeld,
+    CallRinging,
+    CallStarted,
+    EventBus,
+)
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.dialog import Dialog, DialogId, dialog_id_for_request
@@ -36,14 +44,15 @@ from pbx.sip.message import (
     new_branch,
     new_tag,
 )
-from pbx.sip.offer_answer import answer, make_offer, parameters_from_answer
-from pbx.sip.sdp import SessionDescription, parse_sdp
+from pbx.sip.offer_answer import answer, make_offer, mirror, parameters_from_answer
+from pbx.sip.sdp import Direction, SessionDescription, parse_sdp
 from pbx.sip.uri import SipUri, parse_uri, split_hostport
 from pbx.store import Binding
 
 log = logging.getLogger("pbx.calls")
 
 SDP = "application/sdp"
+SHUTDOWN_GRACE = 2.0  # seconds the phones get to answer our BYEs when the exchange stops
 
 
 @dataclass(eq=False)
@@ -70,7 +79,6 @@ class Call:
     bridge: Bridge | None = None
     answered: bool = False
     ended: bool = False
-    a_acked: asyncio.Event = field(default_factory=asyncio.Event)
     caller: str = ""
     callee: str = ""
     started: float = 0.0
@@ -78,6 +86,10 @@ class Call:
     status: int = 0  # the final status the caller got
     cause: str = ""
     hangup_by: str = "system"
+    held: bool = False
+    sessions: dict[str, str] = field(default_factory=dict)  # SDP session id per side
+    versions: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    acks: dict[tuple[str, int], asyncio.Event] = field(default_factory=dict)
 
 
 class CallManager:
@@ -99,7 +111,7 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._by_dialog: dict[DialogId, tuple[Call, str]] = {}  # -> (call, "a" | "b")
         self._by_branch: dict[str, Call] = {}  # the caller's INVITE branch, for CANCEL
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     # entry points from the dispatcher
 
@@ -129,17 +141,22 @@ class CallManager:
         return False
 
     async def stop(self) -> None:
+        """Hang up every call (BYE to both phones) without waiting long for the answers."""
+        hang_ups = [self._hang_up(call, "shutdown") for call in list(self.calls.values())]
+        if hang_ups:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*hang_ups), SHUTDOWN_GRACE)
         for call in list(self.calls.values()):
-            await self._hang_up(call, "shutdown")
+            await self._release(call)
         for task in list(self._tasks):
             task.cancel()
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("call task failed", exc_info=task.exception())
@@ -199,6 +216,7 @@ class CallManager:
             caller=caller,
             callee=target,
             started=self.clock(),
+            sessions={"a": os.urandom(4).hex(), "b": session},
         )
         self.calls[call.id] = call
         self.events.publish(CallStarted(call.started, call.id, caller, target))
@@ -316,8 +334,9 @@ class CallManager:
         try:
             b_params = parameters_from_answer(call.offer_to_b, parse_sdp(b_answer.body))
             a_answer = answer(
-                call.a_offer, self.config.rtp.address, call.a_media.port, session_id=call.id
-            )
+                call.a_offer, self.config.rtp.address, call.a_media.port,
+                session_id=call.sessions["a"],
+            )  # fmt: skip
         except RemoteProtocolError as exc:
             log.warning("call %s: media negotiation failed: %s", call.id, exc)
             await self._hang_up(call, "negotiation")
@@ -359,19 +378,27 @@ class CallManager:
         self._by_dialog[call.a_dialog.id] = (call, "a")
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
         log.info("call %s answered", call.id)
-        # §13.3.1.4: the UAS core retransmits its 2xx until the ACK comes.
-        interval, waited = self.endpoint.timers.t1, 0.0
-        while not call.a_acked.is_set() and not call.ended:
-            self.endpoint.respond(call.a_request, ok)
+        acked = call.acks.setdefault(("a", call.a_request.cseq.number), asyncio.Event())
+        if not await self._send_2xx_until_acked(call, call.a_request, ok, acked):
+            log.warning("call %s: no ACK for the 200; hanging up", call.id)
+            await self._hang_up(call, "no ACK")
+
+    async def _send_2xx_until_acked(
+        self, call: Call, request: Request, ok: Response, acked: asyncio.Event
+    ) -> bool:
+        """§13.3.1.4: the UAS core retransmits its 2xx until the ACK comes (or 64*T1)."""
+        timers = self.endpoint.timers
+        interval, waited = timers.t1, 0.0
+        while not acked.is_set() and not call.ended:
+            self.endpoint.respond(request, ok)
             try:
-                await asyncio.wait_for(call.a_acked.wait(), interval)
+                await asyncio.wait_for(acked.wait(), interval)
             except TimeoutError:
                 waited += interval
-                interval = min(2 * interval, self.endpoint.timers.t2)
-                if waited >= self.endpoint.timers.timer_h:
-                    log.warning("call %s: no ACK for the 200; hanging up", call.id)
-                    await self._hang_up(call, "no ACK")
-                    return
+                interval = min(2 * interval, timers.t2)
+                if waited >= timers.timer_h:
+                    return False
+        return True
 
     def _ring_timeout(self, call: Call) -> None:
         if call.winner is not None or call.ended:
@@ -385,8 +412,7 @@ class CallManager:
 
     def _in_dialog(self, request: Request, peer: Peer, call: Call, side: str) -> None:
         if request.method == Method.ACK:
-            if side == "a":
-                call.a_acked.set()
+            call.acks.setdefault((side, request.cseq.number), asyncio.Event()).set()
             return
         dialog = call.a_dialog if side == "a" else (call.winner.dialog if call.winner else None)
         if dialog is None:
@@ -401,9 +427,91 @@ class CallManager:
             call.hangup_by = "caller" if side == "a" else "callee"
             self._spawn(self._hang_up(call, f"BYE from the {call.hangup_by}", exclude=side))
             return
-        # re-INVITE, UPDATE, INFO...: not in this slice yet.
-        self._reply(request, SipStatus.NOT_IMPLEMENTED if request.method != Method.INVITE
-                    else SipStatus.NOT_ACCEPTABLE_HERE)  # fmt: skip
+        if request.method == Method.INVITE:
+            self._spawn(self._reinvite(call, side, request))
+            return
+        # UPDATE, INFO...: not in this slice yet.
+        self._reply(request, SipStatus.NOT_IMPLEMENTED)
+
+    async def _reinvite(self, call: Call, side: str, request: Request) -> None:
+        """A re-INVITE (RFC 3261 §14): answered on our media, the direction passed on to
+        the other phone so hold and resume work end to end (RFC 3264 §8.4)."""
+        media = call.a_media if side == "a" else call.b_media
+        peer = call.a_peer if side == "a" else (call.winner.peer if call.winner else None)
+        try:
+            offer = parse_sdp(request.body)
+            call.versions[side] += 1
+            reply = answer(
+                offer, self.config.rtp.address, media.port,
+                session_id=call.sessions[side], version=call.versions[side],
+            )  # fmt: skip
+        except RemoteProtocolError:
+            self._reply(request, SipStatus.NOT_ACCEPTABLE_HERE)
+            return
+        params = reply.parameters
+        if params.remote_address not in ("0.0.0.0", "::"):  # RFC 2543 hold keeps the old one
+            media.set_remote((params.remote_address, params.remote_port))
+        ok = build_response(
+            request, SipStatus.OK, body=reply.sdp.encode(),
+            headers=[("Contact", self._contact(peer or call.a_peer)), ("Content-Type", SDP)],
+        )  # fmt: skip
+        acked = call.acks.setdefault((side, request.cseq.number), asyncio.Event())
+        self._spawn(self._send_2xx_until_acked(call, request, ok, acked))
+        held = params.direction is not Direction.SENDRECV
+        if held != call.held:
+            call.held = held
+            # On hold a phone may send nothing at all: that is not a dead call.
+            timeout = self.config.rtp.inactivity_timeout
+            for endpoint in (call.a_media, call.b_media):
+                endpoint.set_inactivity(None if held or timeout <= 0 else timeout)
+            by = "caller" if side == "a" else "callee"
+            self.events.publish(
+                CallHeld(self.clock(), call.id, call.caller, call.callee, held=held, by=by)
+            )
+        await self._offer_direction(call, "b" if side == "a" else "a", mirror(params.direction))
+
+    async def _offer_direction(self, call: Call, side: str, direction: Direction) -> None:
+        """Re-INVITE one phone with our media and `direction` (hold/resume passed on)."""
+        dialog = call.a_dialog if side == "a" else (call.winner.dialog if call.winner else None)
+        peer = call.a_peer if side == "a" else (call.winner.peer if call.winner else None)
+        if dialog is None or peer is None or call.ended:
+            return
+        media = call.a_media if side == "a" else call.b_media
+        call.versions[side] += 1
+        offer = make_offer(
+            self.config.rtp.address, media.port, direction=direction,
+            session_id=call.sessions[side], version=call.versions[side],
+        )  # fmt: skip
+        local = (peer.local.host, peer.local.port)
+        request = dialog.create_request(
+            Method.INVITE, [("Content-Type", SDP)], offer.encode(),
+            local_address=local, transport=peer.transport.upper(),
+        )  # fmt: skip
+
+        def on_response(response: Response) -> None:
+            if 200 <= response.status < 300:
+                dialog.receive_response(response)
+                ack = dialog.create_ack(local_address=local, transport=peer.transport.upper())
+                self.endpoint.send(ack.encode(), peer)
+
+        try:
+            final = await self.endpoint.invite(request, peer, on_response)
+        except PbxError as exc:
+            log.info("call %s: re-INVITE to the %s failed: %s", call.id, side, exc)
+            return
+        if 200 <= final.status < 300:
+            try:
+                params = parameters_from_answer(offer, parse_sdp(final.body))
+            except RemoteProtocolError as exc:
+                log.info("call %s: bad answer to our re-INVITE: %s", call.id, exc)
+                return
+            if params.remote_address not in ("0.0.0.0", "::"):
+                media.set_remote((params.remote_address, params.remote_port))
+
+    def _contact(self, peer: Peer) -> str:
+        local = peer.local
+        host = f"[{local.host}]" if ":" in local.host else local.host
+        return f"<sip:pbx@{host}:{local.port};transport={peer.transport}>"
 
     # ending
 

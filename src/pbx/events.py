@@ -65,6 +65,15 @@ class CallAnswered(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class CallHeld(CallEvent):
+    """One side put the call on hold (`held`) or took it off hold again."""
+
+    type: ClassVar[str] = "call_held"
+    held: bool = True
+    by: str = ""  # caller or callee
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded(CallEvent):
     """The call is over; this carries everything its CDR records."""
 

@@ -7,7 +7,7 @@ import dataclasses
 import socket
 import struct
 
-from pbx.events import CallEnded, Event
+from pbx.events import CallEnded, CallHeld, Event
 from pbx.server import Exchange
 from pbx.sip.message import Message, Request, Response, build_response, parse_message
 from pbx.sip.sdp import parse_sdp
@@ -265,3 +265,64 @@ async def test_silent_call_is_hung_up_after_the_rtp_timeout(exchange: Exchange) 
     [row] = await exchange.store.cdrs()
     assert (row["disposition"], row["hangup_by"]) == ("ANSWERED", "system")
     assert row["cause"] == "no RTP (inactivity timeout)"
+
+
+def reinvite(ua: SipTestClient, cseq: int, branch: str, to_tag: str, body: bytes) -> bytes:
+    head = in_dialog(ua, "INVITE", cseq, branch, to_tag).split(b"Content-Length: 0")[0]
+    return (
+        head
+        + f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def test_hold_and_resume_pass_through(exchange: Exchange) -> None:
+    seen: list[Event] = []
+    exchange.events.subscribe(seen.append)
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        await authenticated_invite(alice, sdp(40010), "hold")
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        bob_contact = [("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
+                       ("Content-Type", "application/sdp")]  # fmt: skip
+        bob.send(build_response(incoming, 200, to_tag="bob", body=sdp(40012, "0"),
+                                headers=bob_contact).encode())  # fmt: skip
+        ok = await receive(alice)
+        assert isinstance(ok, Response)
+        assert isinstance(await receive(bob), Request)  # ACK
+        to_tag = ok.to.tag or ""
+        alice.send(in_dialog(alice, "ACK", 2, "z9hG4bKholdack", to_tag))
+        for cseq, direction, mirrored in ((3, "sendonly", "recvonly"), (4, "sendrecv", "sendrecv")):
+            body = sdp(40010).replace(b"a=sendrecv", f"a={direction}".encode())
+            alice.send(reinvite(alice, cseq, f"z9hG4bKre{cseq}", to_tag, body))
+            answered = await receive(alice)
+            assert isinstance(answered, Response)
+            assert answered.status == 200
+            assert parse_sdp(answered.body).direction_for(parse_sdp(answered.body).media[0]) \
+                .value == mirrored  # fmt: skip
+            alice.send(in_dialog(alice, "ACK", cseq, f"z9hG4bKreack{cseq}", to_tag))
+            # Bob's phone is told the same direction the caller asked for.
+            passed_on = await receive(bob)
+            assert isinstance(passed_on, Request)
+            assert passed_on.method == "INVITE"
+            offer = parse_sdp(passed_on.body)
+            assert offer.direction_for(offer.media[0]).value == direction
+            answer_body = sdp(40012, "0").replace(b"a=sendrecv", f"a={mirrored}".encode())
+            bob.send(build_response(passed_on, 200, body=answer_body,
+                                    headers=bob_contact).encode())  # fmt: skip
+            ack = await receive(bob)
+            assert isinstance(ack, Request)
+            assert ack.method == "ACK"
+            assert ack.cseq.number == passed_on.cseq.number
+        alice.send(in_dialog(alice, "BYE", 5, "z9hG4bKholdbye", to_tag))
+        assert isinstance(bye_ok := await receive(alice), Response)
+        assert bye_ok.status == 200
+        bye = await receive(bob)
+        assert isinstance(bye, Request)
+        bob.send(build_response(bye, 200).encode())
+    held = [e for e in seen if isinstance(e, CallHeld)]
+    assert [(e.held, e.by) for e in held] == [(True, "caller"), (False, "caller")]
