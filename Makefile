@@ -29,7 +29,7 @@ run: $(BIN)/pbx $(DEMO)/pbx.toml
 
 # Debian packages the interop tests drive: SIPp (sip-tester) and baresip.
 test-deps: $(BIN)/pbx
-	@if ! command -v sipp >/dev/null || ! command -v baresip >/dev/null; then \
+	@if ! command -v sipp >/dev/null || ! command -v baresip >/dev/null || ! command -v ip >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \

@@ -1,0 +1,112 @@
+"""Driver for test_baresip_call.py: one baresip-to-baresip call through pbx, with audio.
+
+Run as root inside private network and PID namespaces made by the test:
+
+    unshare -n -p -f --kill-child python -m tests.interop.netns_call DIR
+
+baresip 1.0 refuses loopback for media (../shared/peers/README.md), so this brings `lo` up,
+gives a veth pair the private address 10.77.0.1/24 and runs pbx and both phones on it.
+Nothing outside the namespace is ever addressed; every process started here dies with it.
+The outcome (recordings, CDRs, or an error with logs) goes to DIR/result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tests.support.baresip import Baresip, write_tone
+from tests.support.pbxproc import PbxProcess, write_config
+
+HOST = "10.77.0.1"
+SIP_PORT = 5060
+TALK_SECONDS = 3.0
+
+
+def network() -> None:
+    for command in (
+        "ip link set lo up",
+        "ip link add v0 type veth peer name v1",
+        f"ip addr add {HOST}/24 dev v0",
+        "ip link set v0 up",
+        "ip link set v1 up",
+        "ip route add default dev v0",
+    ):
+        subprocess.run(command.split(), check=True, capture_output=True, timeout=10)
+
+
+def phone(work: Path, user: str, sip_port: int, ctrl_port: int, hz: float, answer: str) -> Baresip:
+    tone = write_tone(work / f"tone-{user}.wav", seconds=30, hz=hz)
+    b = Baresip(
+        work / f"baresip-{user}", user, f"pw{user}", f"{HOST}:{SIP_PORT}", tone, sip_port, ctrl_port
+    )
+    b.configure()
+    config = b.directory / "config"
+    config.write_text(config.read_text().replace(f"127.0.0.1:{sip_port}", f"{HOST}:{sip_port}"))
+    b.account = b.account.replace("answermode=manual", f"answermode={answer}")
+    return b
+
+
+def call(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProcess) -> None:
+    network()
+    pbx.add_user("1001", "pw1001")
+    pbx.add_user("1002", "pw1002")
+    pbx.start()
+    caller = phone(work, "1001", 5071, 4444, 440.0, "manual")
+    callee = phone(work, "1002", 5081, 4454, 1000.0, "auto")
+    phones += [caller, callee]
+    for p in phones:
+        p.start()
+        p.add_account()
+        assert p.ctrl is not None
+        event = p.ctrl.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=10)
+        assert event["type"] == "REGISTER_OK", event
+    assert caller.ctrl is not None and callee.ctrl is not None
+    caller.ctrl.cmd("dial", f"sip:1002@{HOST}")
+    for p in phones:
+        assert p.ctrl is not None
+        p.ctrl.wait_event("CALL_ESTABLISHED", timeout=10)
+    time.sleep(TALK_SECONDS)
+    caller.ctrl.cmd("hangup")
+    for p in phones:
+        assert p.ctrl is not None
+        p.ctrl.wait_event("CALL_CLOSED", timeout=10)
+    for p in phones:
+        p.stop()
+    deadline = time.monotonic() + 5
+    while not (cdrs := pbx.cli_json("cdr")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    result["cdr"] = cdrs
+    result["received"] = {
+        p.user: [str(f) for f in sorted((p.directory / "rec").glob("dump-*-dec.wav"))]
+        for p in phones
+    }
+
+
+def main(work: Path) -> int:
+    result: dict[str, Any] = {}
+    phones: list[Baresip] = []
+    pbx = PbxProcess(write_config(work, SIP_PORT, host=HOST), SIP_PORT, HOST)
+    code = 0
+    try:
+        call(work, result, phones, pbx)
+    except BaseException:
+        result["error"] = traceback.format_exc()
+        result["pbx_log"] = pbx.log[-60:]
+        result["baresip"] = {p.user: p.output[-40:] for p in phones}
+        code = 1
+    finally:
+        for p in phones:
+            p.stop(timeout=3)
+        pbx.stop(timeout=3)
+        (work / "result.json").write_text(json.dumps(result, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))
