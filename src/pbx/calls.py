@@ -121,7 +121,9 @@ class CallManager:
         if method == Method.CANCEL:
             call = self._by_branch.get(request.vias[0].branch or "")
             if call is None:
-                return False
+                # §9.2: no INVITE of ours matches (already answered, or never seen).
+                self._reply(request, SipStatus.CALL_DOES_NOT_EXIST)
+                return True
             self._reply(request, SipStatus.OK)
             self._spawn(self._cancelled(call))
             return True

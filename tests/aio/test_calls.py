@@ -326,3 +326,52 @@ async def test_hold_and_resume_pass_through(exchange: Exchange) -> None:
         bob.send(build_response(bye, 200).encode())
     held = [e for e in seen if isinstance(e, CallHeld)]
     assert [(e.held, e.by) for e in held] == [(True, "caller"), (False, "caller")]
+
+
+def cancel_of(ua: SipTestClient, branch: str) -> bytes:
+    host, port = ua.server
+    lhost, lport = ua.local
+    return (
+        f"CANCEL sip:1002@{host}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {lhost}:{lport};branch={branch};rport\r\n"
+        f"From: <sip:1001@{host}>;tag=alice\r\nTo: <sip:1002@{host}>\r\n"
+        f"Call-ID: call-1\r\nCSeq: 2 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_caller_cancels_while_ringing(exchange: Exchange) -> None:
+    assert exchange.store is not None
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        await authenticated_invite(alice, sdp(40020), "cancel")
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        bob.send(build_response(incoming, 180, to_tag="bob").encode())
+        assert isinstance(ringing := await receive(alice), Response)
+        assert ringing.status == 180
+        alice.send(cancel_of(alice, "z9hG4bKcancel2"))  # the authenticated INVITE's branch
+        statuses = set()
+        for _ in range(2):
+            reply = await receive(alice)
+            assert isinstance(reply, Response)
+            statuses.add((reply.status, reply.cseq.method))
+        assert statuses == {(200, "CANCEL"), (487, "INVITE")}
+        cancel = await receive(bob)
+        assert isinstance(cancel, Request)
+        assert cancel.method == "CANCEL"
+        bob.send(build_response(cancel, 200).encode())
+        bob.send(build_response(incoming, 487, to_tag="bob").encode())
+        # A CANCEL that matches nothing any more gets 481 (RFC 3261 §9.2).
+        alice.send(cancel_of(alice, "z9hG4bKnothing"))
+        late = await receive(alice)
+        assert isinstance(late, Response)
+        assert late.status == 481
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    [row] = await exchange.store.cdrs()
+    assert (row["disposition"], row["hangup_by"]) == ("CANCELLED", "caller")
