@@ -69,6 +69,17 @@ def media_socket() -> socket.socket:
     return sock
 
 
+async def the_cdr(exchange: Exchange) -> dict[str, object]:
+    """The one CDR of the test's call, once written (it is committed just after the end)."""
+    assert exchange.store is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not (rows := await exchange.store.cdrs()) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    [row] = rows
+    return row
+
+
 async def authenticated_invite(alice: SipTestClient, offer: bytes, prefix: str) -> None:
     """INVITE, take the 407 (and ACK it), INVITE again with credentials; wait for 100."""
     alice.send(invite(alice, 1, f"z9hG4bK{prefix}1", offer))
@@ -158,9 +169,7 @@ async def test_call_between_two_phones(exchange: Exchange) -> None:
     assert (ended.caller, ended.callee, ended.disposition, ended.hangup_by) == (
         "1001", "1002", "ANSWERED", "caller"
     )  # fmt: skip
-    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    [row] = await exchange.store.cdrs()
+    row = await the_cdr(exchange)
     assert row["disposition"] == "ANSWERED"
     assert row["caller"] == "1001"
     assert float(row["billsec"]) <= float(row["duration"])  # type: ignore[arg-type]
@@ -183,11 +192,7 @@ async def test_busy_callee(exchange: Exchange) -> None:
         busy = await receive(alice)
         assert isinstance(busy, Response)
         assert busy.status == 486
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    [row] = await exchange.store.cdrs()
+    row = await the_cdr(exchange)
     assert (row["disposition"], row["status"], row["billsec"]) == ("BUSY", 486, 0.0)
 
 
@@ -217,11 +222,7 @@ async def test_ring_timeout_cancels_the_callee_and_answers_480(exchange: Exchang
         gave_up = await receive(alice)
         assert isinstance(gave_up, Response)
         assert gave_up.status == 480
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    [row] = await exchange.store.cdrs()
+    row = await the_cdr(exchange)
     assert (row["disposition"], row["cause"]) == ("NO ANSWER", "ring timeout")
 
 
@@ -258,11 +259,7 @@ async def test_silent_call_is_hung_up_after_the_rtp_timeout(exchange: Exchange) 
             assert isinstance(bye, Request)
             assert bye.method == "BYE"
             phone.send(build_response(bye, 200).encode())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    [row] = await exchange.store.cdrs()
+    row = await the_cdr(exchange)
     assert (row["disposition"], row["hangup_by"]) == ("ANSWERED", "system")
     assert row["cause"] == "no RTP (inactivity timeout)"
 
@@ -369,9 +366,5 @@ async def test_caller_cancels_while_ringing(exchange: Exchange) -> None:
         late = await receive(alice)
         assert isinstance(late, Response)
         assert late.status == 481
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not await exchange.store.cdrs() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    [row] = await exchange.store.cdrs()
+    row = await the_cdr(exchange)
     assert (row["disposition"], row["hangup_by"]) == ("CANCELLED", "caller")
