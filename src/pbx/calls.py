@@ -29,11 +29,12 @@ from pbx.events import (
     CallHeld,
     CallRinging,
     CallStarted,
+    CallTransferred,
     EventBus,
 )
 from pbx.registrar import Registrar
 from pbx.sip.aio import Peer, SipEndpoint
-from pbx.sip.dialog import Dialog, DialogId, dialog_id_for_request
+from pbx.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
 from pbx.sip.digest import Verdict, parse_credentials
 from pbx.sip.message import (
     Method,
@@ -46,7 +47,7 @@ from pbx.sip.message import (
 )
 from pbx.sip.offer_answer import answer, make_offer, mirror, parameters_from_answer
 from pbx.sip.sdp import Direction, SessionDescription, parse_sdp
-from pbx.sip.uri import SipUri, parse_uri, split_hostport
+from pbx.sip.uri import SipUri, parse_name_addr, parse_uri, split_hostport
 from pbx.store import Binding
 
 log = logging.getLogger("pbx.calls")
@@ -416,6 +417,12 @@ class CallManager:
         if request.method == Method.ACK:
             call.acks.setdefault((side, request.cseq.number), asyncio.Event()).set()
             return
+        if side == "gone":
+            # The phone that transferred the call: its BYE ends only its own leg.
+            self._reply(request, SipStatus.OK if request.method == Method.BYE else 481)
+            if request.method == Method.BYE:
+                self._forget_dialog(request)
+            return
         dialog = call.a_dialog if side == "a" else (call.winner.dialog if call.winner else None)
         if dialog is None:
             self._reply(request, SipStatus.CALL_DOES_NOT_EXIST)
@@ -432,8 +439,125 @@ class CallManager:
         if request.method == Method.INVITE:
             self._spawn(self._reinvite(call, side, request))
             return
+        if request.method == Method.REFER:
+            self._refer(call, side, dialog, request)
+            return
         # UPDATE, INFO...: not in this slice yet.
         self._reply(request, SipStatus.NOT_IMPLEMENTED)
+
+    def _forget_dialog(self, request: Request) -> None:
+        self._by_dialog.pop(dialog_id_for_request(request) or DialogId("", "", None), None)
+
+    def _refer(self, call: Call, side: str, dialog: Dialog, request: Request) -> None:
+        """Blind transfer (RFC 3515): the phone on `side` hands its party to the Refer-To
+        target. The new leg takes that side's place and media endpoint; the referrer is
+        told the outcome by NOTIFY (message/sipfrag) and then released with BYE."""
+        try:
+            refer_to = parse_name_addr(request.header("Refer-To") or "")
+        except RemoteProtocolError:
+            self._reply(request, SipStatus.BAD_REQUEST)
+            return
+        target = refer_to.uri.user if isinstance(refer_to.uri, SipUri) else None
+        contacts = self.registrar.contacts(target) if target in self.registrar.users else []
+        if not target or not contacts:
+            self._reply(request, SipStatus.NOT_FOUND if not contacts else SipStatus.FORBIDDEN)
+            return
+        self._reply(request, SipStatus.ACCEPTED)
+        peer = call.a_peer if side == "a" else (call.winner.peer if call.winner else call.a_peer)
+        self._spawn(self._transfer(call, side, dialog, peer, target, contacts[0]))
+
+    async def _transfer(
+        self, call: Call, side: str, referrer: Dialog, referrer_peer: Peer, target: str,
+        binding: Binding,
+    ) -> None:  # fmt: skip
+        await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
+        media = call.a_media if side == "a" else call.b_media
+        call.versions[side] += 1
+        offer = make_offer(
+            self.config.rtp.address, media.port,
+            session_id=call.sessions[side], version=call.versions[side],
+        )  # fmt: skip
+        peer = peer_for_binding(binding)
+        host = f"[{peer.local.host}]" if ":" in peer.local.host else peer.local.host
+        party = call.callee if side == "a" else call.caller  # who the target will talk to
+        request = Request.build(
+            Method.INVITE,
+            parse_uri(binding.contact),
+            [
+                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{peer.local.port};"
+                        f"branch={new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:{party}@{host}>;tag={new_tag()}"),
+                ("To", f"<sip:{target}@{host}>"),
+                ("Call-ID", f"{call.id}-{new_tag()}@{host}"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", self._contact(peer)),
+                ("Content-Type", SDP),
+            ],
+            offer.encode(),
+        )  # fmt: skip
+        answered: list[Dialog] = []
+
+        def on_response(response: Response) -> None:
+            if 200 <= response.status < 300:
+                dialog = answered[0] if answered else Dialog.from_uac(request, response)
+                if not answered:
+                    answered.append(dialog)
+                local = (peer.local.host, peer.local.port)
+                ack = dialog.create_ack(local_address=local, transport=peer.transport.upper())
+                self.endpoint.send(ack.encode(), peer)
+
+        try:
+            final = await self.endpoint.invite(request, peer, on_response)
+        except PbxError as exc:
+            final = None
+            log.info("call %s: transfer to %s failed: %s", call.id, target, exc)
+        if final is None or not 200 <= final.status < 300 or not answered or call.ended:
+            status = f"SIP/2.0 {final.status if final else 408} Transfer Failed"
+            await self._notify(referrer, referrer_peer, status, final=True)
+            if answered and call.ended:
+                await self._bye(answered[0], peer)
+            return
+        try:
+            params = parameters_from_answer(offer, parse_sdp(final.body))
+            media.set_remote((params.remote_address, params.remote_port))
+        except RemoteProtocolError as exc:
+            log.info("call %s: bad answer from the transfer target: %s", call.id, exc)
+        # The new leg takes the referrer's place; the referrer is told and let go.
+        new_dialog = answered[0]
+        self._by_dialog[referrer.id] = (call, "gone")
+        self._by_dialog[new_dialog.id] = (call, side)
+        if side == "a":
+            call.a_dialog, call.a_peer = new_dialog, peer
+        else:
+            call.winner = BLeg(request, peer, new_dialog, 200)
+        self.events.publish(
+            CallTransferred(self.clock(), call.id, call.caller, call.callee, to=target)
+        )
+        log.info("call %s: transferred to %s", call.id, target)
+        await self._notify(referrer, referrer_peer, "SIP/2.0 200 OK", final=True)
+        if referrer.state is not DialogState.TERMINATED:
+            await self._bye(referrer, referrer_peer)
+        if call.held:  # the referrer usually held its party before transferring
+            await self._offer_direction(call, "b" if side == "a" else "a", Direction.SENDRECV)
+
+    async def _notify(self, dialog: Dialog, peer: Peer, sipfrag: str, final: bool) -> None:
+        """RFC 3515 §2.4.5: the refer subscription's progress as message/sipfrag."""
+        if dialog.state is DialogState.TERMINATED:
+            return
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        local = (peer.local.host, peer.local.port)
+        notify = dialog.create_request(
+            Method.NOTIFY,
+            [("Event", "refer"), ("Subscription-State", state),
+             ("Content-Type", "message/sipfrag;version=2.0")],
+            sipfrag.encode() + b"\r\n",
+            local_address=local, transport=peer.transport.upper(),
+        )  # fmt: skip
+        try:
+            await self.endpoint.request(notify, peer)
+        except PbxError as exc:
+            log.info("NOTIFY to %s failed: %s", peer, exc)
 
     async def _reinvite(self, call: Call, side: str, request: Request) -> None:
         """A re-INVITE (RFC 3261 §14): answered on our media, the direction passed on to

@@ -74,6 +74,14 @@ class CallHeld(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class CallTransferred(CallEvent):
+    """A blind transfer (REFER) connected the call to `to`."""
+
+    type: ClassVar[str] = "call_transferred"
+    to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded(CallEvent):
     """The call is over; this carries everything its CDR records."""
 

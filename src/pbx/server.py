@@ -40,8 +40,11 @@ from pbx.store import Binding, Store
 
 log = logging.getLogger("pbx")
 
-ALLOW = "REGISTER, OPTIONS, INVITE, ACK, BYE, CANCEL"
-CALL_METHODS = frozenset({Method.INVITE, Method.ACK, Method.BYE, Method.CANCEL})
+ALLOW = "REGISTER, OPTIONS, INVITE, ACK, BYE, CANCEL, REFER"
+CALL_METHODS = frozenset(
+    {Method.INVITE, Method.ACK, Method.BYE, Method.CANCEL, Method.REFER, Method.UPDATE,
+     Method.INFO}
+)  # fmt: skip
 ACCEPT = "application/sdp"
 # Path (RFC 3327) and outbound (RFC 5626) are not implemented yet: neither is advertised,
 # and a request that requires them gets 420.

@@ -7,11 +7,12 @@ import dataclasses
 import socket
 import struct
 
-from pbx.events import CallEnded, CallHeld, Event
+from pbx.events import CallEnded, CallHeld, CallTransferred, Event
 from pbx.server import Exchange
 from pbx.sip.message import Message, Request, Response, build_response, parse_message
 from pbx.sip.sdp import parse_sdp
 from tests.aio.test_register_flow import server_of
+from tests.conftest import add_users
 from tests.support.sipclient import SipTestClient
 
 
@@ -368,3 +369,86 @@ async def test_caller_cancels_while_ringing(exchange: Exchange) -> None:
         assert late.status == 481
     row = await the_cdr(exchange)
     assert (row["disposition"], row["hangup_by"]) == ("CANCELLED", "caller")
+
+
+async def test_blind_transfer_by_the_callee(exchange: Exchange) -> None:
+    """Bob answers, then REFERs Alice to Carol (1003): Carol's phone rings and answers,
+    Bob hears 100 then 200 by NOTIFY and is let go, Alice's RTP now reaches Carol."""
+    assert exchange.store is not None
+    await add_users(exchange, {"1003": "pw1003"})
+    seen: list[Event] = []
+    exchange.events.subscribe(seen.append)
+    a_rtp, c_rtp = media_socket(), media_socket()
+    async with (
+        SipTestClient(server_of(exchange)) as alice,
+        SipTestClient(server_of(exchange)) as bob,
+        SipTestClient(server_of(exchange)) as carol,
+    ):
+        assert (await bob.register("1002", "pw1002")).status == 200
+        assert (await carol.register("1003", "pw1003")).status == 200
+        await authenticated_invite(alice, sdp(a_rtp.getsockname()[1]), "xfer")
+        incoming = await receive(bob)
+        assert isinstance(incoming, Request)
+        bob_contact = [("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
+                       ("Content-Type", "application/sdp")]  # fmt: skip
+        bob.send(build_response(incoming, 200, to_tag="bob", body=sdp(40030, "0"),
+                                headers=bob_contact).encode())  # fmt: skip
+        ok = await receive(alice)
+        assert isinstance(ok, Response)
+        alice.send(in_dialog(alice, "ACK", 2, "z9hG4bKxferack", ok.to.tag or ""))
+        assert isinstance(await receive(bob), Request)  # ACK
+        host, port = bob.server
+        bob.send(
+            (
+                f"REFER sip:pbx@{host}:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{bob.local[1]};branch=z9hG4bKrefer1;rport\r\n"
+                f"From: {incoming.header('To')};tag=bob\r\nTo: {incoming.header('From')}\r\n"
+                f"Call-ID: {incoming.call_id}\r\nCSeq: 1 REFER\r\nMax-Forwards: 70\r\n"
+                f"Refer-To: <sip:1003@{host}>\r\nContact: <sip:1002@127.0.0.1:{bob.local[1]}>\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        accepted = await receive(bob)
+        assert isinstance(accepted, Response)
+        assert accepted.status == 202
+        trying = await receive(bob)
+        assert isinstance(trying, Request)
+        assert trying.method == "NOTIFY"
+        assert trying.body.startswith(b"SIP/2.0 100")
+        bob.send(build_response(trying, 200).encode())
+        ring = await receive(carol)
+        assert isinstance(ring, Request)
+        assert ring.method == "INVITE"
+        carol_port = c_rtp.getsockname()[1]
+        carol.send(
+            build_response(
+                ring, 200, to_tag="carol", body=sdp(carol_port, "0"),
+                headers=[("Contact", f"<sip:1003@127.0.0.1:{carol.local[1]}>"),
+                         ("Content-Type", "application/sdp")],
+            ).encode()
+        )  # fmt: skip
+        assert isinstance(carol_ack := await receive(carol), Request)
+        assert carol_ack.method == "ACK"
+        done = await receive(bob)
+        assert isinstance(done, Request)
+        assert done.method == "NOTIFY"
+        assert done.body.startswith(b"SIP/2.0 200")
+        bob.send(build_response(done, 200).encode())
+        bye = await receive(bob)
+        assert isinstance(bye, Request)
+        assert bye.method == "BYE"
+        bob.send(build_response(bye, 200).encode())
+        # Alice's audio now reaches Carol.
+        pbx_a = parse_sdp(ok.body).media[0].port
+        a_rtp.sendto(rtp(1, b"\x55" * 160), ("127.0.0.1", pbx_a))
+        assert (await udp_recv(c_rtp))[12:] == b"\x55" * 160
+        alice.send(in_dialog(alice, "BYE", 3, "z9hG4bKxferbye", ok.to.tag or ""))
+        assert isinstance(bye_ok := await receive(alice), Response)
+        assert bye_ok.status == 200
+        carol_bye = await receive(carol)
+        assert isinstance(carol_bye, Request)
+        assert carol_bye.method == "BYE"
+        carol.send(build_response(carol_bye, 200).encode())
+    a_rtp.close()
+    c_rtp.close()
+    assert [e.to for e in seen if isinstance(e, CallTransferred)] == ["1003"]
