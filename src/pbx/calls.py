@@ -273,26 +273,7 @@ class CallManager:
 
     async def _fork(self, call: Call, caller: str, target: str, binding: Binding) -> int:
         peer = peer_for_binding(binding)
-        local = peer.local
-        host = f"[{local.host}]" if ":" in local.host else local.host
-        body = call.offer_to_b.encode()
-        request = Request.build(
-            Method.INVITE,
-            parse_uri(binding.contact),
-            [
-                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{local.port};"
-                        f"branch={new_branch()};rport"),
-                ("Max-Forwards", "70"),
-                ("From", f"<sip:{caller}@{host}>;tag={new_tag()}"),
-                ("To", f"<sip:{target}@{host}>"),
-                ("Call-ID", f"{call.id}-{new_tag()}@{host}"),
-                ("CSeq", "1 INVITE"),
-                ("Contact", f"<sip:pbx@{host}:{local.port};transport={peer.transport}>"),
-                ("User-Agent", self.config.sip.user_agent),
-                ("Content-Type", SDP),
-            ],
-            body,
-        )  # fmt: skip
+        request = self._invite_for(call, binding, peer, caller, target, call.offer_to_b)
         leg = BLeg(request, peer)
         call.b_legs.append(leg)
         final = await self.endpoint.invite(
@@ -360,13 +341,11 @@ class CallManager:
                     self._hang_up(c, "no RTP (inactivity timeout)")
                 )
                 media.set_inactivity(timeout)
-        local = call.a_peer.local
-        host = f"[{local.host}]" if ":" in local.host else local.host
         ok = build_response(
             call.a_request,
             SipStatus.OK,
             headers=[
-                ("Contact", f"<sip:pbx@{host}:{local.port};transport={call.a_peer.transport}>"),
+                ("Contact", self._contact(call.a_peer)),
                 ("Content-Type", SDP),
                 ("Server", self.config.sip.user_agent),
             ],
@@ -478,24 +457,8 @@ class CallManager:
             session_id=call.sessions[side], version=call.versions[side],
         )  # fmt: skip
         peer = peer_for_binding(binding)
-        host = f"[{peer.local.host}]" if ":" in peer.local.host else peer.local.host
         party = call.callee if side == "a" else call.caller  # who the target will talk to
-        request = Request.build(
-            Method.INVITE,
-            parse_uri(binding.contact),
-            [
-                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{peer.local.port};"
-                        f"branch={new_branch()};rport"),
-                ("Max-Forwards", "70"),
-                ("From", f"<sip:{party}@{host}>;tag={new_tag()}"),
-                ("To", f"<sip:{target}@{host}>"),
-                ("Call-ID", f"{call.id}-{new_tag()}@{host}"),
-                ("CSeq", "1 INVITE"),
-                ("Contact", self._contact(peer)),
-                ("Content-Type", SDP),
-            ],
-            offer.encode(),
-        )  # fmt: skip
+        request = self._invite_for(call, binding, peer, party, target, offer)
         answered: list[Dialog] = []
 
         def on_response(response: Response) -> None:
@@ -633,6 +596,36 @@ class CallManager:
                 return
             if params.remote_address not in ("0.0.0.0", "::"):
                 media.set_remote((params.remote_address, params.remote_port))
+
+    def _invite_for(
+        self,
+        call: Call,
+        binding: Binding,
+        peer: Peer,
+        from_user: str,
+        target: str,
+        offer: SessionDescription,
+    ) -> Request:
+        """An INVITE of ours to one registered contact, a new dialog for `call`."""
+        local = peer.local
+        host = f"[{local.host}]" if ":" in local.host else local.host
+        return Request.build(
+            Method.INVITE,
+            parse_uri(binding.contact),
+            [
+                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{local.port};"
+                        f"branch={new_branch()};rport"),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:{from_user}@{host}>;tag={new_tag()}"),
+                ("To", f"<sip:{target}@{host}>"),
+                ("Call-ID", f"{call.id}-{new_tag()}@{host}"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", self._contact(peer)),
+                ("User-Agent", self.config.sip.user_agent),
+                ("Content-Type", SDP),
+            ],
+            offer.encode(),
+        )  # fmt: skip
 
     def _contact(self, peer: Peer) -> str:
         local = peer.local
