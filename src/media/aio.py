@@ -105,6 +105,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self._sdp_remote: Address | None = remote
         self._latched: Address | None = None
         self._rtcp_latched: Address | None = None
+        self._departed: Address | None = None  # a source never to latch again (transfer)
         self._send_to = remote
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
@@ -191,6 +192,9 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             return
         latched = self._latched
         if latched is None:
+            if addr == self._departed:
+                self.foreign += 1  # the party that left (transfer) is not latched again
+                return
             self._latched = self._send_to = addr  # RFC 4961 symmetric RTP
         elif addr != latched:
             self.foreign += 1
@@ -236,8 +240,15 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self._rtp.sendto(data, to)  # type: ignore[union-attr]
             self.sent += 1
 
-    def set_remote(self, remote: Address | None) -> None:
-        """A new SDP address (re-INVITE): send there and latch afresh on the next packet."""
+    def set_remote(self, remote: Address | None, *, new_party: bool = False) -> None:
+        """A new SDP address (re-INVITE): send there and latch afresh on the next packet.
+
+        With `new_party` (a transfer put another phone behind this endpoint) the source
+        latched so far is refused: the departing phone may still send for a few ms, and
+        latching onto it would cut the new party off for the rest of the call.
+        """
+        if new_party:
+            self._departed = self._latched
         self._sdp_remote = self._send_to = remote
         self._latched = self._rtcp_latched = None
 

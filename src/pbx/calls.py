@@ -483,7 +483,7 @@ class CallManager:
             return
         try:
             params = parameters_from_answer(offer, parse_sdp(final.body))
-            media.set_remote((params.remote_address, params.remote_port))
+            media.set_remote((params.remote_address, params.remote_port), new_party=True)
         except RemoteProtocolError as exc:
             log.info("call %s: bad answer from the transfer target: %s", call.id, exc)
         # The new leg takes the referrer's place; the referrer is told and let go.

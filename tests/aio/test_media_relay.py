@@ -133,6 +133,35 @@ async def test_latching_sends_to_where_the_phone_really_is(
         await leg_b.wait_closed()
 
 
+async def test_new_party_is_latched_not_the_departing_one(
+    pool: PortPool, phones: tuple[socket.socket, socket.socket]
+) -> None:
+    """After a transfer the departing phone may still send for a few ms: the endpoint must
+    latch onto the new party, or the new party is cut off for the rest of the call."""
+    phone_a, phone_b = phones
+    newcomer = udp()
+    leg_a = await MediaEndpoint.open(pool, HOST, phone_a.getsockname())
+    leg_b = await MediaEndpoint.open(pool, HOST, phone_b.getsockname())
+    try:
+        Bridge(leg_a, leg_b)
+        phone_b.sendto(rtp(1, 0, 0xB, b"b1"), to(leg_b))
+        assert (await recv_rtp(phone_a)).payload == b"b1"
+        leg_b.set_remote(newcomer.getsockname(), new_party=True)
+        phone_b.sendto(rtp(2, 160, 0xB, b"late"), to(leg_b))  # the departing phone, late
+        newcomer.sendto(rtp(1, 0, 0xC, b"c1"), to(leg_b))
+        assert (await recv_rtp(phone_a)).payload == b"c1"
+        assert leg_b.latched == newcomer.getsockname()
+        assert leg_b.foreign == 1
+        phone_a.sendto(rtp(1, 0, 0xA, b"a1"), to(leg_a))
+        assert (await recv_rtp(newcomer)).payload == b"a1"
+    finally:
+        newcomer.close()
+        leg_a.close()
+        leg_b.close()
+        await leg_a.wait_closed()
+        await leg_b.wait_closed()
+
+
 async def test_pcmu_pcma_transcoding(
     legs: tuple[MediaEndpoint, MediaEndpoint], phones: tuple[socket.socket, socket.socket]
 ) -> None:
