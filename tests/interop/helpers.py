@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import time
+import wave
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import pytest
+
+from tests.support.baresip import baresip_binary
 from tests.support.pbxproc import PbxProcess
 
 T = TypeVar("T")
@@ -54,3 +64,42 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0) ->
 def log_line(proc: PbxProcess, needle: str, start: int = 0) -> str | None:
     """The first line of pbx's log (from index `start`) that contains `needle`."""
     return next((line for line in proc.log[start:] if needle in line), None)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_in_namespace(driver: str, work: Path) -> dict[str, Any]:
+    """Run `python -m <driver> work` in fresh network and PID namespaces (as root); its
+    result.json. baresip refuses loopback media, so such tests use a veth address there."""
+    baresip_binary()
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: `make test-deps` installs it")
+    run = subprocess.run(
+        ["unshare", "-n", "-p", "-f", "--kill-child", sys.executable, "-m", driver, str(work)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    result_file = work / "result.json"
+    assert result_file.exists(), f"driver exited {run.returncode}: {run.stderr[-3000:]}"
+    result: dict[str, Any] = json.loads(result_file.read_text())
+    assert "error" not in result, json.dumps(result, indent=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return result
+
+
+def samples_of(path: Path) -> tuple[np.ndarray, int]:
+    """A mono 16-bit WAV as float samples, and its rate."""
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth()) == (1, 2), path
+        rate = wav.getframerate()
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    return samples.astype(np.float64), rate
+
+
+def dominant_hz(samples: np.ndarray, rate: int, what: str, min_seconds: float = 1.0) -> float:
+    """The strongest frequency of `samples`, which must be `min_seconds` of sound."""
+    assert len(samples) >= min_seconds * rate, f"{what}: only {len(samples) / rate:.2f} s"
+    assert np.abs(samples).max() > 1000, f"{what}: silence"
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,11 @@ def call(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProc
         p.ctrl.wait_event("CALL_CLOSED", timeout=10)
     for p in phones:
         p.stop()
+    collect(result, phones, pbx)
+
+
+def collect(result: dict[str, Any], phones: list[Baresip], pbx: PbxProcess) -> None:
+    """The call's CDR (written just after it ends) and what each phone recorded hearing."""
     deadline = time.monotonic() + 5
     while not (cdrs := pbx.cli_json("cdr")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -88,25 +94,29 @@ def call(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProc
     }
 
 
-def main(work: Path) -> int:
+Scenario = Callable[[Path, dict[str, Any], list[Baresip], PbxProcess], None]
+
+
+def run(work: Path, scenario: Scenario) -> int:
+    """Run a scenario against pbx; write result.json (with diagnostics on failure)."""
     result: dict[str, Any] = {}
     phones: list[Baresip] = []
     pbx = PbxProcess(write_config(work, SIP_PORT, host=HOST), SIP_PORT, HOST)
     code = 0
     try:
-        call(work, result, phones, pbx)
+        scenario(work, result, phones, pbx)
     except BaseException:
         result["error"] = traceback.format_exc()
-        result["pbx_log"] = pbx.log[-60:]
-        result["baresip"] = {p.user: p.output[-40:] for p in phones}
         code = 1
     finally:
         for p in phones:
             p.stop(timeout=3)
         pbx.stop(timeout=3)
+        result["pbx_log"] = pbx.log[-200:]
+        result["baresip"] = {p.user: p.output[-60:] for p in phones}
         (work / "result.json").write_text(json.dumps(result, indent=2))
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(run(Path(sys.argv[1]), call))

@@ -20,16 +20,15 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tests.interop.netns_call import HOST, SIP_PORT, network, phone
+from tests.interop.netns_call import HOST, SIP_PORT, collect, network, phone, run
 from tests.support.baresip import Baresip
-from tests.support.pbxproc import PYTHON, PbxProcess, write_config
+from tests.support.pbxproc import PYTHON, PbxProcess
 
 TALK_SECONDS = 2.0
 TONES = {"1001": 440.0, "1002": 1000.0, "1003": 1700.0}
@@ -232,35 +231,8 @@ def _calls(
     events.wait(type="call_ended")
     for p in phones:
         p.stop()
-    deadline = time.monotonic() + 5
-    while not (cdrs := pbx.cli_json("cdr")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    result["cdr"] = cdrs
-    result["received"] = {
-        p.user: [str(f) for f in sorted((p.directory / "rec").glob("dump-*-dec.wav"))]
-        for p in phones
-    }
-
-
-def main(work: Path) -> int:
-    result: dict[str, Any] = {}
-    phones: list[Baresip] = []
-    pbx = PbxProcess(write_config(work, SIP_PORT, host=HOST), SIP_PORT, HOST)
-    code = 0
-    try:
-        scenario(work, result, phones, pbx)
-    except BaseException:
-        result["error"] = traceback.format_exc()
-        code = 1
-    finally:
-        for p in phones:
-            p.stop(timeout=3)
-        pbx.stop(timeout=3)
-        result["pbx_log"] = pbx.log
-        result["baresip"] = {p.user: p.output[-60:] for p in phones}
-        (work / "result.json").write_text(json.dumps(result, indent=2))
-    return code
+    collect(result, phones, pbx)
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(run(Path(sys.argv[1]), scenario))

@@ -13,54 +13,17 @@ reported the hold, the resume and the transfer.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.support.baresip import baresip_binary
+from tests.interop.helpers import dominant_hz, run_in_namespace, samples_of
 
 pytestmark = pytest.mark.interop
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def samples_of(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path)) as wav:
-        assert (wav.getnchannels(), wav.getsampwidth()) == (1, 2), path
-        rate = wav.getframerate()
-        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    return samples.astype(np.float64), rate
-
-
-def dominant_hz(samples: np.ndarray, rate: int, what: str, min_seconds: float = 1.0) -> float:
-    """The strongest frequency of `samples`, which must be `min_seconds` of sound."""
-    assert len(samples) >= min_seconds * rate, f"{what}: only {len(samples) / rate:.2f} s"
-    assert np.abs(samples).max() > 1000, f"{what}: silence"
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
-
 
 def test_baresip_hold_resume_and_blind_transfer(tmp_path: Path) -> None:
-    baresip_binary()
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: `make test-deps` installs it")
-    run = subprocess.run(
-        ["unshare", "-n", "-p", "-f", "--kill-child",
-         sys.executable, "-m", "tests.interop.netns_hold_transfer", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    result_file = tmp_path / "result.json"
-    assert result_file.exists(), f"driver exited {run.returncode}: {run.stderr[-3000:]}"
-    result = json.loads(result_file.read_text())
-    assert "error" not in result, json.dumps(result, indent=2)
-    assert run.returncode == 0, run.stderr[-3000:]
+    result = run_in_namespace("tests.interop.netns_hold_transfer", tmp_path)
 
     # pbx reported the hold by 1002, the resume and then the transfer to 1003, in that order.
     calls = [e for e in result["events"] if e["type"] in ("call_held", "call_transferred")]
