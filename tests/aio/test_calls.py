@@ -70,6 +70,14 @@ def media_socket() -> socket.socket:
     return sock
 
 
+def answer_with(phone: SipTestClient, user: str, request: Request, body: bytes,
+                tag: str | None = None) -> None:  # fmt: skip
+    """The phone's 200 with SDP and its Contact (`tag` for the first answer of a dialog)."""
+    headers = [("Contact", f"<sip:{user}@127.0.0.1:{phone.local[1]}>"),
+               ("Content-Type", "application/sdp")]  # fmt: skip
+    phone.send(build_response(request, 200, to_tag=tag, body=body, headers=headers).encode())
+
+
 async def the_cdr(exchange: Exchange) -> dict[str, object]:
     """The one CDR of the test's call, once written (it is committed just after the end)."""
     assert exchange.store is not None
@@ -116,14 +124,7 @@ async def test_call_between_two_phones(exchange: Exchange) -> None:
         assert incoming.method == "INVITE"
         pbx_offer = parse_sdp(incoming.body)
         bob.send(build_response(incoming, 180, to_tag="bob").encode())
-        answer_body = sdp(b_rtp.getsockname()[1], "0")
-        bob.send(
-            build_response(
-                incoming, 200, to_tag="bob", body=answer_body,
-                headers=[("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
-                         ("Content-Type", "application/sdp")],
-            ).encode()
-        )  # fmt: skip
+        answer_with(bob, "1002", incoming, sdp(b_rtp.getsockname()[1], "0"), tag="bob")
         ringing = await receive(alice)
         assert isinstance(ringing, Response)
         assert ringing.status == 180
@@ -242,13 +243,7 @@ async def test_silent_call_is_hung_up_after_the_rtp_timeout(exchange: Exchange) 
         await authenticated_invite(alice, sdp(40004), "quiet")
         incoming = await receive(bob)
         assert isinstance(incoming, Request)
-        bob.send(
-            build_response(
-                incoming, 200, to_tag="bob", body=sdp(40006, "0"),
-                headers=[("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
-                         ("Content-Type", "application/sdp")],
-            ).encode()
-        )  # fmt: skip
+        answer_with(bob, "1002", incoming, sdp(40006, "0"), tag="bob")
         ok = await receive(alice)
         assert isinstance(ok, Response)
         assert ok.status == 200
@@ -285,10 +280,7 @@ async def test_hold_and_resume_pass_through(exchange: Exchange) -> None:
         await authenticated_invite(alice, sdp(40010), "hold")
         incoming = await receive(bob)
         assert isinstance(incoming, Request)
-        bob_contact = [("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
-                       ("Content-Type", "application/sdp")]  # fmt: skip
-        bob.send(build_response(incoming, 200, to_tag="bob", body=sdp(40012, "0"),
-                                headers=bob_contact).encode())  # fmt: skip
+        answer_with(bob, "1002", incoming, sdp(40012, "0"), tag="bob")
         ok = await receive(alice)
         assert isinstance(ok, Response)
         assert isinstance(await receive(bob), Request)  # ACK
@@ -310,8 +302,7 @@ async def test_hold_and_resume_pass_through(exchange: Exchange) -> None:
             offer = parse_sdp(passed_on.body)
             assert offer.direction_for(offer.media[0]).value == direction
             answer_body = sdp(40012, "0").replace(b"a=sendrecv", f"a={mirrored}".encode())
-            bob.send(build_response(passed_on, 200, body=answer_body,
-                                    headers=bob_contact).encode())  # fmt: skip
+            answer_with(bob, "1002", passed_on, answer_body)
             ack = await receive(bob)
             assert isinstance(ack, Request)
             assert ack.method == "ACK"
@@ -389,10 +380,7 @@ async def test_blind_transfer_by_the_callee(exchange: Exchange) -> None:
         await authenticated_invite(alice, sdp(a_rtp.getsockname()[1]), "xfer")
         incoming = await receive(bob)
         assert isinstance(incoming, Request)
-        bob_contact = [("Contact", f"<sip:1002@127.0.0.1:{bob.local[1]}>"),
-                       ("Content-Type", "application/sdp")]  # fmt: skip
-        bob.send(build_response(incoming, 200, to_tag="bob", body=sdp(40030, "0"),
-                                headers=bob_contact).encode())  # fmt: skip
+        answer_with(bob, "1002", incoming, sdp(40030, "0"), tag="bob")
         ok = await receive(alice)
         assert isinstance(ok, Response)
         alice.send(in_dialog(alice, "ACK", 2, "z9hG4bKxferack", ok.to.tag or ""))
@@ -420,13 +408,7 @@ async def test_blind_transfer_by_the_callee(exchange: Exchange) -> None:
         assert isinstance(ring, Request)
         assert ring.method == "INVITE"
         carol_port = c_rtp.getsockname()[1]
-        carol.send(
-            build_response(
-                ring, 200, to_tag="carol", body=sdp(carol_port, "0"),
-                headers=[("Contact", f"<sip:1003@127.0.0.1:{carol.local[1]}>"),
-                         ("Content-Type", "application/sdp")],
-            ).encode()
-        )  # fmt: skip
+        answer_with(carol, "1003", ring, sdp(carol_port, "0"), tag="carol")
         assert isinstance(carol_ack := await receive(carol), Request)
         assert carol_ack.method == "ACK"
         done = await receive(bob)
