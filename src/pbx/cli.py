@@ -244,15 +244,20 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _ask(ctx: _Context, command: str) -> Any:
+    """One command to the running server; its errors become a clear message."""
+    try:
+        return control.call(ctx.config.control_socket, command)
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @pass_ctx
 def status(ctx: _Context, as_json: bool) -> None:
     """Live state of the running server: listeners, counters, registrations."""
-    try:
-        result = control.call(ctx.config.control_socket, "status")
-    except PbxError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = _ask(ctx, "status")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -271,10 +276,7 @@ def status(ctx: _Context, as_json: bool) -> None:
 @pass_ctx
 def calls(ctx: _Context, as_json: bool) -> None:
     """Calls in progress on the running server."""
-    try:
-        rows = control.call(ctx.config.control_socket, "calls")
-    except PbxError as exc:
-        raise click.ClickException(str(exc)) from None
+    rows = _ask(ctx, "calls")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -393,32 +393,27 @@ def build_response(
 
 
 def build_ack(invite: Request, response: Response) -> Request:
-    """The ACK of a non-2xx final response, built by the client transaction (§17.1.1.3).
-
-    Same Request-URI, Call-ID, From and CSeq number as the INVITE, the To of the response
-    (with its tag), only the INVITE's top Via, and the INVITE's Route headers.
-    """
-    headers: list[tuple[str, str]] = [("Via", str(invite.vias[0]))]
-    headers.append(("Max-Forwards", "70"))
-    headers.append(("From", invite.header("From") or str(invite.from_)))
-    headers.append(("To", response.header("To") or str(response.to)))
-    headers.append(("Call-ID", invite.call_id))
-    headers.append(("CSeq", f"{invite.cseq.number} ACK"))
-    headers.extend(("Route", value) for value in invite.headers_named("Route"))
-    return Request.build(Method.ACK, invite.uri, headers)
+    """The ACK of a non-2xx final response, built by the client transaction (§17.1.1.3):
+    like the INVITE, but with the To of the response (its tag)."""
+    return _same_transaction(invite, Method.ACK, response.header("To") or str(response.to))
 
 
 def build_cancel(invite: Request) -> Request:
-    """The CANCEL of a pending INVITE (RFC 3261 §9.1): same Request-URI, Call-ID, From,
-    To, CSeq number and top Via (so it matches the INVITE's transaction), same Routes."""
+    """The CANCEL of a pending INVITE (RFC 3261 §9.1)."""
+    return _same_transaction(invite, Method.CANCEL, invite.header("To") or str(invite.to))
+
+
+def _same_transaction(invite: Request, method: Method, to: str) -> Request:
+    """A request that matches the INVITE's client transaction: same Request-URI, top Via,
+    From, Call-ID, CSeq number and Route headers; `to` is the To value to carry."""
     headers: list[tuple[str, str]] = [("Via", str(invite.vias[0]))]
     headers.append(("Max-Forwards", "70"))
     headers.append(("From", invite.header("From") or str(invite.from_)))
-    headers.append(("To", invite.header("To") or str(invite.to)))
+    headers.append(("To", to))
     headers.append(("Call-ID", invite.call_id))
-    headers.append(("CSeq", f"{invite.cseq.number} CANCEL"))
+    headers.append(("CSeq", f"{invite.cseq.number} {method}"))
     headers.extend(("Route", value) for value in invite.headers_named("Route"))
-    return Request.build(Method.CANCEL, invite.uri, headers)
+    return Request.build(method, invite.uri, headers)
 
 
 def parse_contacts(message: _Message) -> tuple[NameAddr, ...] | Literal["*"]:
