@@ -45,7 +45,7 @@ from pbx.sip.message import (
     new_branch,
     new_tag,
 )
-from pbx.sip.offer_answer import answer, make_offer, mirror, parameters_from_answer
+from pbx.sip.offer_answer import LocalSession, mirror, parameters_from_answer
 from pbx.sip.sdp import Direction, SessionDescription, parse_sdp
 from pbx.sip.uri import SipUri, parse_name_addr, parse_uri, split_hostport
 from pbx.store import Binding
@@ -88,8 +88,7 @@ class Call:
     cause: str = ""
     hangup_by: str = "system"
     held: bool = False
-    sessions: dict[str, str] = field(default_factory=dict)  # SDP session id per side
-    versions: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    sessions: dict[str, LocalSession] = field(default_factory=dict)  # our SDP, per side
     acks: dict[tuple[str, int], asyncio.Event] = field(default_factory=dict)
 
 
@@ -206,7 +205,10 @@ class CallManager:
             log.error("no media ports for a call from %s: %s", caller, exc)
             self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
             return
-        session = os.urandom(4).hex()
+        sessions = {
+            side: LocalSession(address, media.port, session_id=os.urandom(4).hex())
+            for side, media in (("a", a_media), ("b", b_media))
+        }
         call = Call(
             id=os.urandom(6).hex(),
             a_request=request,
@@ -214,12 +216,12 @@ class CallManager:
             a_tag=new_tag(),
             a_media=a_media,
             b_media=b_media,
-            offer_to_b=make_offer(address, b_media.port, session_id=session),
+            offer_to_b=sessions["b"].offer(),
             a_offer=offer,
             caller=caller,
             callee=target,
             started=self.clock(),
-            sessions={"a": os.urandom(4).hex(), "b": session},
+            sessions=sessions,
         )
         self.calls[call.id] = call
         self.events.publish(CallStarted(call.started, call.id, caller, target))
@@ -317,10 +319,7 @@ class CallManager:
     async def _answer_a(self, call: Call, b_answer: Response) -> None:
         try:
             b_params = parameters_from_answer(call.offer_to_b, parse_sdp(b_answer.body))
-            a_answer = answer(
-                call.a_offer, self.config.rtp.address, call.a_media.port,
-                session_id=call.sessions["a"],
-            )  # fmt: skip
+            a_answer = call.sessions["a"].answer(call.a_offer)
         except RemoteProtocolError as exc:
             log.warning("call %s: media negotiation failed: %s", call.id, exc)
             await self._hang_up(call, "negotiation")
@@ -451,11 +450,7 @@ class CallManager:
     ) -> None:  # fmt: skip
         await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
         media = call.a_media if side == "a" else call.b_media
-        call.versions[side] += 1
-        offer = make_offer(
-            self.config.rtp.address, media.port,
-            session_id=call.sessions[side], version=call.versions[side],
-        )  # fmt: skip
+        offer = call.sessions[side].offer()
         peer = peer_for_binding(binding)
         party = call.callee if side == "a" else call.caller  # who the target will talk to
         request = self._invite_for(call, binding, peer, party, target, offer)
@@ -528,12 +523,7 @@ class CallManager:
         media = call.a_media if side == "a" else call.b_media
         peer = call.a_peer if side == "a" else (call.winner.peer if call.winner else None)
         try:
-            offer = parse_sdp(request.body)
-            call.versions[side] += 1
-            reply = answer(
-                offer, self.config.rtp.address, media.port,
-                session_id=call.sessions[side], version=call.versions[side],
-            )  # fmt: skip
+            reply = call.sessions[side].answer(parse_sdp(request.body))
         except RemoteProtocolError:
             self._reply(request, SipStatus.NOT_ACCEPTABLE_HERE)
             return
@@ -566,11 +556,7 @@ class CallManager:
         if dialog is None or peer is None or call.ended:
             return
         media = call.a_media if side == "a" else call.b_media
-        call.versions[side] += 1
-        offer = make_offer(
-            self.config.rtp.address, media.port, direction=direction,
-            session_id=call.sessions[side], version=call.versions[side],
-        )  # fmt: skip
+        offer = call.sessions[side].offer(direction)
         local = (peer.local.host, peer.local.port)
         request = dialog.create_request(
             Method.INVITE, [("Content-Type", SDP)], offer.encode(),
