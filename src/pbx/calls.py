@@ -21,7 +21,7 @@ from typing import Any
 
 from media.aio import Bridge, MediaEndpoint
 from media.ports import PortPool
-from pbx.config import Config, ListenAddress
+from pbx.config import Config
 from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
 from pbx.events import (
     CallAnswered,
@@ -32,7 +32,7 @@ from pbx.events import (
     CallTransferred,
     EventBus,
 )
-from pbx.registrar import Registrar
+from pbx.registrar import Registrar, peer_for_binding
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
 from pbx.sip.digest import Verdict, parse_credentials
@@ -47,7 +47,7 @@ from pbx.sip.message import (
 )
 from pbx.sip.offer_answer import LocalSession, mirror, parameters_from_answer
 from pbx.sip.sdp import Direction, SessionDescription, parse_sdp
-from pbx.sip.uri import SipUri, parse_name_addr, parse_uri, split_hostport
+from pbx.sip.uri import SipUri, parse_name_addr, parse_uri
 from pbx.store import Binding
 
 log = logging.getLogger("pbx.calls")
@@ -723,15 +723,6 @@ class CallManager:
             request,
             build_response(request, status, headers=headers or [], to_tag=tag or new_tag()),
         )
-
-
-def peer_for_binding(binding: Binding) -> Peer:
-    """Where a registered contact is reached: where its REGISTER came from (RFC 3581)."""
-    host, port = split_hostport(binding.source)
-    transport, _, rest = binding.local.partition(":")
-    local_host, local_port = split_hostport(rest)
-    local = ListenAddress(transport, local_host.strip("[]"), local_port or 5060)
-    return Peer(binding.transport, host.strip("[]"), port or 5060, local)
 
 
 def _failure_rank(status: int) -> int:

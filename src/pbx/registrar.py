@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 
-from pbx.config import AuthConfig, RegistrarConfig
+from pbx.config import AuthConfig, ListenAddress, RegistrarConfig
 from pbx.errors import RemoteProtocolError, SipStatus
 from pbx.events import EventBus, RegistrationChanged
 from pbx.sip.aio import Peer
 from pbx.sip.digest import DigestAuthenticator, FailureThrottle, Verdict, parse_credentials
 from pbx.sip.message import Request, Response, build_response, new_tag, parse_contacts
-from pbx.sip.uri import NameAddr, SipUri, ip_literal, is_digits, unescape
+from pbx.sip.uri import NameAddr, SipUri, ip_literal, is_digits, split_hostport, unescape
 from pbx.store import Binding, Store, User
 
 log = logging.getLogger("pbx.registrar")
@@ -399,3 +399,12 @@ class Registrar:
             request,
             build_response(request, SipStatus.UNAUTHORIZED, headers=headers, to_tag=new_tag()),
         )
+
+
+def peer_for_binding(binding: Binding) -> Peer:
+    """Where a registered contact is reached: where its REGISTER came from (RFC 3581)."""
+    host, port = split_hostport(binding.source)
+    transport, _, rest = binding.local.partition(":")
+    local_host, local_port = split_hostport(rest)
+    local = ListenAddress(transport, local_host.strip("[]"), local_port or 5060)
+    return Peer(binding.transport, host.strip("[]"), port or 5060, local)

@@ -14,7 +14,7 @@ from typing import Any
 
 from media.ports import PortPool
 from pbx import __version__
-from pbx.calls import CallManager, peer_for_binding
+from pbx.calls import CallManager
 from pbx.config import Config
 from pbx.control import ControlServer
 from pbx.errors import (
@@ -25,7 +25,7 @@ from pbx.errors import (
     TransportError,
 )
 from pbx.events import CallEnded, Event, EventBus
-from pbx.registrar import Registrar
+from pbx.registrar import Registrar, peer_for_binding
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.message import (
     KNOWN_METHODS,
