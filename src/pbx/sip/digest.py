@@ -270,3 +270,132 @@ class FailureThrottle:
 
     def success(self, source: str) -> None:
         self._failures.pop(source, None)
+
+
+# The client side: answering a provider's challenge (RFC 7616 §3.4, RFC 8760 §2.4).
+
+# Our preference when a server offers several challenges: the strongest hash we know.
+_CLIENT_PREFERENCE = ("SHA-256", "SHA-256-SESS", "MD5", "MD5-SESS")
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A parsed WWW-Authenticate / Proxy-Authenticate Digest challenge (RFC 7616 §3.3)."""
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    opaque: str | None = None
+    qop: tuple[str, ...] = ()
+    """The qop options offered, lower case; empty for an RFC 2069 challenge."""
+    stale: bool = False
+
+
+def parse_challenge(value: str) -> Challenge:
+    """Parse one challenge value; RemoteProtocolError when it is not a usable Digest one."""
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise RemoteProtocolError(f"unsupported challenge scheme {scheme!r}")
+    fields: dict[str, str] = {}
+    for name, quoted, token in _AUTH_PARAM.findall(rest):
+        fields[name.lower()] = (
+            quoted[1:-1].replace('\\"', '"').replace("\\\\", "\\") if quoted else token
+        )
+    if "realm" not in fields or "nonce" not in fields:
+        raise RemoteProtocolError("digest challenge lacks realm or nonce")
+    qop = tuple(q.strip().lower() for q in fields.get("qop", "").split(",") if q.strip())
+    return Challenge(
+        realm=fields["realm"],
+        nonce=fields["nonce"],
+        algorithm=fields.get("algorithm", "MD5").upper(),
+        opaque=fields.get("opaque"),
+        qop=qop,
+        stale=fields.get("stale", "").lower() == "true",
+    )
+
+
+def _answerable(challenge: Challenge) -> bool:
+    base = challenge.algorithm.removesuffix(_SESS)
+    return base in ALGORITHMS and (not challenge.qop or "auth" in challenge.qop)
+
+
+def choose_challenge(values: Sequence[str], realm: str = "") -> Challenge | None:
+    """The challenge we answer among several (RFC 8760 §2.4: one per algorithm, the
+    client picks the one it prefers); None when none is usable. A non-empty `realm`
+    accepts only challenges for that realm."""
+    usable: list[Challenge] = []
+    for value in values:
+        try:
+            challenge = parse_challenge(value)
+        except RemoteProtocolError:
+            continue  # another scheme (Basic, Bearer) or a broken one: look at the others
+        if _answerable(challenge) and (not realm or challenge.realm == realm):
+            usable.append(challenge)
+    if not usable:
+        return None
+    return min(usable, key=lambda c: _CLIENT_PREFERENCE.index(c.algorithm))
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class DigestClient:
+    """Answers Digest challenges for one username and password.
+
+    Keeps the nonce-count per nonce (RFC 7616 §3.4: each request answering the same nonce
+    carries the next count), so a server that refuses replays accepts every answer.
+    """
+
+    def __init__(
+        self, username: str, password: str, cnonce: Callable[[], str] | None = None
+    ) -> None:
+        self.username = username
+        self._password = password
+        self._cnonce = cnonce or (lambda: os.urandom(8).hex())
+        # nonce -> last count used; only the most recent few nonces matter
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def authorization(self, challenge: Challenge, method: str, uri: str) -> str:
+        """The Authorization / Proxy-Authorization value answering `challenge` for a
+        request `method` to `uri`. A challenge we cannot answer (an unknown algorithm, only
+        qop=auth-int) raises RemoteProtocolError."""
+        if not _answerable(challenge):
+            raise RemoteProtocolError(
+                f"cannot answer a digest challenge with algorithm {challenge.algorithm} "
+                f"and qop {','.join(challenge.qop) or 'none'}"
+            )
+        algorithm = challenge.algorithm
+        base = algorithm.removesuffix(_SESS)
+        h = ALGORITHMS[base]
+        key = ha1(base, self.username, challenge.realm, self._password)
+        qop = "auth" if challenge.qop else None
+        cnonce = self._cnonce() if qop or algorithm.endswith(_SESS) else None
+        if algorithm.endswith(_SESS):
+            key = h(f"{key}:{challenge.nonce}:{cnonce}".encode())
+        nc_text: str | None = None
+        if qop:
+            nc_text = f"{self._next_count(challenge.nonce):08x}"
+        response = digest_response(key, base, method, uri, challenge.nonce, qop, nc_text, cnonce)
+        parts = [
+            f"username={_quote(self.username)}",
+            f"realm={_quote(challenge.realm)}",
+            f"nonce={_quote(challenge.nonce)}",
+            f"uri={_quote(uri)}",
+            f"response={_quote(response)}",
+            f"algorithm={algorithm}",
+        ]
+        if cnonce is not None:
+            parts.append(f"cnonce={_quote(cnonce)}")
+        if challenge.opaque is not None:
+            parts.append(f"opaque={_quote(challenge.opaque)}")
+        if qop:
+            parts += [f"qop={qop}", f"nc={nc_text}"]
+        return "Digest " + ", ".join(parts)
+
+    def _next_count(self, nonce: str) -> int:
+        count = self._counts.pop(nonce, 0) + 1
+        self._counts[nonce] = count
+        while len(self._counts) > 16:
+            self._counts.popitem(last=False)
+        return count
