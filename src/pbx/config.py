@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,127 @@ class AuthConfig:
 class CallsConfig:
     ring_timeout: float = 60.0
     """Seconds a call rings before the caller gets 480 and the callee's phones a CANCEL."""
+    session_expires: int = 1800
+    """RFC 4028 Session-Expires we ask for and accept, in seconds; at least min_se."""
+    min_se: int = 90
+    """RFC 4028 Min-SE: requests for shorter session intervals get 422. RFC 4028 §5 wants
+    at least 90 on the wire; smaller values are accepted here only so tests can run fast."""
+    max_forwards: int = 70
+    """Max-Forwards of the INVITEs we originate (RFC 3261 §8.1.1.6), 1-255."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialplanConfig:
+    """Feature codes and emergency numbers. An empty string turns a feature code off."""
+
+    emergency_numbers: tuple[str, ...] = ("911", "112")
+    """Always sent to a trunk from an extension, whatever the routes or the hook say."""
+    emergency_trunk: str | None = None
+    """The [[trunk]] emergency calls use; None: the first trunk."""
+    hook: str | None = None
+    """Python routing hook, "module:function" or "path/to/file.py:function" (relative to
+    the configuration file); see pbx.dialplan.load_hook."""
+    pickup: str = "*8"
+    """Group pickup: answers any call ringing at an extension."""
+    directed_pickup: str = "**"
+    """Prefix: "**1002" picks up the call ringing at 1002."""
+    park: str = "700"
+    """Transferring a call to this number parks it."""
+    park_slots: tuple[int, int] | None = (701, 720)
+    """Inclusive range of slots parked calls wait in; dialling a slot retrieves its call."""
+    park_timeout: float = 120.0
+    """Seconds a call stays parked before it rings the phone that parked it again."""
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The park slot numbers as dialled, lowest first."""
+        if self.park_slots is None:
+            return ()
+        low, high = self.park_slots
+        return tuple(str(n) for n in range(low, high + 1))
+
+
+class RingStrategy(StrEnum):
+    SIMULTANEOUS = "simultaneous"
+    """Every member rings at once; the first to answer takes the call."""
+    IN_ORDER = "in_order"
+    """Members ring one after the other, member_timeout seconds each."""
+
+
+@dataclass(frozen=True, slots=True)
+class RingGroupConfig:
+    number: str
+    """What callers dial."""
+    members: tuple[str, ...]
+    """Extensions that ring, in order."""
+    name: str = ""
+    strategy: RingStrategy = RingStrategy.SIMULTANEOUS
+    member_timeout: float = 20.0
+    """Seconds each member rings when the strategy is in_order."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    """A SIP provider (or another exchange) that carries calls to and from the outside."""
+
+    name: str
+    """Unique, [a-z0-9_-]+; routes, DIDs and logs refer to the trunk by it."""
+    host: str
+    """IP address or hostname of the provider."""
+    port: int = 5060
+    transport: str = "udp"
+    """udp or tcp."""
+    username: str = ""
+    """Digest user, and the user of the From and Contact of our REGISTER."""
+    password: str = field(default="", repr=False)
+    """Kept out of repr() so logs and tracebacks do not show it."""
+    realm: str = ""
+    """Answer only challenges for this realm; "" answers whatever realm the provider names."""
+    register: bool = False
+    """Keep a registration with the provider (needs username). Off for trunks that
+    recognise us by address."""
+    expires: int = 3600
+    """Registration interval we ask for, in seconds."""
+    domain: str = ""
+    """The provider's SIP domain for From, To and Request-URI; "" means host."""
+    caller_id: str = ""
+    """Outbound caller ID (P-Asserted-Identity) when the route names none; "" for none."""
+
+    @property
+    def sip_domain(self) -> str:
+        return self.domain or self.host
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRouteConfig:
+    """Dialled numbers starting with `prefix` go out through `trunk`; the longest prefix wins."""
+
+    name: str
+    trunk: str
+    """Names a [[trunk]]."""
+    prefix: str = ""
+    """"" matches every number."""
+    strip: int = 0
+    """Leading characters removed before the number is sent to the trunk."""
+    prepend: str = ""
+    """Added in front after stripping, e.g. "+1"."""
+    caller_id: str = ""
+    """Overrides the trunk's caller_id; "" keeps it."""
+    min_length: int = 0
+    """Bounds on the length of the number as dialled; 0 is no bound."""
+    max_length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DidConfig:
+    """A number the provider delivers to us, and where calls to it go."""
+
+    number: str
+    """As the provider sends it (Request-URI or To user); a leading "+" is not significant."""
+    target: str
+    """Any internal target: an extension, a ring group, a park slot..."""
+    trunk: str = ""
+    """Only for calls from this [[trunk]]; "" for calls from any trunk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +237,11 @@ class Config:
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
+    dialplan: DialplanConfig = field(default_factory=DialplanConfig)
+    ring_groups: tuple[RingGroupConfig, ...] = ()
+    trunks: tuple[TrunkConfig, ...] = ()
+    outbound_routes: tuple[OutboundRouteConfig, ...] = ()
+    dids: tuple[DidConfig, ...] = ()
     log_level: str = "info"
 
     @property
@@ -129,9 +256,24 @@ class Config:
     def realm(self) -> str:
         return self.auth.realm or self.sip.domain or "pbx"
 
+    def trunk(self, name: str) -> TrunkConfig | None:
+        """The [[trunk]] called `name`."""
+        return next((t for t in self.trunks if t.name == name), None)
+
+    @property
+    def emergency_trunk(self) -> TrunkConfig | None:
+        """Where emergency calls go: dialplan.emergency_trunk, else the first trunk."""
+        if self.dialplan.emergency_trunk is not None:
+            return self.trunk(self.dialplan.emergency_trunk)
+        return self.trunks[0] if self.trunks else None
+
 
 class _Locator:
-    """Finds the line of `section.key` in the TOML text, for error messages."""
+    """Finds the line of a key in the TOML text, for error messages.
+
+    Keys are `section.key`, or `array[N].key` for the N-th (from 0) `[[array]]` table. A key
+    the file does not show (a required one left out) points at its table's header.
+    """
 
     def __init__(self, text: str) -> None:
         self._lines = text.splitlines()
@@ -139,18 +281,24 @@ class _Locator:
     def line(self, key: str) -> int | None:
         *tables, leaf = key.split(".")
         table = ".".join(tables)
-        current = ""
         pattern = re.compile(rf"^\s*\"?{re.escape(leaf)}\"?\s*=")
+        current, header_line = "", None
+        seen: dict[str, int] = {}
         for number, text in enumerate(self._lines, 1):
-            header = re.match(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?", text)
+            header = re.match(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?", text)
             if header:
-                current = header.group(1)
-                if current == key:
+                current = name = header.group(2)
+                if header.group(1) == "[[":
+                    current = f"{name}[{seen.get(name, 0)}]"
+                    seen[name] = seen.get(name, 0) + 1
+                if key in (current, name):
                     return number
+                if current == table:
+                    header_line = number
                 continue
             if current == table and pattern.match(text):
                 return number
-        return None
+        return header_line
 
 
 def _parse_listen(value: str) -> ListenAddress:
@@ -228,6 +376,130 @@ def _log_level(value: Any) -> str:
     return text
 
 
+_NUMBER = re.compile(r"[0-9A-Za-z*#+._-]+")
+_TRUNK_NAME = re.compile(r"[a-z0-9_-]+")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+_HOOK = re.compile(r"(?P<module>[^:]+):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _number(value: Any) -> str:
+    """A dialled number: digits, letters, * # + . _ -."""
+    if not isinstance(value, str):
+        raise ValueError('expected a string like "600" (quoted, so leading zeros survive)')
+    if not _NUMBER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a dialable number (digits, letters, * # + . _ -)")
+    return value
+
+
+def _optional_number(value: Any) -> str:
+    """A number, or "" for none."""
+    return "" if value == "" else _number(value)
+
+
+def _numbers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError('expected a list like ["911", "112"]')
+    out = tuple(_number(v) for v in value)
+    for number in out:
+        if out.count(number) > 1:
+            raise ValueError(f"{number} is listed twice")
+    return out
+
+
+def _members(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError('expected a list of extensions like ["1001", "1002"]')
+    return _numbers(value)
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected a whole number")
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"expected {low}-{high}" if high is not None else f"expected >= {low}")
+        return value
+
+    return check
+
+
+def _seconds(value: Any) -> float:
+    """A duration that must be more than zero."""
+    seconds: float = _positive(float)(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0")
+    return seconds
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _optional_string(value: Any) -> str | None:
+    return _string(value) or None
+
+
+def _trunk_name(value: Any) -> str:
+    text = _string(value)
+    if not _TRUNK_NAME.fullmatch(text):
+        raise ValueError(f"{text!r}: expected lower-case letters, digits, _ and - only")
+    return text
+
+
+def _optional_trunk_name(value: Any) -> str:
+    return "" if value == "" else _trunk_name(value)
+
+
+def _host(value: Any) -> str:
+    text = _string(value).strip("[]")
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(text):
+            raise ValueError(f"{text!r} is neither an IP address nor a hostname") from None
+    return text
+
+
+def _transport(value: Any) -> str:
+    text = _string(value).lower()
+    if text not in TRANSPORTS:
+        raise ValueError(f"expected one of {', '.join(TRANSPORTS)}")
+    return text
+
+
+def _strategy(value: Any) -> RingStrategy:
+    try:
+        return RingStrategy(_string(value))
+    except ValueError:
+        raise ValueError(f"expected one of {', '.join(s.value for s in RingStrategy)}") from None
+
+
+def _hook(value: Any) -> str | None:
+    text = _string(value)
+    if text and not _HOOK.fullmatch(text):
+        raise ValueError('expected "module:function" or "path/to/file.py:function"')
+    return text or None
+
+
+def _park_slots(value: Any) -> tuple[int, int] | None:
+    if value == []:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError("expected [FIRST, LAST] (inclusive), or [] for no parking")
+    low, high = value
+    if not 0 <= low <= high:
+        raise ValueError("expected 0 <= FIRST <= LAST")
+    if high - low >= 1000:
+        raise ValueError("at most 1000 slots")
+    return (low, high)
+
+
 _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "sip": (
         SipConfig,
@@ -271,7 +543,82 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "block_seconds": _positive(float),
         },
     ),
-    "calls": (CallsConfig, {"ring_timeout": _positive(float)}),
+    "calls": (
+        CallsConfig,
+        {
+            "ring_timeout": _positive(float),
+            "session_expires": _whole(1),
+            "min_se": _whole(1),
+            "max_forwards": _whole(1, 255),
+        },
+    ),
+    "dialplan": (
+        DialplanConfig,
+        {
+            "emergency_numbers": _numbers,
+            "emergency_trunk": _optional_string,
+            "hook": _hook,
+            "pickup": _optional_number,
+            "directed_pickup": _optional_number,
+            "park": _optional_number,
+            "park_slots": _park_slots,
+            "park_timeout": _seconds,
+        },
+    ),
+}
+# Arrays of tables: TOML name -> (Config field, class, schema, required keys).
+_ARRAYS: dict[str, tuple[str, type, dict[str, Callable[[Any], Any]], tuple[str, ...]]] = {
+    "ring_group": (
+        "ring_groups",
+        RingGroupConfig,
+        {
+            "number": _number,
+            "name": _string,
+            "members": _members,
+            "strategy": _strategy,
+            "member_timeout": _seconds,
+        },
+        ("number", "members"),
+    ),
+    "trunk": (
+        "trunks",
+        TrunkConfig,
+        {
+            "name": _trunk_name,
+            "host": _host,
+            "port": _whole(1, 65535),
+            "transport": _transport,
+            "username": _string,
+            "password": _string,
+            "realm": _string,
+            "register": _boolean,
+            "expires": _whole(1),
+            "domain": _string,
+            "caller_id": _string,
+        },
+        ("name", "host"),
+    ),
+    "outbound_route": (
+        "outbound_routes",
+        OutboundRouteConfig,
+        {
+            "name": _string,
+            "prefix": _optional_number,
+            "strip": _whole(0),
+            "prepend": _optional_number,
+            "trunk": _trunk_name,
+            "caller_id": _string,
+            "min_length": _whole(0),
+            "max_length": _whole(0),
+        },
+        ("name", "trunk"),
+    ),
+    "did": (
+        "dids",
+        DidConfig,
+        {"number": _number, "target": _number, "trunk": _optional_trunk_name},
+        ("number", "target"),
+    ),
 }
 _TOP = {"data_dir": _string, "log_level": _log_level}
 
@@ -298,6 +645,20 @@ def from_mapping(raw: Mapping[str, Any], path: Path, locator: _Locator | None = 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, key=key, line=where.line(key))
 
+    def table(key: str, value: Any, cls: type, schema: Mapping[str, Callable[[Any], Any]]) -> Any:
+        if not isinstance(value, dict):
+            raise fail(key, "expected a table")
+        kwargs: dict[str, Any] = {}
+        for sub, sub_value in value.items():
+            if sub not in schema:
+                known = ", ".join(sorted(schema))
+                raise fail(f"{key}.{sub}", f"unknown key (known: {known})")
+            try:
+                kwargs[sub] = schema[sub](sub_value)
+            except ValueError as exc:
+                raise fail(f"{key}.{sub}", str(exc)) from None
+        return cls(**kwargs)
+
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key in _TOP:
@@ -306,21 +667,21 @@ def from_mapping(raw: Mapping[str, Any], path: Path, locator: _Locator | None = 
             except ValueError as exc:
                 raise fail(key, str(exc)) from None
         elif key in _SECTIONS:
-            cls, schema = _SECTIONS[key]
-            if not isinstance(value, dict):
-                raise fail(key, "expected a table")
-            kwargs: dict[str, Any] = {}
-            for sub, sub_value in value.items():
-                if sub not in schema:
-                    known = ", ".join(sorted(schema))
-                    raise fail(f"{key}.{sub}", f"unknown key (known: {known})")
-                try:
-                    kwargs[sub] = schema[sub](sub_value)
-                except ValueError as exc:
-                    raise fail(f"{key}.{sub}", str(exc)) from None
-            values[key] = cls(**kwargs)
+            values[key] = table(key, value, *_SECTIONS[key])
+        elif key in _ARRAYS:
+            name, cls, schema, required = _ARRAYS[key]
+            if not isinstance(value, list):
+                raise fail(key, f"expected tables written [[{key}]]")
+            items = []
+            for index, item in enumerate(value):
+                entry = f"{key}[{index}]"
+                for needed in required:
+                    if isinstance(item, dict) and needed not in item:
+                        raise fail(f"{entry}.{needed}", "is required")
+                items.append(table(entry, item, cls, schema))
+            values[name] = tuple(items)
         else:
-            known = ", ".join(sorted([*_TOP, *_SECTIONS]))
+            known = ", ".join(sorted([*_TOP, *_SECTIONS, *_ARRAYS]))
             raise fail(key, f"unknown key (known: {known})")
     if "data_dir" not in values:
         raise ConfigError("is required", key="data_dir")
@@ -333,4 +694,75 @@ def from_mapping(raw: Mapping[str, Any], path: Path, locator: _Locator | None = 
         raise fail(
             "registrar.default_expires", "needs min_expires <= default_expires <= max_expires"
         )
+    if config.calls.session_expires < config.calls.min_se:
+        raise fail("calls.session_expires", "must be at least calls.min_se")
+    _check_dialplan(config, fail)
     return config
+
+
+def _check_dialplan(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """Cross checks: names refer to things that exist, and no number means two things."""
+    plan = config.dialplan
+    _unique(fail, [(f"trunk[{i}].name", t.name) for i, t in enumerate(config.trunks)], "trunk")
+    routes = config.outbound_routes
+    _unique(fail, [(f"outbound_route[{i}].name", r.name) for i, r in enumerate(routes)], "route")
+    trunks = {t.name for t in config.trunks}
+    for i, trunk in enumerate(config.trunks):
+        if trunk.register and not trunk.username:
+            raise fail(f"trunk[{i}].register", "registering needs a username")
+        if trunk.password and not trunk.username:
+            raise fail(f"trunk[{i}].password", "a password needs a username")
+    for i, route in enumerate(routes):
+        if route.trunk not in trunks:
+            raise fail(f"outbound_route[{i}].trunk", _no_trunk(route.trunk, trunks))
+        if route.max_length and route.max_length < max(route.min_length, len(route.prefix)):
+            raise fail(
+                f"outbound_route[{i}].max_length",
+                "must be 0 (no bound) or at least min_length and the prefix's length",
+            )
+    for i, did in enumerate(config.dids):
+        if did.trunk and did.trunk not in trunks:
+            raise fail(f"did[{i}].trunk", _no_trunk(did.trunk, trunks))
+    dids: dict[tuple[str, str], int] = {}
+    for i, did in enumerate(config.dids):
+        # "+15551230000" and "15551230000" are one number to the router.
+        earlier = dids.setdefault((did.number.lstrip("+"), did.trunk), i)
+        if earlier != i:
+            raise fail(f"did[{i}].number", f"DID {did.number} is already did[{earlier}]")
+    if plan.emergency_trunk is not None and plan.emergency_trunk not in trunks:
+        raise fail("dialplan.emergency_trunk", _no_trunk(plan.emergency_trunk, trunks))
+    if plan.park and plan.park_slots is None:
+        raise fail("dialplan.park_slots", 'parking needs at least one slot (or park = "")')
+    for i, group in enumerate(config.ring_groups):
+        if len(group.members) != len(set(group.members)):
+            raise fail(f"ring_group[{i}].members", "an extension is listed twice")
+    # Every number the dialplan answers itself, with the key that defines it.
+    numbers = [("dialplan.emergency_numbers", n) for n in plan.emergency_numbers]
+    numbers += [(f"dialplan.{k}", getattr(plan, k)) for k in ("pickup", "park") if getattr(plan, k)]
+    numbers += [(f"ring_group[{i}].number", g.number) for i, g in enumerate(config.ring_groups)]
+    slot_numbers = set(plan.slots)
+    for key, number in numbers:
+        if number in slot_numbers:
+            raise fail(key, f"{number} is also a park slot (dialplan.park_slots)")
+        if plan.directed_pickup and number.startswith(plan.directed_pickup):
+            raise fail(
+                key, f"{number} starts with the directed pickup prefix {plan.directed_pickup!r}"
+            )
+    if plan.directed_pickup and any(s.startswith(plan.directed_pickup) for s in slot_numbers):
+        raise fail("dialplan.park_slots", "slots start with the directed pickup prefix")
+    _unique(fail, numbers, "number")
+
+
+def _unique(
+    fail: Callable[[str, str], ConfigError], keyed: list[tuple[str, str]], what: str
+) -> None:
+    first: dict[str, str] = {}
+    for key, value in keyed:
+        if value in first:
+            raise fail(key, f"{what} {value} is already used by {first[value]}")
+        first[value] = key
+
+
+def _no_trunk(name: str, trunks: set[str]) -> str:
+    known = ", ".join(sorted(trunks)) or "none is configured"
+    return f"no [[trunk]] is named {name!r} (trunks: {known})"
