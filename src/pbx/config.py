@@ -645,14 +645,24 @@ def from_mapping(raw: Mapping[str, Any], path: Path, locator: _Locator | None = 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, key=key, line=where.line(key))
 
-    def table(key: str, value: Any, cls: type, schema: Mapping[str, Callable[[Any], Any]]) -> Any:
+    def table(
+        key: str,
+        value: Any,
+        cls: type,
+        schema: Mapping[str, Callable[[Any], Any]],
+        required: tuple[str, ...] = (),
+    ) -> Any:
         if not isinstance(value, dict):
             raise fail(key, "expected a table")
-        kwargs: dict[str, Any] = {}
-        for sub, sub_value in value.items():
+        for sub in value:
             if sub not in schema:
                 known = ", ".join(sorted(schema))
                 raise fail(f"{key}.{sub}", f"unknown key (known: {known})")
+        for sub in required:
+            if sub not in value:
+                raise fail(f"{key}.{sub}", "is required")
+        kwargs: dict[str, Any] = {}
+        for sub, sub_value in value.items():
             try:
                 kwargs[sub] = schema[sub](sub_value)
             except ValueError as exc:
@@ -674,11 +684,7 @@ def from_mapping(raw: Mapping[str, Any], path: Path, locator: _Locator | None = 
                 raise fail(key, f"expected tables written [[{key}]]")
             items = []
             for index, item in enumerate(value):
-                entry = f"{key}[{index}]"
-                for needed in required:
-                    if isinstance(item, dict) and needed not in item:
-                        raise fail(f"{entry}.{needed}", "is required")
-                items.append(table(entry, item, cls, schema))
+                items.append(table(f"{key}[{index}]", item, cls, schema, required))
             values[name] = tuple(items)
         else:
             known = ", ".join(sorted([*_TOP, *_SECTIONS, *_ARRAYS]))

@@ -1,0 +1,362 @@
+"""The dialplan: where a dialled number goes. Pure: no sockets, no asyncio, no clock.
+
+`Dialplan.route(CallRequest)` returns a `Route`; the call layer turns it into SIP. Rules, first
+match wins:
+
+1. Emergency numbers dialled from an extension go to the emergency trunk, whatever the hook or
+   the outbound routes say; "9911" counts when an outbound route would send "911" on.
+2. The Python hook, if configured, may return a target, a Route, or None to fall through.
+3. Calls from a trunk are looked up in the [[did]] table and reach internal targets only: a
+   call from outside never leaves through a trunk again (toll fraud).
+4. Feature codes (pickup, directed pickup, park, park slots), 5. ring groups, 6. extensions,
+7. outbound routes, the longest matching prefix first; 8. nothing: UNKNOWN.
+
+The hook sees trunk calls too (before the DID table), so after-hours routing of a DID can live
+in it; what it returns for a trunk call is held to rule 3.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from pbx.config import Config, DidConfig, RingGroupConfig, RingStrategy, TrunkConfig
+from pbx.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TRUNK_TARGET = "trunk:"
+"""Hook targets "trunk:NAME:NUMBER" place an outbound call through trunk NAME."""
+
+
+class RouteKind(Enum):
+    EXTENSION = "extension"
+    RING_GROUP = "ring group"
+    TRUNK = "trunk"
+    PICKUP = "pickup"
+    """Group pickup: answer any call ringing at an extension."""
+    DIRECTED_PICKUP = "directed pickup"
+    """Answer the call ringing at extension `number`."""
+    PARK = "park"
+    """Park the call (normally reached by a blind transfer)."""
+    PARK_SLOT = "park slot"
+    """Retrieve the call parked in slot `number`."""
+    UNKNOWN = "unknown"
+    """Nowhere to go; `reason` says why (404, or 503 for an emergency call with no trunk)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    number: str = ""
+    """What to dial: the extension, the ring group, the slot, the number sent to the trunk
+    (after strip and prepend), or the extension to pick up from."""
+    members: tuple[str, ...] = ()
+    """Extensions to ring: the ring group's members, (number,) for an extension."""
+    in_order: bool = False
+    """Ring the members one after the other instead of all at once."""
+    member_timeout: float = 0.0
+    """Seconds each member rings when in_order."""
+    trunk: TrunkConfig | None = None
+    """The trunk of a TRUNK route."""
+    caller_id: str | None = None
+    """Outbound caller ID for a TRUNK route; None: the trunk's default, i.e. none."""
+    emergency: bool = False
+    reason: str = ""
+    """Which rule matched, for logs and `explain`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    caller: str
+    """The calling extension, or the remote number of a call from a trunk."""
+    dialled: str
+    """The Request-URI user: what the caller dialled, or the DID a trunk delivered."""
+    from_trunk: str | None = None
+    """Name of the trunk the call came from; None for a call from an extension."""
+
+
+Hook = Callable[[CallRequest], str | Route | None]
+
+
+class Dialplan:
+    """Routes calls by the configuration. `is_extension` answers whether a user exists."""
+
+    def __init__(
+        self, config: Config, is_extension: Callable[[str], bool], hook: Hook | None = None
+    ) -> None:
+        self._config = config
+        self._plan = config.dialplan
+        self._is_extension = is_extension
+        self._hook = hook
+        self._groups = {g.number: g for g in config.ring_groups}
+        self._slots = frozenset(self._plan.slots)
+        self.warnings: tuple[str, ...] = ()
+        """Things that load but will not work, for the server to log at start."""
+        if self._plan.emergency_numbers and config.emergency_trunk is None:
+            numbers = ", ".join(self._plan.emergency_numbers)
+            self.warnings = (f"no [[trunk]] is configured: emergency calls ({numbers}) get 503",)
+
+    @classmethod
+    def from_config(cls, config: Config, is_extension: Callable[[str], bool]) -> Dialplan:
+        """A dialplan with the configured hook loaded (ConfigError if it cannot be)."""
+        spec = config.dialplan.hook
+        hook = load_hook(spec, config.path.parent) if spec else None
+        return cls(config, is_extension, hook)
+
+    def route(self, request: CallRequest) -> Route:
+        if request.from_trunk is None:
+            emergency = self._emergency(request.dialled)
+            if emergency is not None:
+                return emergency
+        from_hook = self._ask_hook(request)
+        if from_hook is not None:
+            return from_hook
+        if request.from_trunk is not None:
+            return self._inbound(request)
+        return self._internal(request.dialled) or self._outbound(request.dialled)
+
+    def _emergency(self, dialled: str) -> Route | None:
+        numbers = self._plan.emergency_numbers
+        if dialled in numbers:
+            number, how = dialled, f"{dialled} is an emergency number"
+        else:
+            # Whoever dials the outside-line prefix first ("9911") still reaches emergency.
+            for route in self._config.outbound_routes:
+                stripped = dialled[route.strip :]
+                if dialled.startswith(route.prefix) and stripped in numbers:
+                    number = stripped
+                    how = f"{dialled} is emergency number {stripped} after route {route.name}"
+                    break
+            else:
+                return None
+        trunk = self._config.emergency_trunk
+        if trunk is None:
+            return Route(RouteKind.UNKNOWN, number, emergency=True, reason=f"{how}; no trunk")
+        return Route(
+            RouteKind.TRUNK,
+            number,
+            trunk=trunk,
+            caller_id=trunk.caller_id or None,
+            emergency=True,
+            reason=f"{how} -> trunk {trunk.name}",
+        )
+
+    def _ask_hook(self, request: CallRequest) -> Route | None:
+        if self._hook is None:
+            return None
+        try:
+            answer = self._hook(request)
+        except Exception:
+            log.exception("dialplan hook failed for %s; the normal rules apply", request)
+            return None
+        if answer is None:
+            return None
+        if isinstance(answer, str):
+            route = self._target(answer, f"hook -> {answer}")
+        elif isinstance(answer, Route):
+            route = answer
+        else:
+            if inspect.iscoroutine(answer):
+                answer.close()  # never awaited: say so once, here, not as a RuntimeWarning
+            log.error(
+                "dialplan hook returned %r for %s (expected str, Route or None); "
+                "the normal rules apply",
+                answer,
+                request,
+            )
+            return None
+        if request.from_trunk is not None and route.kind is RouteKind.TRUNK:
+            log.error(
+                "dialplan hook routed a call from trunk %s out to a trunk; refused, "
+                "the normal rules apply",
+                request.from_trunk,
+            )
+            return None
+        return route
+
+    def _target(self, target: str, reason: str) -> Route:
+        """A hook's target: internal, or "trunk:NAME:NUMBER"."""
+        if target.startswith(TRUNK_TARGET):
+            name, _, number = target[len(TRUNK_TARGET) :].partition(":")
+            trunk = self._config.trunk(name)
+            if trunk is None or not number:
+                why = "no such trunk" if trunk is None else "no number"
+                return Route(RouteKind.UNKNOWN, target, reason=f"{reason}: {why}")
+            return Route(
+                RouteKind.TRUNK,
+                number,
+                trunk=trunk,
+                caller_id=trunk.caller_id or None,
+                reason=reason,
+            )
+        found = self._internal(target, reason)
+        if found is None:
+            return Route(RouteKind.UNKNOWN, target, reason=f"{reason}: no such extension")
+        return found
+
+    def _inbound(self, request: CallRequest) -> Route:
+        did = self._did(request.dialled, request.from_trunk or "")
+        if did is None:
+            reason = f"no [[did]] for {request.dialled} from trunk {request.from_trunk}"
+            return Route(RouteKind.UNKNOWN, request.dialled, reason=reason)
+        reason = f"DID {did.number} -> {did.target}"
+        found = self._internal(did.target, reason)
+        if found is None:
+            return Route(RouteKind.UNKNOWN, did.target, reason=f"{reason}: no such extension")
+        return found
+
+    def _did(self, dialled: str, trunk: str) -> DidConfig | None:
+        number = dialled.lstrip("+")
+        matches = [d for d in self._config.dids if d.number.lstrip("+") == number]
+        # A DID for this trunk beats one for any trunk.
+        for did in matches:
+            if did.trunk == trunk:
+                return did
+        return next((d for d in matches if not d.trunk), None)
+
+    def _internal(self, number: str, reason: str = "") -> Route | None:
+        """Feature codes, ring groups and extensions; None if `number` is none of them."""
+        plan = self._plan
+        prefix = f"{reason}: " if reason else ""
+        if plan.pickup and number == plan.pickup:
+            return Route(RouteKind.PICKUP, reason=f"{prefix}{number} is group pickup")
+        if plan.directed_pickup and number.startswith(plan.directed_pickup):
+            extension = number[len(plan.directed_pickup) :]
+            if extension and self._is_extension(extension):
+                return Route(
+                    RouteKind.DIRECTED_PICKUP,
+                    extension,
+                    members=(extension,),
+                    reason=f"{prefix}{number} picks up the call ringing at {extension}",
+                )
+            # load() keeps every other number off this prefix, so nothing else can match.
+            why = f"{prefix}{number}: directed pickup of {extension or '?'}, not an extension"
+            return Route(RouteKind.UNKNOWN, number, reason=why)
+        if plan.park and number == plan.park:
+            return Route(RouteKind.PARK, number, reason=f"{prefix}{number} parks the call")
+        if number in self._slots:
+            return Route(RouteKind.PARK_SLOT, number, reason=f"{prefix}{number} is a park slot")
+        group = self._groups.get(number)
+        if group is not None:
+            return _ring_group(group, f"{prefix}{number} is ring group {group.name or number}")
+        if self._is_extension(number):
+            return Route(
+                RouteKind.EXTENSION,
+                number,
+                members=(number,),
+                reason=f"{prefix}{number} is an extension",
+            )
+        return None
+
+    def _outbound(self, dialled: str) -> Route:
+        best = None
+        for route in self._config.outbound_routes:
+            if (
+                dialled.startswith(route.prefix)
+                and len(dialled) >= route.min_length
+                and (not route.max_length or len(dialled) <= route.max_length)
+                and len(dialled) > route.strip
+                and (best is None or len(route.prefix) > len(best.prefix))
+            ):
+                best = route
+        if best is None:
+            reason = f"{dialled}: no extension, ring group, feature code or outbound route"
+            return Route(RouteKind.UNKNOWN, dialled, reason=reason)
+        trunk = self._config.trunk(best.trunk)
+        if trunk is None:  # load() refuses this; only a hand-built Config gets here
+            reason = f"{dialled}: outbound route {best.name} names no trunk {best.trunk}"
+            return Route(RouteKind.UNKNOWN, dialled, reason=reason)
+        number = best.prepend + dialled[best.strip :]
+        return Route(
+            RouteKind.TRUNK,
+            number,
+            trunk=trunk,
+            caller_id=best.caller_id or trunk.caller_id or None,
+            reason=f"{dialled} matches outbound route {best.name} (prefix {best.prefix!r}) "
+            f"-> {number} via trunk {trunk.name}",
+        )
+
+
+def _ring_group(group: RingGroupConfig, reason: str) -> Route:
+    in_order = group.strategy is RingStrategy.IN_ORDER
+    return Route(
+        RouteKind.RING_GROUP,
+        group.number,
+        members=group.members,
+        in_order=in_order,
+        member_timeout=group.member_timeout,
+        reason=f"{reason} ({'in order' if in_order else 'all at once'}: "
+        f"{', '.join(group.members)})",
+    )
+
+
+def load_hook(spec: str, base: Path) -> Hook:
+    """Import a routing hook: "module:function" (the module on sys.path or in `base`, the
+    configuration file's directory) or "path/to/file.py:function" (relative to `base`)."""
+    module_name, _, function_name = spec.rpartition(":")
+    if not module_name or not function_name:
+        raise ConfigError(
+            'expected "module:function" or "path/to/file.py:function"', key="dialplan.hook"
+        )
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            module = _import_file((base / module_name).resolve())
+        else:
+            module = _import_module(module_name, base)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"importing {module_name} failed: {type(exc).__name__}: {exc}", key="dialplan.hook"
+        ) from exc
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise ConfigError(f"{module_name} has no function {function_name}", key="dialplan.hook")
+    if not callable(function):
+        raise ConfigError(f"{module_name}.{function_name} is not callable", key="dialplan.hook")
+    hook: Hook = function
+    return hook
+
+
+def _import_file(path: Path) -> object:
+    if not path.is_file():
+        raise ConfigError(f"no hook file {path}", key="dialplan.hook")
+    # Registered in sys.modules so dataclasses and pickling inside the hook module work.
+    name = f"pbx_hook_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {path}", key="dialplan.hook")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import_module(name: str, base: Path) -> object:
+    # The configuration's directory goes last: an installed module of the same name wins.
+    added = str(base) not in sys.path
+    if added:
+        sys.path.append(str(base))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name or name.startswith(f"{exc.name}."):
+            raise ConfigError(
+                f"no module {name} on sys.path or in {base}", key="dialplan.hook"
+            ) from None
+        raise
+    finally:
+        if added:
+            sys.path.remove(str(base))
