@@ -285,6 +285,21 @@ def calls(ctx: _Context, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def trunks(ctx: _Context, as_json: bool) -> None:
+    """SIP trunks of the running server and their registration with the provider."""
+    rows = _ask(ctx, "trunks")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        parts = [str(p) for p in (row["last_status"], row["last_reason"]) if p not in (None, "")]
+        row["last_status"] = " ".join(parts) or None
+    _table(rows, ["name", "host", "port", "transport", "state", "last_status", "expires_in"])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @click.option(
     "--since",
     default=None,

@@ -37,6 +37,7 @@ from pbx.sip.message import (
 )
 from pbx.sip.uri import SipUri, parse_uri
 from pbx.store import Binding, Store
+from pbx.trunk import TrunkManager
 
 log = logging.getLogger("pbx")
 
@@ -69,12 +70,14 @@ class Exchange:
         )
         self.registrar: Registrar | None = None
         self.calls: CallManager | None = None
+        # Registrations with the providers, and `trunks.trunk_for(peer)` for the calls.
+        self.trunks = TrunkManager(config.trunks, self.endpoint, config.sip.user_agent)
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
         self.events = EventBus()
         self.control = ControlServer(
             config.control_socket,
-            {"status": self._status, "calls": self._live_calls},
+            {"status": self._status, "calls": self._live_calls, "trunks": self._trunks},
             {"events": self._follow_events},
         )
         self._cdr_writes: set[asyncio.Task[None]] = set()
@@ -102,6 +105,10 @@ class Exchange:
                 self.config, self.endpoint, self.registrar, pool, events=self.events
             )
             self.events.subscribe(self._write_cdr)
+            await self.trunks.start()
+            if self.config.dialplan.emergency_numbers and not self.config.trunks:
+                log.warning("no [[trunk]]: emergency calls (%s) will get 503",
+                            ", ".join(self.config.dialplan.emergency_numbers))  # fmt: skip
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
             await self.endpoint.stop()
@@ -124,6 +131,7 @@ class Exchange:
             await self.calls.stop()
         if self._cdr_writes:
             await asyncio.gather(*self._cdr_writes, return_exceptions=True)
+        await self.trunks.stop()  # unregisters: the endpoint must still be up
         await self.endpoint.stop()
         if self.store is not None:
             await self.store.close()
@@ -142,6 +150,9 @@ class Exchange:
             "reachable": sum(1 for b in bindings if b.reachable),
             "sip": dataclasses.asdict(self.endpoint.stats),
         }
+
+    async def _trunks(self, _request: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.trunks.status_json()
 
     async def _live_calls(self, _request: dict[str, Any]) -> list[dict[str, object]]:
         return self.calls.live() if self.calls is not None else []

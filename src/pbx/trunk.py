@@ -221,7 +221,7 @@ class Registration:
         if 200 <= status < 300:
             self._on_ok(response, now)
             return None
-        self._fail(now, f"{status} {response.reason}")
+        self._fail(now, response.reason)
         return None
 
     def on_failure(self, reason: str, now: float) -> None:
@@ -274,16 +274,16 @@ class Registration:
         challenge = choose_challenge(response.headers_named(offered), self.trunk.realm)
         if challenge is None:
             realm = f" for realm {self.trunk.realm!r}" if self.trunk.realm else ""
-            reason = f"{response.status}: no digest challenge we can answer{realm}"
+            reason = f"{response.reason}: no digest challenge we can answer{realm}"
             return self._give_up(now, reason)
         if challenge.stale:
             self._stale_answers += 1
             if self._stale_answers > MAX_STALE_ANSWERS:
-                return self._give_up(now, f"{response.status}: stale nonces without end")
+                return self._give_up(now, f"{response.reason}: stale nonces without end")
         elif self._fresh:
             # We answered this provider's challenge a moment ago and it challenges again
             # without stale=true: it refused our username or password.
-            return self._give_up(now, f"{response.status} {response.reason}: wrong credentials")
+            return self._give_up(now, f"{response.reason}: wrong credentials")
         self._challenge = (answer_header, challenge)
         return self._register(now, fresh=True)
 
@@ -291,7 +291,9 @@ class Registration:
         text = (response.header("Min-Expires") or "").strip()
         minimum = int(text) if is_digits(text) and len(text) <= 10 else 0
         if minimum <= self._expires:
-            return self._give_up(now, f"423 without a usable Min-Expires ({text or 'none'})")
+            return self._give_up(
+                now, f"{response.reason} without a usable Min-Expires ({text or 'none'})"
+            )
         self._expires = minimum  # RFC 3261 §10.2.8: ask again with at least that
         return self._register(now, fresh=False)
 
@@ -310,8 +312,9 @@ class Registration:
         self.expires_at = None
         self._challenge = None  # the next attempt starts from a fresh challenge
         self._timer = now + delay
-        log.warning("trunk %s: registration failed (%s); retrying in %.0f s",
-                    self.trunk.name, reason, delay)  # fmt: skip
+        status = f"{self.last_status} " if self.last_status is not None else ""
+        log.warning("trunk %s: registration failed (%s%s); retrying in %.0f s",
+                    self.trunk.name, status, reason, delay)  # fmt: skip
 
     def _unregistered(self) -> None:
         self.state = TrunkState.UNREGISTERED
