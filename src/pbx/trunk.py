@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -33,7 +34,7 @@ from pbx.sip.message import (
     new_tag,
     parse_contacts,
 )
-from pbx.sip.uri import SipUri, ip_literal, is_digits
+from pbx.sip.uri import SipUri, ip_literal, is_digits, unescape
 
 log = logging.getLogger("pbx.trunk")
 
@@ -116,6 +117,12 @@ def request_uri(trunk: TrunkConfig) -> SipUri:
     return SipUri(host=host, port=None if trunk.port == 5060 else trunk.port)
 
 
+def uri_user(username: str) -> str:
+    """A username as the user part of a SIP URI (RFC 3261 §25.1: others are %-escaped);
+    the digest username stays as configured."""
+    return urllib.parse.quote(username, safe="-_.!~*'()&=+$,;?/")
+
+
 def _same_host(a: str, b: str) -> bool:
     ip_a, ip_b = ip_literal(a), ip_literal(b)
     if ip_a is not None and ip_b is not None:
@@ -169,7 +176,8 @@ class Registration:
         if self.local.transport != "udp":
             params = (("transport", self.local.transport),)
         host = f"[{self.local.host}]" if ":" in self.local.host else self.local.host
-        return SipUri(user=self.trunk.username, host=host, port=self.local.port, params=params)
+        user = uri_user(self.trunk.username)
+        return SipUri(user=user, host=host, port=self.local.port, params=params)
 
     def status(self) -> TrunkStatus:
         t = self.trunk
@@ -234,6 +242,12 @@ class Registration:
             self._unregistered()
         else:
             self._fail(now, reason)
+
+    def fail(self, reason: str, now: float) -> None:
+        """Give up on the current attempt for a reason of our own; retried later."""
+        self._pending = None
+        self.last_status = None
+        self._fail(now, reason)
 
     def stop(self, now: float) -> Request | None:
         """Stop refreshing; the REGISTER with Expires: 0 to send if the provider may hold
@@ -333,7 +347,7 @@ class Registration:
             uri = contact.uri
             if (
                 isinstance(uri, SipUri)
-                and uri.user == ours.user
+                and unescape(uri.user or "") == self.trunk.username
                 and _same_host(uri.host, ours.host)
                 and (uri.port or 5060) == ours.port
             ):
@@ -349,7 +363,9 @@ class Registration:
         self._cseq += 1
         trunk = self.trunk
         uri = request_uri(trunk)
-        aor = f"<sip:{trunk.username}@{trunk.sip_domain}>"
+        domain = trunk.sip_domain
+        domain = f"[{domain}]" if ":" in domain else domain
+        aor = f"<sip:{uri_user(trunk.username)}@{domain}>"
         expires = 0 if self._stopping else self._expires
         headers = [
             ("Via", f"SIP/2.0/{self.local.transport.upper()} {self.local.hostport};"
@@ -638,13 +654,22 @@ class TrunkManager:
         loop = asyncio.get_running_loop()
         request: Request | None = registration.start(loop.time())
         while True:
-            while request is not None:
-                request = await self._transact(runner, request)
+            try:
+                while request is not None:
+                    request = await self._transact(runner, request)
+            except Exception as exc:  # a bug must not end the registration for good
+                log.exception("trunk %s: registration step failed", registration.trunk.name)
+                registration.fail(f"internal error: {exc}", loop.time())
             at = registration.next_timer()
             if at is None:
                 return  # only a stopped registration has nothing more to do
             await asyncio.sleep(max(0.0, at - loop.time()))
-            request = registration.on_timer(loop.time())
+            try:
+                request = registration.on_timer(loop.time())
+            except Exception as exc:
+                log.exception("trunk %s: registration step failed", registration.trunk.name)
+                registration.fail(f"internal error: {exc}", loop.time())
+                request = None
 
     async def _transact(self, runner: _Runner, request: Request) -> Request | None:
         """Send one REGISTER; the core's next request, if any."""

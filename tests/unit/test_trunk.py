@@ -235,6 +235,12 @@ def test_failure_status_and_timeouts_schedule_a_retry() -> None:
     reg.on_failure("no answer from 192.0.2.10:5070", 35.0)
     assert reg.state is TrunkState.FAILED and reg.last_status is None
     assert reg.next_timer() == 39.0
+    again = reg.on_timer(39.0)
+    assert again is not None
+    reg.fail("internal error: boom", 40.0)  # the shell's own trouble: retried like others
+    assert reg.last_reason == "internal error: boom" and reg.next_timer() == 48.0
+    assert reg.on_response(build_response(again, 200, to_tag="x"), 40.1) is None
+    assert reg.status().state is TrunkState.FAILED  # that attempt was abandoned
 
 
 def test_answers_to_older_requests_are_ignored() -> None:
@@ -364,3 +370,22 @@ def test_matcher_udp_needs_address_and_port_tcp_address_only() -> None:
     assert matcher.match(peer("tcp", "198.51.100.7", 50000)) is b
     assert matcher.match(peer("udp", "203.0.113.6", 5060)) is None
     assert matcher.match(peer("udp", "not-an-ip", 5060)) is None
+
+
+def test_odd_usernames_are_escaped_in_uris_but_not_in_the_digest() -> None:
+    trunk = TrunkConfig(name="p", host="::1", username="front desk@clinic", password="pw",
+                        register=True)  # fmt: skip
+    reg = Registration(trunk, LocalContact("udp", "::1", 5062))
+    request = reg.start(0.0)
+    assert str(request.to.uri) == "sip:front%20desk%40clinic@[::1]"
+    assert request.header("Contact") == "<sip:front%20desk%40clinic@[::1]:5062>"
+    auth = DigestAuthenticator("p", b"k" * 32)
+    again = reg.on_response(
+        build_response(request, 401, headers=[("WWW-Authenticate", auth.challenges(0.0)[0])],
+                       to_tag="t"), 0.0,
+    )  # fmt: skip
+    assert again is not None
+    assert parse_credentials(again.header("Authorization") or "").username == "front desk@clinic"
+    granted = [("Contact", "<sip:front%20desk%40clinic@[::1]:5062>;expires=77")]
+    reg.on_response(build_response(again, 200, headers=granted, to_tag="t"), 1.0)
+    assert reg.expires_at == 77.0
