@@ -24,30 +24,43 @@ def sdp(port: int, formats: str = "0 101") -> bytes:
     ).encode()
 
 
-def invite(ua: SipTestClient, cseq: int, branch: str, body: bytes, auth: str = "") -> bytes:
+def invite(
+    ua: SipTestClient, cseq: int, branch: str, body: bytes, auth: str = "", extra: str = "",
+    hops: int = 70,
+) -> bytes:  # fmt: skip
+    """The caller's INVITE; `extra` is more header lines, each ending in CRLF."""
     host, port = ua.server
     lhost, lport = ua.local
-    extra = f"Proxy-Authorization: {auth}\r\n" if auth else ""
+    if auth:
+        extra += f"Proxy-Authorization: {auth}\r\n"
+    if body:
+        extra += "Content-Type: application/sdp\r\n"
     return (
         f"INVITE sip:1002@{host}:{port} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {lhost}:{lport};branch={branch};rport\r\n"
         f"From: <sip:1001@{host}>;tag=alice\r\nTo: <sip:1002@{host}>\r\n"
-        f"Call-ID: call-1\r\nCSeq: {cseq} INVITE\r\nMax-Forwards: 70\r\n"
+        f"Call-ID: call-1\r\nCSeq: {cseq} INVITE\r\nMax-Forwards: {hops}\r\n"
         f"Contact: <sip:1001@{lhost}:{lport}>\r\n{extra}"
-        f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
-def in_dialog(ua: SipTestClient, method: str, cseq: int, branch: str, to_tag: str) -> bytes:
+def in_dialog(
+    ua: SipTestClient, method: str, cseq: int, branch: str, to_tag: str,
+    body: bytes = b"", extra: str = "",
+) -> bytes:  # fmt: skip
+    """A request of the caller's in the call's dialog (an SDP `body` gets its Content-Type)."""
     host, port = ua.server
     lhost, lport = ua.local
+    if body:
+        extra += "Content-Type: application/sdp\r\n"
     return (
         f"{method} sip:pbx@{host}:{port} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {lhost}:{lport};branch={branch};rport\r\n"
         f"From: <sip:1001@{host}>;tag=alice\r\nTo: <sip:1002@{host}>;tag={to_tag}\r\n"
-        f"Call-ID: call-1\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+        f"Call-ID: call-1\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def receive(ua: SipTestClient) -> Message:
@@ -89,16 +102,18 @@ async def the_cdr(exchange: Exchange) -> dict[str, object]:
     return row
 
 
-async def authenticated_invite(alice: SipTestClient, offer: bytes, prefix: str) -> None:
+async def authenticated_invite(
+    alice: SipTestClient, offer: bytes, prefix: str, extra: str = "", hops: int = 70
+) -> None:
     """INVITE, take the 407 (and ACK it), INVITE again with credentials; wait for 100."""
-    alice.send(invite(alice, 1, f"z9hG4bK{prefix}1", offer))
+    alice.send(invite(alice, 1, f"z9hG4bK{prefix}1", offer, extra=extra, hops=hops))
     challenge = await receive(alice)
     assert isinstance(challenge, Response)
     assert challenge.status == 407
     alice.send(in_dialog(alice, "ACK", 1, f"z9hG4bK{prefix}1", challenge.to.tag or ""))
     offered = next(v for v in challenge.headers_named("Proxy-Authenticate") if "algorithm=MD5" in v)
     auth = alice.authorization(offered, "1001", "pw1001", method="INVITE")
-    alice.send(invite(alice, 2, f"z9hG4bK{prefix}2", offer, auth))
+    alice.send(invite(alice, 2, f"z9hG4bK{prefix}2", offer, auth, extra, hops))
     trying = await receive(alice)
     assert isinstance(trying, Response)
     assert trying.status == 100
@@ -261,12 +276,7 @@ async def test_silent_call_is_hung_up_after_the_rtp_timeout(exchange: Exchange) 
 
 
 def reinvite(ua: SipTestClient, cseq: int, branch: str, to_tag: str, body: bytes) -> bytes:
-    head = in_dialog(ua, "INVITE", cseq, branch, to_tag).split(b"Content-Length: 0")[0]
-    return (
-        head
-        + f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    return in_dialog(ua, "INVITE", cseq, branch, to_tag, body)
 
 
 async def test_hold_and_resume_pass_through(exchange: Exchange) -> None:
