@@ -176,22 +176,17 @@ class CallManager:
         self._by_branch: dict[str, Call] = {}  # the caller's INVITE branch, for CANCEL
         self._tasks: set[asyncio.Task[object]] = set()
 
-    # settings of [calls] that arrive with the dialplan configuration
-
-    def _setting(self, name: str, default: int) -> int:
-        return int(getattr(self.config.calls, name, default))
-
     @property
     def session_expires(self) -> int:
-        return self._setting("session_expires", 1800)
+        return self.config.calls.session_expires
 
     @property
     def min_se(self) -> int:
-        return self._setting("min_se", 90)
+        return self.config.calls.min_se
 
     @property
     def max_forwards(self) -> int:
-        return self._setting("max_forwards", 70)
+        return self.config.calls.max_forwards
 
     # entry points from the dispatcher
 

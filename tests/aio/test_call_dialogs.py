@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -363,6 +364,9 @@ async def test_we_refresh_the_callee_with_update_and_the_caller_with_reinvite(
 
 
 async def test_callee_422_makes_us_retry_with_its_min_se(exchange: Exchange) -> None:
+    assert exchange.calls is not None
+    calls = dataclasses.replace(exchange.config.calls, session_expires=1200, min_se=120)
+    exchange.calls.config = dataclasses.replace(exchange.config, calls=calls)
     async with (
         SipTestClient(server_of(exchange)) as alice,
         SipTestClient(server_of(exchange)) as bob,
@@ -370,6 +374,7 @@ async def test_callee_422_makes_us_retry_with_its_min_se(exchange: Exchange) -> 
         assert (await bob.register("1002", "pw1002")).status == 200
         await authenticated_invite(alice, sdp(40180), "retry")
         first = await request_at(bob, "INVITE")
+        assert (first.header("Session-Expires"), first.header("Min-SE")) == ("1200", "120")
         respond(bob, first, 422, headers=[("Min-SE", "3600")], tag="bob422")
         await request_at(bob, "ACK")
         second = await request_at(bob, "INVITE")
@@ -389,7 +394,11 @@ async def test_callee_422_makes_us_retry_with_its_min_se(exchange: Exchange) -> 
 
 
 async def test_max_forwards(exchange: Exchange) -> None:
-    """Max-Forwards 0 gets 483; otherwise our INVITE to Bob carries one less."""
+    """Max-Forwards 0 gets 483; otherwise our INVITE to Bob carries one less, at most
+    [calls] max_forwards."""
+    assert exchange.calls is not None
+    calls = dataclasses.replace(exchange.config.calls, max_forwards=10)
+    exchange.calls.config = dataclasses.replace(exchange.config, calls=calls)
     async with (
         SipTestClient(server_of(exchange)) as alice,
         SipTestClient(server_of(exchange)) as bob,
@@ -400,6 +409,12 @@ async def test_max_forwards(exchange: Exchange) -> None:
         await authenticated_invite(alice, sdp(40190), "hops", hops=5)
         incoming = await request_at(bob, "INVITE")
         assert incoming.header("Max-Forwards") == "4"
+        respond(bob, incoming, 486, tag="bob")
+        await request_at(bob, "ACK")
+        await response_at(alice, 486)
+        await authenticated_invite(alice, sdp(40190), "hops70", hops=70)
+        incoming = await request_at(bob, "INVITE")
+        assert incoming.header("Max-Forwards") == "10"
         respond(bob, incoming, 486, tag="bob")
         await request_at(bob, "ACK")
         await response_at(alice, 486)
