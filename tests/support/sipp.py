@@ -1,14 +1,16 @@
 """Run SIPp (Debian `sip-tester`) scenarios against pbx, bounded in time.
 
-The scenarios live in ../shared/peers/sipp/; SIPp resolves scenario, injection and pcap
-files relative to its working directory, so every run copies what it needs into a fresh
-directory of its own (which also keeps its stat and error files apart from other runs).
+The scenarios live in ../shared/peers/sipp/ (the recipes seen working) and tests/interop/sipp/
+(this suite's own: failures, cancels, pcap audio); SIPp resolves scenario, injection and
+pcap files relative to its working directory, so every run copies what it needs into a
+fresh directory of its own (which also keeps its stat and error files apart from other runs).
 """
 
 from __future__ import annotations
 
 import itertools
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,16 @@ import pytest
 from tests.support.shared import PEERS
 
 SCENARIOS = PEERS / "sipp"
+OWN_SCENARIOS = Path(__file__).resolve().parents[1] / "interop" / "sipp"
+STOCK_PCAPS = Path("/usr/share/sip-tester")
+"""The pcaps Debian's sip-tester ships: g711a.pcap (7 s of A-law speech), dtmf_2833_*.pcap."""
 _runs = itertools.count(1)
+
+
+def scenario_path(name: str) -> Path:
+    """A scenario of this suite's own (tests/interop/sipp/) or else of ../shared/peers/sipp/."""
+    own = OWN_SCENARIOS / name
+    return own if own.exists() else SCENARIOS / name
 
 
 def sipp_binary() -> str:
@@ -65,12 +76,18 @@ def run_sipp(
     rate: int = 100,
     timeout: float = 30.0,
     extra: Sequence[str] = (),
+    files: Sequence[Path] = (),
 ) -> SippResult:
-    """Run `calls` calls of `scenario` from 127.0.0.1:`local_port` to `target`; wait for it."""
+    """Run `calls` calls of `scenario` from 127.0.0.1:`local_port` to `target`; wait for it.
+
+    `files` (pcaps, say) are copied beside the scenario, where SIPp looks for them.
+    """
     binary = sipp_binary()
     run_dir = workdir / f"sipp-{next(_runs)}"
     run_dir.mkdir(parents=True)
-    shutil.copy(SCENARIOS / scenario, run_dir / scenario)
+    shutil.copy(scenario_path(scenario), run_dir / scenario)
+    for file in files:
+        shutil.copy(file, run_dir / file.name)
     host, port = target
     stat = run_dir / "stat.csv"
     cmd = [
@@ -106,3 +123,39 @@ def run_sipp(
         if len(rows) >= 2:
             stats = dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
     return SippResult(proc.returncode, stats, proc.stdout + proc.stderr, errors)
+
+
+# pcap (libpcap format, Ethernet frames) as SIPp's play_pcap_audio reads it
+
+_PCAP_HEADER = 24
+_RECORD_HEADER = struct.Struct("<IIII")  # seconds, microseconds, captured length, length
+
+
+def _pcap_records(data: bytes) -> list[bytes]:
+    if data[:4] != b"\xd4\xc3\xb2\xa1":
+        raise ValueError("not a little-endian microsecond pcap")
+    records, offset = [], _PCAP_HEADER
+    while offset + _RECORD_HEADER.size <= len(data):
+        length = _RECORD_HEADER.unpack_from(data, offset)[2]
+        end = offset + _RECORD_HEADER.size + length
+        records.append(data[offset:end])
+        offset = end
+    return records
+
+
+def pcap_head(source: Path, dest: Path, packets: int) -> Path:
+    """The first `packets` packets of the pcap `source`, as the pcap `dest` (a short clip)."""
+    data = source.read_bytes()
+    dest.write_bytes(data[:_PCAP_HEADER] + b"".join(_pcap_records(data)[:packets]))
+    return dest
+
+
+def pcap_rtp_payloads(path: Path) -> list[bytes]:
+    """The RTP payloads of a pcap of Ethernet/IPv4/UDP/RTP packets, in order."""
+    payloads = []
+    for record in _pcap_records(path.read_bytes()):
+        ip = record[_RECORD_HEADER.size + 14 :]
+        udp = ip[(ip[0] & 0x0F) * 4 :]
+        rtp = udp[8:]
+        payloads.append(rtp[12 + 4 * (rtp[0] & 0x0F) :])
+    return payloads
