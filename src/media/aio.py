@@ -8,11 +8,18 @@ until `set_remote` (a new SDP offer/answer) unlatches. It keeps RFC 3550
 receive statistics and calls back when RTP stops for `inactivity` seconds,
 so the call can be hung up.
 
+Each endpoint is an RTP session member of its own (RFC 3550 §6): one SSRC and
+CNAME for everything it sends, and an `RtcpReporter` that sends the phone a
+compound SR (or RR while we send nothing) + SDES every ~5 s (`rtcp_interval`),
+with a report block on the phone's stream, and a BYE on close. The phone's
+reports give `peer_report` (its loss and jitter of our stream, the round trip).
+
 `Bridge` relays RTP payloads between two endpoints without decoding them;
-each direction has its own `SequenceRewriter`, so each phone sees one
-continuous stream. PCMU<->PCMA is a `bytes.translate` of the payload. RTCP is
-consumed per leg (statistics, `on_rtcp`) and never forwarded: the two legs
-are separate RTP sessions, the B2BUA is the endpoint of each.
+each direction has its own `SequenceRewriter`, sending under the outgoing
+endpoint's SSRC, so each phone sees one continuous stream. PCMU<->PCMA is a
+`bytes.translate` of the payload; G.722 is only ever relayed to G.722. RTCP is
+consumed per leg and never forwarded: the two legs are separate RTP sessions,
+the B2BUA is the endpoint of each.
 
 The receive path runs ~50 times per second per leg per call, so it avoids
 logging, parsing into objects, and timer re-arming per packet: the
@@ -23,9 +30,11 @@ last arrival time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import random
 import socket
+import time
 from collections.abc import Callable
 from struct import Struct
 from typing import Any
@@ -33,12 +42,17 @@ from typing import Any
 from media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from media.ports import PortPool, PortsExhausted
 from media.rtp import (
+    RTCP_MIN_INTERVAL,
+    PeerReport,
     ReceiveStats,
     RtcpPacket,
+    RtcpReporter,
     RtpError,
-    SenderReport,
+    SendCounts,
     SequenceRewriter,
+    ntp_from_unix,
     parse_rtcp,
+    payload_size,
 )
 from pbx.errors import MediaError
 
@@ -47,8 +61,9 @@ __all__ = ["Bridge", "MediaEndpoint"]
 Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RtpHandler = Callable[[bytes, float], None]
 
-_HEADER = Struct("!BBHII")  # RFC 3550 §5.1 fixed header
-_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 static payload types
+_SEQ_TS_SSRC = Struct("!HII")  # RFC 3550 §5.1 fixed header from octet 2
+_TIMESTAMP = Struct("!I")
+_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 static payload types: what we transcode
 _TABLES = {("PCMU", "PCMA"): ULAW_TO_ALAW, ("PCMA", "PCMU"): ALAW_TO_ULAW}
 # Slack for the loop firing a timer up to its clock resolution early.
 _TIMER_SLACK = 1e-3
@@ -74,10 +89,15 @@ class _RtcpProtocol(asyncio.DatagramProtocol):
 class MediaEndpoint(asyncio.DatagramProtocol):
     """One leg's RTP (even port) and RTCP (port + 1) sockets. Open with `open`.
 
-    Public counters: `received` (RTP packets accepted), `sent`, `foreign`
-    (dropped: from an address other than the latched one), `dropped`
-    (not RTP/RTCP version 2, or malformed RTCP). `stats` is the RFC 3550
-    `ReceiveStats` of the current incoming SSRC, None before the first packet.
+    Public counters: `received` (RTP packets accepted), `sent` and `sent_octets`
+    (RTP packets and their payload octets), `foreign` (dropped: from an address
+    other than the latched one), `dropped` (not RTP/RTCP version 2, or malformed
+    RTCP), `rtcp_sent`. `stats` is the RFC 3550 `ReceiveStats` of the current
+    incoming SSRC, None before the first packet; `peer_report` what the phone's
+    last SR/RR said of our stream, None before one arrives.
+
+    Everything sent through `send` should carry `ssrc` (a `Bridge` does that):
+    the SR counts all of it as that source's.
     """
 
     on_rtp: RtpHandler | None
@@ -93,16 +113,32 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         clock_rate: int,
         inactivity: float | None,
         on_inactive: Callable[[MediaEndpoint], None] | None,
+        *,
+        rtcp_interval: float | None = RTCP_MIN_INTERVAL,
+        rtcp_remote: Address | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._time = self._loop.time
+        # NTP timestamps (RFC 3550 §4) follow the monotonic loop clock from a wallclock
+        # reading at open, so a wallclock step mid-call does not corrupt LSR/DLSR round trips.
+        self._wallclock_offset = time.time() - self._time()
         self._pool, self.port, self.clock_rate = pool, port, clock_rate
+        rng = rng if rng is not None else random.SystemRandom()
+        self.ssrc = rng.getrandbits(32)
+        # RFC 7022 §4.2: a random per-session CNAME, 96 bits in base64.
+        self.cname = base64.b64encode(rng.getrandbits(96).to_bytes(12, "big"))
         self.on_rtp = None
         self.on_rtcp = None
         self.on_inactive = on_inactive
         self.stats: ReceiveStats | None = None
         self.received = self.sent = self.foreign = self.dropped = 0
+        self.sent_octets = self.rtcp_sent = 0
+        self._last_sent: bytes | None = None
+        self._last_sent_at = 0.0
         self._sdp_remote: Address | None = remote
+        self._sdp_rtcp: Address | None = rtcp_remote
+        self._rtcp_muxed = False  # the phone's RTCP came to our RTP port (RFC 5761)
         self._latched: Address | None = None
         self._rtcp_latched: Address | None = None
         self._departed: Address | None = None  # a source never to latch again (transfer)
@@ -116,6 +152,17 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self._last_rtp = self._time()
         self._timer: asyncio.TimerHandle | None = None
         self.inactive = False
+        # Without an interval we send no reports but still read the phone's.
+        self._reports = rtcp_interval is not None
+        self._reporter = RtcpReporter(
+            self.ssrc,
+            self.cname,
+            clock_rate,
+            self._time(),
+            rng.random,
+            RTCP_MIN_INTERVAL if rtcp_interval is None else rtcp_interval,
+        )
+        self._rtcp_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -127,8 +174,15 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         clock_rate: int = 8000,
         inactivity: float | None = None,
         on_inactive: Callable[[MediaEndpoint], None] | None = None,
+        rtcp_interval: float | None = RTCP_MIN_INTERVAL,
+        rtcp_remote: Address | None = None,
+        rng: random.Random | None = None,
     ) -> MediaEndpoint:
         """Bind RTP+RTCP on `address` at a pool port pair; send to `remote` (from SDP).
+
+        RTCP reports go to `rtcp_remote` (SDP a=rtcp), else `remote`'s port + 1, every
+        `rtcp_interval` seconds on average (randomised, RFC 3550 §6.3.1; None: no
+        reports). `rng` draws the SSRC, CNAME and report times (tests pass a seeded one).
 
         A pair that something else holds is given back (to the end of the
         pool's queue) and the next one tried. Raises `PortsExhausted` when
@@ -149,7 +203,17 @@ class MediaEndpoint(asyncio.DatagramProtocol):
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue
                 raise MediaError(f"cannot bind media on {address}:{port}: {exc}") from exc
-            endpoint = cls(pool, port, remote, clock_rate, inactivity, on_inactive)
+            endpoint = cls(
+                pool,
+                port,
+                remote,
+                clock_rate,
+                inactivity,
+                on_inactive,
+                rtcp_interval=rtcp_interval,
+                rtcp_remote=rtcp_remote,
+                rng=rng,
+            )
             try:
                 await endpoint._start(rtp, rtcp)
             except BaseException:
@@ -165,6 +229,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self._rtp, _ = await loop.create_datagram_endpoint(lambda: self, sock=rtp)
         self._rtcp, _ = await loop.create_datagram_endpoint(lambda: _RtcpProtocol(self), sock=rtcp)
         self._arm()
+        self._arm_rtcp()
 
     # --- asyncio protocol callbacks --------------------------------------
 
@@ -188,7 +253,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self.dropped += 1
             return
         if 192 <= data[1] <= 223:  # RFC 5761 §4: RTCP multiplexed on the RTP port
-            self._on_rtcp(data, addr)
+            self._on_rtcp(data, addr, muxed=True)
             return
         latched = self._latched
         if latched is None:
@@ -202,7 +267,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         now = self._time()
         self._last_rtp = now
         self.received += 1
-        _, _, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+        sequence, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
         stats = self.stats
         if stats is None or stats.ssrc != ssrc:
             stats = self.stats = ReceiveStats(ssrc, self.clock_rate)
@@ -211,10 +276,10 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         if handler is not None:
             handler(data, now)
 
-    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+    def _on_rtcp(self, data: bytes, addr: Address, muxed: bool = False) -> None:
         latched = self._rtcp_latched
         if latched is None:
-            self._rtcp_latched = addr
+            self._rtcp_latched, self._rtcp_muxed = addr, muxed
         elif addr != latched:
             self.foreign += 1
             return
@@ -223,34 +288,42 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         except RtpError:
             self.dropped += 1
             return
-        stats = self.stats
-        if stats is not None:
-            for packet in packets:
-                if isinstance(packet, SenderReport) and packet.ssrc == stats.ssrc:
-                    stats.on_sender_report(packet.sender_info.ntp_timestamp, self._time())
+        now = self._time()
+        self._reporter.on_rtcp(packets, now, self._ntp(now), self.stats)
         if self.on_rtcp is not None:
             self.on_rtcp(packets)
 
     # --- sending and addressing --------------------------------------------
 
-    def send(self, data: bytes) -> None:
-        """Send one RTP packet to the latched address, else the SDP one; else drop."""
+    def send(self, data: bytes, now: float | None = None) -> None:
+        """Send one RTP packet to the latched address, else the SDP one; else drop.
+
+        `now` (the loop time, if the caller has it) dates the packet for the next SR.
+        """
         to = self._send_to
         if to is not None and not self._closed:
             self._rtp.sendto(data, to)  # type: ignore[union-attr]
             self.sent += 1
+            self.sent_octets += len(data) - 12 if data[0] == 0x80 else payload_size(data)
+            self._last_sent = data
+            self._last_sent_at = self._time() if now is None else now
 
-    def set_remote(self, remote: Address | None, *, new_party: bool = False) -> None:
+    def set_remote(
+        self, remote: Address | None, *, new_party: bool = False, rtcp: Address | None = None
+    ) -> None:
         """A new SDP address (re-INVITE): send there and latch afresh on the next packet.
 
         With `new_party` (a transfer put another phone behind this endpoint) the source
         latched so far is refused: the departing phone may still send for a few ms, and
-        latching onto it would cut the new party off for the rest of the call.
+        latching onto it would cut the new party off for the rest of the call. `rtcp` is
+        the SDP a=rtcp address; without it RTCP goes to `remote`'s port + 1.
         """
         if new_party:
             self._departed = self._latched
         self._sdp_remote = self._send_to = remote
+        self._sdp_rtcp = rtcp
         self._latched = self._rtcp_latched = None
+        self._rtcp_muxed = False
 
     @property
     def remote(self) -> Address | None:
@@ -264,11 +337,60 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 
     @property
     def rtcp_remote(self) -> Address | None:
-        """Where RTCP would go: the latched RTCP source, else SDP port + 1 (RFC 3550 §11)."""
+        """Where RTCP goes: the latched RTCP source, else SDP a=rtcp, else SDP port + 1
+        (RFC 3605, RFC 3550 §11)."""
         if self._rtcp_latched is not None:
             return self._rtcp_latched
+        if self._sdp_rtcp is not None:
+            return self._sdp_rtcp
         sdp = self._sdp_remote
         return None if sdp is None else (sdp[0], sdp[1] + 1, *sdp[2:])
+
+    # --- RTCP reports ---------------------------------------------------------
+
+    @property
+    def peer_report(self) -> PeerReport | None:
+        """The phone's last report on our stream: its loss, jitter and the round trip."""
+        return self._reporter.peer
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds, from the phone's last LSR/DLSR; None before it has one."""
+        peer = self.peer_report
+        return None if peer is None else peer.round_trip
+
+    def _ntp(self, now: float) -> int:
+        return ntp_from_unix(now + self._wallclock_offset)
+
+    def _send_counts(self) -> SendCounts | None:
+        last = self._last_sent
+        if last is None:
+            return None
+        timestamp = _TIMESTAMP.unpack_from(last, 4)[0]
+        return SendCounts(self.sent, self.sent_octets, timestamp, self._last_sent_at)
+
+    def _arm_rtcp(self) -> None:
+        at = self._reporter.next_timer() if self._reports and not self._closed else None
+        if at is not None:
+            self._rtcp_timer = self._loop.call_at(at, self._rtcp_due)
+
+    def _rtcp_due(self) -> None:
+        self._rtcp_timer = None
+        now = self._time()
+        # max(): the loop may fire up to its clock resolution early.
+        now = max(now, self._reporter.next_timer() or now)
+        data = self._reporter.on_timer(now, self._ntp(now), self._send_counts(), self.stats)
+        if data is not None:
+            self._send_rtcp(data)
+        self._arm_rtcp()
+
+    def _send_rtcp(self, data: bytes) -> None:
+        to = self.rtcp_remote
+        transport = self._rtp if self._rtcp_muxed else self._rtcp
+        if to is None or transport is None or transport.is_closing():
+            return
+        transport.sendto(data, to)
+        self.rtcp_sent += 1
 
     # --- inactivity -------------------------------------------------------
 
@@ -307,12 +429,19 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         """
         if self._closed:
             return
+        if self._reports and self._reporter.next_timer() is not None:
+            now = self._time()  # RFC 3550 §6.6: a last report and BYE, so the phone knows
+            bye = self._reporter.report(
+                now, self._ntp(now), self._send_counts(), self.stats, bye=b""
+            )
+            self._send_rtcp(bye)
         self._closed = True
         self.on_rtp = self.on_rtcp = None
         self.on_inactive = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._rtcp_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._rtcp_timer = None
         for transport in (self._rtp, self._rtcp):
             if transport is not None:
                 transport.close()
@@ -328,9 +457,12 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 class Bridge:
     """Relay RTP between two legs both ways, each direction re-sequenced.
 
-    `transcode` is (codec of leg_a, codec of leg_b), "PCMU" or "PCMA": packets
+    `transcode` is (codec of leg_a, codec of leg_b). PCMU <-> PCMA: packets
     with the source codec's payload type are translated and re-labelled;
-    others (e.g. telephone-event) pass with their payload type unchanged.
+    others (e.g. telephone-event) pass with their payload type unchanged. The
+    same codec on both legs (G722 and G722, say) is a plain relay. Anything
+    else raises `MediaError`: G.722 in particular is passthrough only, since
+    we never decode it.
     """
 
     def __init__(
@@ -345,14 +477,20 @@ class Bridge:
         codec_a = codec_b = None
         if transcode is not None:
             codec_a, codec_b = (name.upper() for name in transcode)
-            if codec_a not in _PAYLOAD_TYPES or codec_b not in _PAYLOAD_TYPES:
-                raise MediaError(f"cannot transcode {transcode[0]} <-> {transcode[1]}")
+            if codec_a == codec_b:
+                codec_a = codec_b = None
+            elif codec_a not in _PAYLOAD_TYPES or codec_b not in _PAYLOAD_TYPES:
+                why = "we transcode only PCMU <-> PCMA"
+                if "G722" in (codec_a, codec_b):
+                    why = "G722 is passthrough only (we never decode it)"
+                raise MediaError(f"cannot transcode {transcode[0]} <-> {transcode[1]}: {why}")
         self.leg_a, self.leg_b = leg_a, leg_b
+        # Each direction sends under the outgoing endpoint's SSRC, the one its SRs use.
         self.a_to_b = SequenceRewriter(
-            rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32), leg_b.clock_rate
+            leg_b.ssrc, rng.getrandbits(16), rng.getrandbits(32), leg_b.clock_rate
         )
         self.b_to_a = SequenceRewriter(
-            rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32), leg_a.clock_rate
+            leg_a.ssrc, rng.getrandbits(16), rng.getrandbits(32), leg_a.clock_rate
         )
         leg_a.on_rtp = _relay(self.a_to_b, leg_b, codec_a, codec_b)
         leg_b.on_rtp = _relay(self.b_to_a, leg_a, codec_b, codec_a)
@@ -370,7 +508,7 @@ def _relay(
     if source is None or target is None or source == target:
 
         def relay(data: bytes, now: float) -> None:
-            send(rewrite(data, now))
+            send(rewrite(data, now), now)
 
         return relay
 
@@ -379,9 +517,9 @@ def _relay(
 
     def transcode(data: bytes, now: float) -> None:
         if data[1] & 0x7F == from_pt:
-            send(_translate(rewrite(data, now, to_pt), table))
+            send(_translate(rewrite(data, now, to_pt), table), now)
         else:
-            send(rewrite(data, now))
+            send(rewrite(data, now), now)
 
     return transcode
 

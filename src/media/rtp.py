@@ -10,11 +10,12 @@ than a frozen dataclass (building a 9-field frozen slotted dataclass costs
 about 4x a tuple, because its `__init__` goes through `object.__setattr__`
 once per field), and `rewrite_header` relays a packet without parsing it.
 RTCP arrives about once every five seconds, so its types are ordinary frozen
-slotted dataclasses.
+slotted dataclasses, and `RtcpReporter` decides when to report and what to say.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from struct import Struct
 from typing import NamedTuple
@@ -26,30 +27,38 @@ __all__ = [
     "MAX_MISORDER",
     "MIN_SEQUENTIAL",
     "RTCP_BYE",
+    "RTCP_MIN_INTERVAL",
     "RTCP_RR",
     "RTCP_SDES",
     "RTCP_SR",
     "SDES_CNAME",
     "Bye",
+    "PeerReport",
     "ReceiveStats",
     "ReceiverReport",
     "ReportBlock",
     "RtcpPacket",
+    "RtcpReporter",
     "RtcpUnknown",
     "RtpError",
     "RtpExtension",
     "RtpPacket",
     "SdesChunk",
+    "SendCounts",
     "SenderInfo",
     "SenderReport",
     "SequenceRewriter",
     "SourceDescription",
     "build_rtcp",
+    "compact_ntp",
     "is_rtcp",
     "ntp_from_unix",
     "parse_rtcp",
     "parse_rtp",
+    "payload_size",
     "rewrite_header",
+    "round_trip_time",
+    "rtcp_interval",
 ]
 
 
@@ -67,6 +76,9 @@ _SEQ_TS_SSRC = Struct("!HII")
 
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
+_HALF_TS = 1 << 31
+# Float twins for the per-packet jitter update, which works in float timestamp units.
+_HALF_TS_F, _TS_MOD_F = float(_HALF_TS), float(_TS_MOD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +222,20 @@ def rewrite_header(
     return _HEADER.pack(data[0], b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + data[12:]
 
 
+def payload_size(data: bytes) -> int:
+    """Payload octets of an RTP packet: no header, CSRCs, extension or padding (§6.4.1).
+
+    For the SR octet count; trusts the packet (it is one we send), so a malformed one
+    gives a meaningless but non-negative size rather than an error.
+    """
+    b0 = data[0]
+    start = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10 and len(data) >= start + 4:
+        start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
+    end = len(data) - data[-1] if b0 & 0x20 else len(data)
+    return max(0, end - start)
+
+
 def is_rtcp(data: bytes) -> bool:
     """RFC 5761 §4 demultiplexing: RTCP packet types 192-223 in the second octet.
 
@@ -222,6 +248,11 @@ def is_rtcp(data: bytes) -> bool:
 def ntp_from_unix(seconds: float) -> int:
     """64-bit NTP timestamp (RFC 3550 §4) for a Unix time in seconds."""
     return int((seconds + 2_208_988_800) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
+
+
+def compact_ntp(ntp: int) -> int:
+    """The middle 32 bits of a 64-bit NTP timestamp: the LSR format (§6.4.1), 1/65536 s."""
+    return (ntp >> 16) & 0xFFFFFFFF
 
 
 # --- RTCP (RFC 3550 §6.4-6.6) ----------------------------------------------
@@ -585,7 +616,12 @@ class ReceiveStats:
                 return False
         # else: a duplicate or a reordered packet; count it, max_seq stays.
         self._received += 1
-        self._update_jitter(timestamp, arrival)
+        # _update_jitter inlined: this line runs for every packet of every call.
+        transit = arrival * self._clock_rate - timestamp
+        previous, self._transit = self._transit, transit
+        if previous is not None:
+            d = abs((transit - previous + _HALF_TS_F) % _TS_MOD_F - _HALF_TS_F)
+            self._jitter += (d - self._jitter) / 16
         return True
 
     def _update_jitter(self, timestamp: int, arrival: float) -> None:
@@ -595,12 +631,12 @@ class ReceiveStats:
         if previous is None:
             return
         # Keep D in -2**31..2**31 so a 32-bit timestamp wrap is not a spike.
-        d = abs((transit - previous + (1 << 31)) % _TS_MOD - (1 << 31))
+        d = abs((transit - previous + _HALF_TS) % _TS_MOD - _HALF_TS)
         self._jitter += (d - self._jitter) / 16
 
     def on_sender_report(self, ntp_timestamp: int, arrival: float) -> None:
         """Note an SR from this source, for LSR/DLSR in our next report (§6.4.1)."""
-        self._lsr = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        self._lsr = compact_ntp(ntp_timestamp)
         self._lsr_arrival = arrival
 
     @property
@@ -658,6 +694,189 @@ class ReceiveStats:
         )
 
 
+# --- RTCP reports for one endpoint (RFC 3550 §6.2-6.4, §A.7) ----------------
+
+RTCP_MIN_INTERVAL = 5.0
+"""Seconds: the §6.2 minimum between reports, which governs any voice call (see `rtcp_interval`)."""
+# §A.7: e - 3/2, so that timer reconsideration's randomisation averages to the nominal rate.
+_COMPENSATION = 2.71828 - 1.5
+
+
+def rtcp_interval(
+    random: float, minimum: float = RTCP_MIN_INTERVAL, initial: bool = False
+) -> float:
+    """Seconds to the next RTCP report for one of two members (§6.3.1, §A.7).
+
+    5% of even an 8 kbit/s stream is 50 B/s, enough for two ~100-byte compound packets
+    every 4 s, so the bandwidth term never exceeds the `minimum` and the interval is
+    `minimum` (halved before the first report, §6.2) spread by `random` in [0, 1) to
+    0.5-1.5 times itself and divided by the §A.7 compensation e - 3/2.
+    """
+    deterministic = minimum / 2 if initial else minimum
+    return deterministic * (random + 0.5) / _COMPENSATION
+
+
+def round_trip_time(block: ReportBlock, arrival_ntp: int) -> float | None:
+    """Seconds from our SR to the peer's report on it (§6.4.1 A - LSR - DLSR).
+
+    `arrival_ntp` is the report's arrival time on the clock our SRs' NTP timestamps
+    came from. None when the peer has not received an SR from us yet (LSR 0).
+    """
+    if block.lsr == 0:
+        return None
+    delay = (compact_ntp(arrival_ntp) - block.lsr - block.dlsr) & 0xFFFFFFFF
+    if delay & 0x80000000:  # A before LSR + DLSR: rounding, or a peer that lies
+        return 0.0
+    return delay / 65536
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReport:
+    """What the peer last reported about the stream we send it (its §6.4.1 report block)."""
+
+    fraction_lost: float
+    """Share of our packets lost in its last reporting interval, 0.0-1.0."""
+    cumulative_lost: int
+    highest_sequence: int
+    """Extended highest sequence number it received from us."""
+    jitter: int
+    """Interarrival jitter of our stream in RTP timestamp units."""
+    round_trip: float | None
+    """Seconds, from LSR/DLSR; None until it has seen one of our SRs."""
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SendCounts:
+    """What we have sent under our SSRC: the SR sender info's source (§6.4.1)."""
+
+    packets: int
+    octets: int
+    """Payload octets (no headers or padding)."""
+    timestamp: int
+    """RTP timestamp of the last packet sent."""
+    sent_at: float
+    """When it was sent, on the same clock as `now` in `RtcpReporter`."""
+
+
+class RtcpReporter:
+    """RTCP for one endpoint of a two-party RTP session (RFC 3550 §6): when to report,
+    what to put in each compound packet, and what the peer's reports tell us.
+
+    Sans-I/O: the caller gives `now` (any monotonic clock, seconds) and `ntp` (the 64-bit
+    NTP timestamp of the same instant from a wallclock, §4) and sends the bytes returned.
+    `random` draws from [0, 1) to spread the report times (§6.3.1).
+    """
+
+    __slots__ = (
+        "_bye_sent",
+        "_clock_rate",
+        "_minimum",
+        "_next",
+        "_random",
+        "_reported_packets",
+        "_sdes",
+        "cname",
+        "peer",
+        "peer_bye",
+        "ssrc",
+    )
+
+    def __init__(
+        self,
+        ssrc: int,
+        cname: bytes,
+        clock_rate: int,
+        now: float,
+        random: Callable[[], float],
+        minimum: float = RTCP_MIN_INTERVAL,
+    ) -> None:
+        self.ssrc, self.cname = ssrc, cname
+        self._clock_rate, self._random, self._minimum = clock_rate, random, minimum
+        self._sdes = SourceDescription((SdesChunk(ssrc, ((SDES_CNAME, cname),)),))
+        self._next = now + rtcp_interval(random(), minimum, initial=True)
+        self._reported_packets = 0
+        self._bye_sent = False
+        self.peer: PeerReport | None = None
+        self.peer_bye = False
+
+    def next_timer(self) -> float | None:
+        """When the next report is due; None after the BYE."""
+        return None if self._bye_sent else self._next
+
+    def on_timer(
+        self, now: float, ntp: int, sent: SendCounts | None, stats: ReceiveStats | None
+    ) -> bytes | None:
+        """The report due at `now`, or None if it is not due yet (or after the BYE)."""
+        at = self.next_timer()
+        if at is None or now < at:
+            return None
+        return self.report(now, ntp, sent, stats)
+
+    def report(
+        self,
+        now: float,
+        ntp: int,
+        sent: SendCounts | None,
+        stats: ReceiveStats | None,
+        bye: bytes | None = None,
+    ) -> bytes:
+        """A compound report now, and the next one scheduled (§6.1, §6.4).
+
+        An SR if we sent RTP since the previous report, else an RR; a report block on
+        the source we receive (`stats`, starting its next interval); the SDES CNAME; and
+        with `bye` (a reason, possibly empty) a final BYE, after which no more are due.
+        """
+        blocks: tuple[ReportBlock, ...] = ()
+        if stats is not None and (block := stats.report_block(now)) is not None:
+            blocks = (block,)
+        head: SenderReport | ReceiverReport
+        if sent is not None and sent.packets > self._reported_packets:
+            elapsed = round((now - sent.sent_at) * self._clock_rate)
+            info = SenderInfo(
+                ntp,
+                (sent.timestamp + elapsed) & 0xFFFFFFFF,
+                sent.packets & 0xFFFFFFFF,
+                sent.octets & 0xFFFFFFFF,
+            )
+            head = SenderReport(self.ssrc, info, blocks)
+            self._reported_packets = sent.packets
+        else:
+            head = ReceiverReport(self.ssrc, blocks)
+        self._next = now + rtcp_interval(self._random(), self._minimum)
+        if bye is None:
+            return build_rtcp(head, self._sdes)
+        self._bye_sent = True
+        return build_rtcp(head, self._sdes, Bye((self.ssrc,), bye or None))
+
+    def on_rtcp(
+        self, packets: list[RtcpPacket], now: float, ntp: int, stats: ReceiveStats | None
+    ) -> None:
+        """Take in the peer's compound packet: its view of our stream (`peer`), and its
+        SR's timestamp into `stats` for the LSR/DLSR of our next report block."""
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                if stats is not None and packet.ssrc == stats.ssrc:
+                    stats.on_sender_report(packet.sender_info.ntp_timestamp, now)
+                self._on_blocks(packet.reports, now, ntp)
+            elif isinstance(packet, ReceiverReport):
+                self._on_blocks(packet.reports, now, ntp)
+            elif isinstance(packet, Bye) and stats is not None and stats.ssrc in packet.ssrcs:
+                self.peer_bye = True
+
+    def _on_blocks(self, blocks: tuple[ReportBlock, ...], now: float, ntp: int) -> None:
+        for block in blocks:
+            if block.ssrc == self.ssrc:
+                self.peer = PeerReport(
+                    block.fraction_lost / 256,
+                    block.cumulative_lost,
+                    block.highest_sequence,
+                    block.jitter,
+                    round_trip_time(block, ntp),
+                    now,
+                )
+
+
 # --- Source switching for a B2BUA ------------------------------------------
 
 
@@ -706,10 +925,11 @@ class SequenceRewriter:
         if len(data) < 12 or data[0] >> 6 != 2:
             raise RtpError("not an RTP version 2 packet")
         seq, ts, source = _SEQ_TS_SSRC.unpack_from(data, 2)
-        marker = None
-        if source != self._source or MAX_DROPOUT <= (seq - self._last_in_seq) & 0xFFFF <= (
+        b1 = data[1]
+        switched = source != self._source or MAX_DROPOUT <= (seq - self._last_in_seq) & 0xFFFF <= (
             _SEQ_MOD - MAX_MISORDER
-        ):
+        )
+        if switched:
             if self._last_arrival is None:
                 out_ts = self._last_ts  # very first packet: the initial timestamp
             else:
@@ -719,11 +939,16 @@ class SequenceRewriter:
             self._source = source
             self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
             self._ts_offset = (out_ts - ts) & 0xFFFFFFFF
-            marker = True
+            b1 |= 0x80
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
         # Track only forward progress, so a reordered packet does not rewind us.
-        if marker or 0 < (out_seq - self._last_seq) & 0xFFFF < MAX_DROPOUT:
+        if switched or 0 < (out_seq - self._last_seq) & 0xFFFF < MAX_DROPOUT:
             self._last_seq, self._last_ts, self._last_in_seq = out_seq, out_ts, seq
             self._last_arrival = now
-        return rewrite_header(data, out_seq, out_ts, self.ssrc, payload_type, marker)
+        if payload_type is not None:
+            if not 0 <= payload_type <= 127:
+                raise LocalProtocolError(f"RTP payload type {payload_type} not in 0..127")
+            b1 = (b1 & 0x80) | payload_type
+        # rewrite_header inlined (the relay calls this for every packet).
+        return _HEADER.pack(data[0], b1, out_seq, out_ts, self.ssrc) + data[12:]

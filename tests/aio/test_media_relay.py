@@ -13,7 +13,19 @@ import pytest
 from media.aio import Address, Bridge, MediaEndpoint
 from media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from media.ports import PortPool
-from media.rtp import RtpPacket, SenderInfo, SenderReport, build_rtcp, ntp_from_unix, parse_rtp
+from media.rtp import (
+    Bye,
+    ReceiverReport,
+    ReportBlock,
+    RtpPacket,
+    SenderInfo,
+    SenderReport,
+    build_rtcp,
+    compact_ntp,
+    ntp_from_unix,
+    parse_rtcp,
+    parse_rtp,
+)
 
 HOST = "127.0.0.1"
 TIMEOUT = 3.0
@@ -281,3 +293,46 @@ async def test_open_close_cycles_leak_neither_ports_nor_fds(pool: PortPool) -> N
         await endpoint.wait_closed()
     assert pool.free == pool.size
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_endpoint_reports_by_rtcp_and_learns_the_round_trip(pool: PortPool) -> None:
+    """An SR (we sent RTP) with a block on the phone's stream to its RTCP port, the phone's
+    RR on our stream gives the round trip, and close() sends a last report with BYE."""
+    phone_rtp, phone_rtcp = udp(), udp()
+    leg = await MediaEndpoint.open(
+        pool, HOST, phone_rtp.getsockname(), rtcp_interval=0.05,
+        rtcp_remote=phone_rtcp.getsockname(), rng=random.Random(7),
+    )  # fmt: skip
+    try:
+        for n in range(3):
+            phone_rtp.sendto(rtp(n, 160 * n, 0xA), to(leg))
+        for n in range(5):
+            leg.send(rtp(n, 160 * n, leg.ssrc))
+        while True:  # reports sent before the phone's packets arrived may be RRs
+            data, source = await recv(phone_rtcp)
+            head = parse_rtcp(data)[0]
+            if isinstance(head, SenderReport) and head.reports:
+                break
+        assert source == to(leg, rtcp=True)
+        assert head.ssrc == leg.ssrc and head.sender_info.packet_count == 5
+        assert head.sender_info.octet_count == 5 * 160
+        assert head.reports[0].ssrc == 0xA and head.reports[0].highest_sequence == 2
+        # The phone answers on our stream: LSR from our SR, held 0.01 s.
+        lsr = compact_ntp(head.sender_info.ntp_timestamp)
+        block = ReportBlock(leg.ssrc, 0, 0, 4, 3, lsr=lsr, dlsr=655)
+        phone_rtcp.sendto(build_rtcp(ReceiverReport(0xA, (block,))), to(leg, rtcp=True))
+        while leg.peer_report is None:
+            await recv(phone_rtcp)  # our next reports; the RR is taken in meanwhile
+        assert leg.peer_report.highest_sequence == 4
+        assert leg.round_trip is not None and 0.0 <= leg.round_trip < 1.0
+        assert leg.rtcp_sent >= 1
+    finally:
+        leg.close()
+        await leg.wait_closed()
+    while True:
+        last = parse_rtcp((await recv(phone_rtcp))[0])
+        if isinstance(last[-1], Bye):
+            break
+    assert last[-1] == Bye((leg.ssrc,), None)
+    phone_rtp.close()
+    phone_rtcp.close()

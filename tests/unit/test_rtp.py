@@ -7,26 +7,33 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from media.rtp import (
+    SDES_CNAME,
     Bye,
     ReceiverReport,
     ReceiveStats,
     ReportBlock,
     RtcpPacket,
+    RtcpReporter,
     RtcpUnknown,
     RtpError,
     RtpExtension,
     RtpPacket,
     SdesChunk,
+    SendCounts,
     SenderInfo,
     SenderReport,
     SequenceRewriter,
     SourceDescription,
     build_rtcp,
+    compact_ntp,
     is_rtcp,
     ntp_from_unix,
     parse_rtcp,
     parse_rtp,
+    payload_size,
     rewrite_header,
+    round_trip_time,
+    rtcp_interval,
 )
 from pbx.errors import LocalProtocolError, MediaError
 
@@ -466,3 +473,99 @@ def test_rewriter_same_time_switch_still_advances_and_maps_payload_type() -> Non
     assert out(data) == (11, 1, 5, True) and parse_rtp(data).payload_type == 8
     with pytest.raises(RtpError):
         rewriter.rewrite(b"\x80", 1.0)
+
+
+# --- RTCP reporter (RFC 3550 §6.2-6.4) ------------------------------------------
+
+
+def test_rtcp_interval_spread_and_first_report_halved() -> None:
+    # §6.3.1/§A.7: 0.5-1.5 times the 5 s minimum, divided by e - 3/2; the first one halved.
+    compensation = 2.71828 - 1.5
+    assert rtcp_interval(0.0) == pytest.approx(2.5 / compensation)
+    assert rtcp_interval(0.999999) == pytest.approx(7.5 / compensation, rel=1e-5)
+    assert rtcp_interval(0.5, initial=True) == pytest.approx(2.5 / compensation)
+    # Averaged over the randomisation, reports come every 5 s / compensation * 1.0.
+    mean = sum(rtcp_interval(i / 1000) for i in range(1000)) / 1000
+    assert mean == pytest.approx(5.0 / compensation, rel=1e-3)
+
+
+def reporter(now: float = 0.0) -> RtcpReporter:
+    return RtcpReporter(0x1111, b"cname", 8000, now, lambda: 0.5)
+
+
+def test_reporter_schedules_and_sends_rr_while_silent() -> None:
+    rep = reporter()
+    first = rep.next_timer()
+    assert first == pytest.approx(rtcp_interval(0.5, initial=True))
+    assert rep.on_timer(first - 0.01, 0, None, None) is None  # not due yet
+    data = rep.on_timer(first, ntp_from_unix(1000.0), None, None)
+    assert data is not None
+    rr, sdes = parse_rtcp(data)
+    assert rr == ReceiverReport(0x1111, ())
+    assert sdes == SourceDescription((SdesChunk(0x1111, ((SDES_CNAME, b"cname"),)),))
+    assert rep.next_timer() == pytest.approx(first + rtcp_interval(0.5))
+
+
+def test_reporter_sends_sr_with_extrapolated_timestamp_and_a_block() -> None:
+    rep = reporter()
+    stats = ReceiveStats(0xBEEF, 8000, min_sequential=1)
+    for n in range(10):
+        stats.on_packet(n, 160 * n, 0.02 * n)
+    ntp = ntp_from_unix(2000.0)
+    # Last packet sent 0.1 s before the report: its timestamp 800 ticks behind "now".
+    sent = SendCounts(packets=50, octets=8000, timestamp=40_000, sent_at=0.9)
+    sr, _ = parse_rtcp(rep.report(1.0, ntp, sent, stats))
+    assert isinstance(sr, SenderReport)
+    assert sr.sender_info == SenderInfo(ntp, 40_800, 50, 8000)
+    (block,) = sr.reports
+    assert (block.ssrc, block.highest_sequence, block.cumulative_lost) == (0xBEEF, 9, 0)
+    # Nothing sent since: the next report is an RR again.
+    rr, _ = parse_rtcp(rep.report(6.0, ntp, sent, stats))
+    assert isinstance(rr, ReceiverReport)
+
+
+def test_reporter_bye_ends_reporting() -> None:
+    rep = reporter()
+    packets = parse_rtcp(rep.report(1.0, 0, None, None, bye=b""))
+    assert packets[-1] == Bye((0x1111,), None)
+    assert rep.next_timer() is None
+    assert rep.on_timer(100.0, 0, None, None) is None
+
+
+def test_reporter_reads_the_peers_report_and_round_trip() -> None:
+    rep = reporter()
+    stats = ReceiveStats(0xBEEF, 8000, min_sequential=1)
+    stats.on_packet(0, 0, 0.0)
+    our_sr_ntp = ntp_from_unix(3000.0)
+    # The peer got our SR, held it 0.25 s, and its RR arrives 0.75 s after we sent the SR:
+    # the network took 0.5 s both ways together.
+    block = ReportBlock(
+        0x1111, 64, 7, 1234, 80, lsr=compact_ntp(our_sr_ntp), dlsr=int(0.25 * 65536)
+    )
+    peer_sr = SenderReport(0xBEEF, SenderInfo(ntp_from_unix(77.0), 0, 1, 160), (block,))
+    rep.on_rtcp([peer_sr], 5.0, ntp_from_unix(3000.75), stats)
+    assert rep.peer is not None
+    assert (rep.peer.fraction_lost, rep.peer.cumulative_lost) == (0.25, 7)
+    assert rep.peer.jitter == 80 and rep.peer.received_at == 5.0
+    assert rep.peer.round_trip == pytest.approx(0.5, abs=1e-4)
+    # The peer's SR is remembered for the LSR of our next report block on its stream.
+    ours = stats.report_block(5.5)
+    assert ours is not None and ours.lsr == compact_ntp(ntp_from_unix(77.0))
+    assert ours.dlsr == 32768
+    rep.on_rtcp([Bye((0xBEEF,), None)], 6.0, 0, stats)
+    assert rep.peer_bye
+
+
+def test_round_trip_without_an_sr_and_for_a_peer_that_lies() -> None:
+    assert round_trip_time(ReportBlock(1, 0, 0, 0, 0), ntp_from_unix(1.0)) is None
+    early = ReportBlock(1, 0, 0, 0, 0, lsr=compact_ntp(ntp_from_unix(10.0)), dlsr=65536)
+    assert round_trip_time(early, ntp_from_unix(10.5)) == 0.0
+
+
+def test_payload_size_skips_csrcs_extension_and_padding() -> None:
+    packet = RtpPacket(
+        0, 1, 2, 3, b"\x00" * 20, csrcs=(7, 8), extension=RtpExtension(0xBEDE, b"\x00" * 8),
+        padding=4,
+    ).encode()  # fmt: skip
+    assert payload_size(packet) == 20
+    assert payload_size(SIMPLE) == 4
