@@ -13,12 +13,15 @@ from pbx.sip.offer_answer import (
     G722,
     PCMA,
     PCMU,
+    SUPPORTED_CODECS,
     TELEPHONE_EVENT_8000,
     CodecPreference,
     LocalSession,
     MediaParameters,
     NegotiationError,
     answer,
+    codec_named,
+    common_codecs,
     make_offer,
     parameters_from_answer,
 )
@@ -110,7 +113,7 @@ def test_yealink_offer() -> None:
 
 
 def test_offerer_order_wins_over_ours() -> None:
-    _, params = answer_to(YEALINK_G722_OFFER)
+    _, params = answer_to(YEALINK_G722_OFFER, SUPPORTED_CODECS)
     assert (params.codec, params.payload_type) == ("G722", 9)
     # With G722 not supported, the offerer's next choice (PCMU) is taken, not our PCMA.
     _, params = answer_to(YEALINK_G722_OFFER, [PCMA, PCMU, TELEPHONE_EVENT_8000])
@@ -301,8 +304,8 @@ def test_make_offer() -> None:
     assert parse_sdp(offer.encode()) == offer
     assert offer.origin.sess_id == "5" and offer.origin.sess_version == 2
     assert offer.encode().endswith(
-        b"c=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0 8 9 101\r\n"
-        b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\n"
+        b"c=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0 8 101\r\n"
+        b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
         b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
     )
     held = make_offer("2001:db8::1", 30000, direction=Direction.SENDONLY, session_id="5")
@@ -393,3 +396,136 @@ def test_codec_preference_matching() -> None:
     opus = CodecPreference("opus", 48000, 111, channels=2)
     assert opus.rtpmap == RtpMap(111, "opus", 48000, 2)
     assert TELEPHONE_EVENT_8000.is_telephone_event and not opus.is_telephone_event
+
+
+# --- codec choice across two legs: G.722 passthrough, prefer, common codecs ---------------
+
+G722_ONLY_OFFER = YEALINK_G722_OFFER.replace(b"9 0 8 101", b"9 101")
+
+
+def test_g722_is_neither_offered_nor_accepted_by_default() -> None:
+    session = LocalSession(ME, 30000, session_id="1")
+    assert session.offer().media[0].formats == ("0", "8", "101")
+    # A G722-first offer gets G.711, which the bridge can transcode to any other leg.
+    assert session.answer(parse_sdp(YEALINK_G722_OFFER)).parameters.codec == "PCMU"
+    # G722 alone: nothing we could bridge to a G.711 phone.
+    with pytest.raises(NegotiationError):
+        session.answer(parse_sdp(G722_ONLY_OFFER))
+
+
+def test_common_codecs_in_the_offerers_order() -> None:
+    assert common_codecs(parse_sdp(YEALINK_G722_OFFER)) == (
+        "G722",
+        "PCMU",
+        "PCMA",
+        "telephone-event",
+    )
+    assert common_codecs(parse_sdp(G722_ONLY_OFFER)) == ("G722", "telephone-event")
+    # opus is not ours; the 8 kHz telephone-event follows the G.711 codecs.
+    assert common_codecs(parse_sdp(BARESIP_OFFER)) == ("PCMA", "PCMU", "telephone-event")
+    assert common_codecs(parse_sdp(BARESIP_OFFER), DEFAULT_CODECS[:1]) == ("PCMU",)
+    assert common_codecs(parse_sdp(T38_OFFER)) == ()
+    # The same codec under two payload types is listed once.
+    twice = YEALINK_OFFER.replace(b"0 8 101", b"0 96 101").replace(
+        b"a=rtpmap:101", b"a=rtpmap:96 pcmu/8000\r\na=rtpmap:101"
+    )
+    assert common_codecs(parse_sdp(twice))[:1] == ("PCMU",)
+    assert common_codecs(parse_sdp(twice)).count("PCMU") == 1
+
+
+def test_offer_a_chosen_codec_list_and_it_sticks() -> None:
+    session = LocalSession(ME, 30000, session_id="1")
+    offer = session.offer(codecs=("G722", "pcma", "telephone-event"))
+    audio = offer.media[0]
+    assert audio.formats == ("9", "8", "101")
+    assert audio.rtpmaps[9] == RtpMap(9, "G722", 8000)  # RFC 3551: 8000, not 16000
+    assert audio.fmtp == {101: "0-16"}
+    # Hold and resume re-offers keep the list the other leg was built around.
+    held = session.offer(Direction.SENDONLY)
+    assert held.media[0].formats == ("9", "8", "101")
+    assert session.offer(codecs=[PCMU]).media[0].formats == ("0",)
+    with pytest.raises(LocalProtocolError, match="unknown codec"):
+        session.offer(codecs=("opus",))
+    with pytest.raises(LocalProtocolError):
+        session.offer(codecs=("telephone-event",))
+    assert codec_named("g722") is G722
+
+
+def test_prefer_puts_both_legs_on_one_codec() -> None:
+    """The B2BUA flow: offer B what A can take, then answer A with B's choice."""
+    a_offer = parse_sdp(YEALINK_G722_OFFER)
+    a_side = LocalSession(ME, 30000, session_id="a")
+    b_side = LocalSession(ME, 30002, session_id="b")
+    to_b = b_side.offer(codecs=common_codecs(a_offer))
+    assert to_b.media[0].formats == ("9", "0", "8", "101")
+    # B (a G.711-only phone) picks PCMA although A listed PCMU before it.
+    b_answer = answer(to_b, "192.0.2.7", 5000, [PCMA, TELEPHONE_EVENT_8000], session_id="x")
+    b_params = b_side.answered(to_b, b_answer.sdp)
+    assert b_params.codec == "PCMA"
+    a_params = a_side.answer(a_offer, prefer=b_params.codec).parameters
+    assert (a_params.codec, a_params.payload_type, a_params.telephone_event) == ("PCMA", 8, 101)
+    # Without prefer, A's own order would have given PCMU (a transcoding bridge).
+    assert LocalSession(ME, 1, session_id="c").answer(a_offer).parameters.codec == "PCMU"
+
+
+def test_g722_passthrough_on_both_legs_and_pinned_in_re_offers() -> None:
+    a_offer = parse_sdp(YEALINK_G722_OFFER)
+    a_side = LocalSession(ME, 30000, session_id="a")
+    b_side = LocalSession(ME, 30002, session_id="b")
+    to_b = b_side.offer(codecs=common_codecs(a_offer))
+    b_answer = answer(to_b, "192.0.2.7", 5000, SUPPORTED_CODECS, session_id="x")
+    assert b_side.answered(to_b, b_answer.sdp).codec == "G722"
+    a_answer = a_side.answer(a_offer, prefer="G722")
+    assert (a_answer.parameters.codec, a_answer.parameters.payload_type) == ("G722", 9)
+    assert a_answer.sdp.media[0].formats == ("9", "101")
+    assert a_side.passthrough is G722 and b_side.passthrough is G722
+    # A re-offer (hold) must not let either phone move off G722: the bridge relays it as is.
+    assert a_side.offer(Direction.SENDONLY).media[0].formats == ("9", "101")
+    assert b_side.offer(Direction.SENDONLY).media[0].formats == ("9", "101")
+    # A re-INVITE from A listing PCMU first is still answered with G722.
+    pcmu_first = YEALINK_G722_OFFER.replace(b"9 0 8 101", b"0 9 8 101")
+    assert a_side.answer(parse_sdp(pcmu_first)).parameters.codec == "G722"
+    # An explicit list ends the pin (the B2BUA chose to renegotiate).
+    assert a_side.offer(codecs=("PCMU",)).media[0].formats == ("0",)
+    assert a_side.passthrough is None
+
+
+def test_prefer_is_only_a_preference() -> None:
+    # Not offered: the offerer's first codec we support.
+    _, params = answer_to(YEALINK_OFFER)
+    result = answer(parse_sdp(YEALINK_OFFER), ME, 1, session_id="1", prefer="G722")
+    assert result.parameters.codec == params.codec == "PCMU"
+    with pytest.raises(LocalProtocolError):
+        answer(parse_sdp(YEALINK_OFFER), ME, 1, session_id="1", prefer="telephone-event")
+    with pytest.raises(LocalProtocolError):
+        answer(parse_sdp(YEALINK_OFFER), ME, 1, session_id="1", prefer="GSM")
+
+
+@pytest.mark.parametrize(
+    ("lines", "ours", "agreed"),
+    [
+        ("a=ptime:30", 20, 30),  # mirrored
+        ("a=ptime:10", 20, 10),
+        ("a=ptime:60", 20, 60),
+        ("", 20, 20),  # none offered: ours
+        ("", 40, 40),
+        ("a=ptime:5", 20, 20),  # outside 10-60 ms: ours
+        ("a=ptime:120", 30, 30),
+        ("a=ptime:abc", 20, 20),
+        ("a=maxptime:30", 40, 30),  # ours, capped by the offerer's maxptime
+        ("a=ptime:40\na=maxptime:20", 20, 20),
+    ],
+)
+def test_ptime_mirrors_the_offer(lines: str, ours: int, agreed: int) -> None:
+    offer = parse_sdp(hold_offer(lines))
+    result = answer(offer, ME, 40000, session_id="1", ptime=ours)
+    assert result.parameters.ptime == agreed
+    assert result.sdp.media[0].ptime == agreed
+    # The offerer reads back the same ptime from our answer.
+    assert parameters_from_answer(offer, result.sdp).ptime == agreed
+
+
+def test_offer_ptime_override() -> None:
+    session = LocalSession(ME, 30000, session_id="1", ptime=20)
+    assert session.offer(ptime=30).media[0].ptime == 30
+    assert session.offer().media[0].ptime == 20

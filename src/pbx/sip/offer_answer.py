@@ -9,6 +9,12 @@ We anchor one audio stream per call. Any other stream (video, T.38 `image`, a se
 stream, SRTP profiles) is rejected with port 0, which keeps the m-line count and order the
 offerer expects (RFC 3264 §6). T.38 will be accepted here once the fax layer can take it.
 
+Codecs: PCMU and PCMA (which the bridge can transcode into each other) and telephone-event
+by default; G.722 only when asked for (`codecs=` naming it, or `prefer="G722"`), because we
+never decode it: a G.722 leg can only be relayed to another G.722 leg. A B2BUA offers the
+called phone `common_codecs(caller's offer)` and answers the caller with `prefer=` the
+called phone's choice, so both legs end on one codec whenever they share one.
+
 No clock is read: the caller supplies `sess-id` and `sess-version` (or lets
 `LocalSession` count versions).
 """
@@ -33,6 +39,9 @@ _PROTOS = frozenset({"RTP/AVP"})
 _NOT_AUDIO = frozenset({TELEPHONE_EVENT, "cn"})
 _HOLD_ADDRESSES = frozenset({"0.0.0.0", "::"})
 DEFAULT_PTIME = 20
+# Packetization times we accept from an offer and mirror (RFC 4566 §6 a=ptime); outside
+# this range we answer our own. 10-60 ms covers every desk phone and fits one MTU for G.711.
+MIN_PTIME, MAX_PTIME = 10, 60
 
 
 class NegotiationError(RemoteProtocolError):
@@ -80,7 +89,27 @@ PCMA = CodecPreference("PCMA", 8000, 8)
 # RFC 3551 §4.5.2: G.722 samples at 16 kHz but its RTP clock is 8000.
 G722 = CodecPreference("G722", 8000, 9, passthrough=True)
 TELEPHONE_EVENT_8000 = CodecPreference(TELEPHONE_EVENT, 8000, 101, fmtp="0-16")
-DEFAULT_CODECS: tuple[CodecPreference, ...] = (PCMU, PCMA, G722, TELEPHONE_EVENT_8000)
+# What a session offers and accepts unless told otherwise: no G.722, since a G.711-only
+# phone on the other leg could not be bridged to it.
+DEFAULT_CODECS: tuple[CodecPreference, ...] = (PCMU, PCMA, TELEPHONE_EVENT_8000)
+# Every codec we can handle at all, in our order of preference for an explicit choice.
+SUPPORTED_CODECS: tuple[CodecPreference, ...] = (PCMU, PCMA, G722, TELEPHONE_EVENT_8000)
+_BY_NAME = {c.encoding.lower(): c for c in SUPPORTED_CODECS}
+
+
+def codec_named(name: str) -> CodecPreference:
+    """The supported codec called `name` (case-insensitive, e.g. "G722", "telephone-event")."""
+    try:
+        return _BY_NAME[name.lower()]
+    except KeyError:
+        known = ", ".join(c.encoding for c in SUPPORTED_CODECS)
+        raise LocalProtocolError(f"unknown codec {name!r}; we support {known}") from None
+
+
+def _resolve(codecs: Sequence[str | CodecPreference]) -> tuple[CodecPreference, ...]:
+    resolved = tuple(codec_named(c) if isinstance(c, str) else c for c in codecs)
+    _check_codecs(resolved)
+    return resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,28 +212,84 @@ def _rtcp_port(media: MediaDescription) -> int:
     return rtcp if rtcp is not None else media.port + 1
 
 
-def _choose(
+def _offered_audio(
     offered: MediaDescription, codecs: Sequence[CodecPreference]
-) -> tuple[RtpMap, CodecPreference, RtpMap | None, CodecPreference | None] | None:
-    """The first offered audio codec we support (offerer's order), and the offer's
-    telephone-event at the same clock rate if we support that too."""
-    rtpmaps = offered.rtpmaps.values()
-    for theirs in rtpmaps:
+) -> list[tuple[RtpMap, CodecPreference]]:
+    """The offered audio codecs we support, in the offerer's order, with ours for each."""
+    found = []
+    for theirs in offered.rtpmaps.values():
         if theirs.encoding.lower() in _NOT_AUDIO:
             continue
         ours = next((c for c in codecs if not c.is_telephone_event and c.matches(theirs)), None)
-        if ours is None:
+        if ours is not None:
+            found.append((theirs, ours))
+    return found
+
+
+def _choose(
+    offered: MediaDescription,
+    codecs: Sequence[CodecPreference],
+    prefer: CodecPreference | None = None,
+) -> tuple[RtpMap, CodecPreference, RtpMap | None, CodecPreference | None] | None:
+    """The first offered audio codec we support (offerer's order, but `prefer` first when
+    offered), and the offer's telephone-event at the same clock rate if we support it."""
+    candidates = _offered_audio(offered, codecs)
+    if not candidates:
+        return None
+    theirs, ours = candidates[0]
+    if prefer is not None:
+        theirs, ours = next((pair for pair in candidates if pair[1] == prefer), candidates[0])
+    for their_te in offered.rtpmaps.values():
+        if their_te.encoding.lower() != TELEPHONE_EVENT or their_te.clock_rate != theirs.clock_rate:
             continue
-        for their_te in rtpmaps:
-            if their_te.encoding.lower() != TELEPHONE_EVENT:
+        our_te = next((c for c in codecs if c.is_telephone_event and c.matches(their_te)), None)
+        if our_te is not None:
+            return theirs, ours, their_te, our_te
+    return theirs, ours, None, None
+
+
+def _answer_ptime(media: MediaDescription, ours: int) -> int:
+    """Mirror the offerer's a=ptime when we support it, else ours, within its a=maxptime."""
+    offered = media.ptime
+    agreed = offered if offered is not None and MIN_PTIME <= offered <= MAX_PTIME else ours
+    maxptime = _maxptime(media)
+    if maxptime is not None and MIN_PTIME <= maxptime < agreed:
+        agreed = maxptime
+    return agreed
+
+
+def _maxptime(media: MediaDescription) -> int | None:
+    text = (media.attribute("maxptime") or "").strip()
+    return int(text) if text.isdigit() and len(text) <= 5 else None
+
+
+def common_codecs(
+    offer: SessionDescription, codecs: Sequence[CodecPreference] = SUPPORTED_CODECS
+) -> tuple[str, ...]:
+    """Names of the codecs in `offer` that we support, in the offerer's order.
+
+    Looks at the audio stream `answer` would take (the first usable one), and lists
+    "telephone-event" too when it is offered at the clock rate of an audio codec. Empty
+    when nothing fits. Pass the result to `LocalSession.offer(codecs=...)` to offer the
+    other leg only what this offerer can take.
+    """
+    for media in offer.media:
+        if not _acceptable(media) or offer.connection_for(media) is None:
+            continue
+        audio = _offered_audio(media, codecs)
+        if not audio:
+            continue
+        names = list(dict.fromkeys(ours.encoding for _, ours in audio))
+        rates = {theirs.clock_rate for theirs, _ in audio}
+        for rtpmap in media.rtpmaps.values():
+            if rtpmap.encoding.lower() != TELEPHONE_EVENT or rtpmap.clock_rate not in rates:
                 continue
-            if their_te.clock_rate != theirs.clock_rate:
-                continue
-            our_te = next((c for c in codecs if c.is_telephone_event and c.matches(their_te)), None)
-            if our_te is not None:
-                return theirs, ours, their_te, our_te
-        return theirs, ours, None, None
-    return None
+            event = next((c for c in codecs if c.is_telephone_event and c.matches(rtpmap)), None)
+            if event is not None:
+                names.append(event.encoding)
+                break
+        return tuple(names)
+    return ()
 
 
 def answer(
@@ -216,25 +301,36 @@ def answer(
     session_id: str,
     version: int = 0,
     ptime: int = DEFAULT_PTIME,
+    prefer: str | None = None,
 ) -> Answer:
     """Answer `offer` (RFC 3264 §6): accept its first usable audio stream, reject the rest.
 
-    The codec is the first in the offerer's order that we support, under the offerer's
-    payload type number; telephone-event keeps the offerer's dynamic number too. Raises
-    NegotiationError (488) when no audio stream has a codec in common.
+    The codec is `prefer` if the offer has it (this also allows a codec `codecs` leaves
+    out, such as G722), else the first in the offerer's order that we support, under the
+    offerer's payload type number; telephone-event keeps the offerer's dynamic number too.
+    The ptime mirrors the offer's when it is 10-60 ms, else it is `ptime` (RFC 4566 §6).
+    Raises NegotiationError (488) when no audio stream has a codec in common.
     """
     _check_codecs(codecs)
+    preferred = None
+    if prefer is not None:
+        preferred = codec_named(prefer)
+        if preferred.is_telephone_event:
+            raise LocalProtocolError("prefer must name an audio codec, not telephone-event")
+        if preferred not in codecs:
+            codecs = (*codecs, preferred)
     answered: list[MediaDescription] = []
     parameters: MediaParameters | None = None
     for media in offer.media:
-        choice = _choose(media, codecs) if parameters is None and _acceptable(media) else None
+        usable = parameters is None and _acceptable(media)
+        choice = _choose(media, codecs, preferred) if usable else None
         conn = offer.connection_for(media)
         if choice is None or conn is None:
             answered.append(_rejected(media))
             continue
         theirs, ours, their_te, our_te = choice
         direction = mirror(effective_direction(offer, media))
-        agreed_ptime = media.ptime or ptime
+        agreed_ptime = _answer_ptime(media, ptime)
         maps = [theirs] if their_te is None else [theirs, their_te]
         fmtp = {theirs.payload_type: ours.fmtp} if ours.fmtp is not None else {}
         if their_te is not None and our_te is not None and our_te.fmtp is not None:
@@ -322,7 +418,13 @@ def _same_codec(a: RtpMap, b: RtpMap) -> bool:
 
 class LocalSession:
     """Our side of one SDP session: a fixed `sess-id` whose version grows by one with each
-    offer or answer we send (RFC 3264 §8), starting at `version`."""
+    offer or answer we send (RFC 3264 §8), starting at `version`.
+
+    It also keeps the codec list stable across re-offers (hold, resume, transfer): an
+    explicit `offer(codecs=...)` is repeated by later `offer()` calls, and once a
+    passthrough codec (G722) is agreed, later offers name only it (and telephone-event)
+    and later answers prefer it, since the bridge relaying it cannot switch codecs.
+    """
 
     def __init__(
         self,
@@ -338,23 +440,46 @@ class LocalSession:
         self.address, self.port, self.codecs = address, port, tuple(codecs)
         self.session_id, self.ptime = session_id, ptime
         self._next_version = version
+        self._offering = self.codecs
+        self.passthrough: CodecPreference | None = None
+        """The passthrough codec agreed on this session, None while it is G.711."""
 
     def _take_version(self) -> int:
         version, self._next_version = self._next_version, self._next_version + 1
         return version
 
-    def offer(self, direction: Direction = Direction.SENDRECV) -> SessionDescription:
+    def offer(
+        self,
+        direction: Direction = Direction.SENDRECV,
+        codecs: Sequence[str | CodecPreference] | None = None,
+        *,
+        ptime: int | None = None,
+    ) -> SessionDescription:
+        """Our next offer. `codecs` (names such as "G722" or `CodecPreference`s, in our
+        order of preference) replaces the session's list for this and later offers;
+        `ptime` (ms) overrides the session's for this offer."""
+        if codecs is not None:
+            self._offering = _resolve(codecs)
+            self.passthrough = None
+        offering = self._offering
+        if self.passthrough is not None:
+            events = tuple(c for c in offering if c.is_telephone_event)
+            offering = (self.passthrough, *events)
         return make_offer(
             self.address,
             self.port,
-            self.codecs,
-            ptime=self.ptime,
+            offering,
+            ptime=self.ptime if ptime is None else ptime,
             direction=direction,
             session_id=self.session_id,
             version=self._take_version(),
         )
 
-    def answer(self, offer: SessionDescription) -> Answer:
+    def answer(self, offer: SessionDescription, *, prefer: str | None = None) -> Answer:
+        """Answer `offer` with the session's codecs; `prefer` as for `answer()` (and it
+        allows that codec, e.g. "G722", even if the session's codecs leave it out)."""
+        if prefer is None and self.passthrough is not None:
+            prefer = self.passthrough.encoding
         # Negotiate before taking a version, so a 488 does not use one up.
         result = answer(
             offer,
@@ -364,6 +489,20 @@ class LocalSession:
             session_id=self.session_id,
             version=self._next_version,
             ptime=self.ptime,
+            prefer=prefer,
         )
         self._take_version()
+        self._agreed(result.parameters)
         return result
+
+    def answered(
+        self, offer: SessionDescription, answer_sdp: SessionDescription
+    ) -> MediaParameters:
+        """`parameters_from_answer` for an offer of this session, remembering the codec."""
+        parameters = parameters_from_answer(offer, answer_sdp)
+        self._agreed(parameters)
+        return parameters
+
+    def _agreed(self, parameters: MediaParameters) -> None:
+        codec = _BY_NAME.get(parameters.codec.lower())
+        self.passthrough = codec if codec is not None and codec.passthrough else None
