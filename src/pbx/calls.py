@@ -1,17 +1,32 @@
-"""Calls: a B2BUA between registered extensions with anchored media.
+"""Calls: a B2BUA between phones and trunks, with anchored media, routed by the dialplan.
 
-A call is an A leg (the caller's INVITE, answered by us) and a B leg (our INVITEs to every
-registered contact of the callee, forked in parallel; the first 2xx wins and the others
-are cancelled). Media is anchored: each side talks RTP to a MediaEndpoint of ours, and a
-Bridge relays payloads between them. Each side is a `Leg`: the phone's dialog and address,
-our media and SDP toward it, and its offer/answer and session-timer state.
+A call is an A leg (the caller's INVITE, answered by us) and a B leg (our INVITEs to where
+the dialplan sends it). Each side is a `Leg`: the phone's dialog and address, our media and
+SDP toward it, and its offer/answer and session-timer state. Media is anchored: each side
+talks RTP to a MediaEndpoint of ours, and a Bridge relays payloads between them.
+
+Where a call goes is `pbx.dialplan`'s decision; here it becomes SIP. A `Ringing` is one
+attempt to reach a destination: INVITEs to every registered contact of an extension, to
+every member of a ring group (at once, or one member after another), or to a trunk, which
+may challenge us (digest answered with the trunk's credentials). The first 2xx wins and
+the other INVITEs are cancelled. Calls from a trunk are recognised by their source address
+and need no digest; everyone else authenticates (407).
 
 Offer/answer (RFC 3264) runs per leg: the caller may offer late (an INVITE without SDP: our
 200 offers, its ACK answers); re-INVITE and UPDATE (RFC 3311) renegotiate and pass hold and
 resume on to the other phone; crossing offers get 491 and our re-INVITE is retried after the
 random delay of RFC 3261 §14.1. Session timers (RFC 4028) are kept per leg; a callee's 183
-with SDP is relayed as early media. Every call publishes its events and, when it ends, the
-CallEnded event its CDR is written from.
+with SDP is relayed as early media. The called side is offered the caller's codecs first, so
+that both legs agree on one (G.722 is relayed only to G.722; PCMU and PCMA are transcoded).
+
+A leg can change hands: a blind transfer (REFER, RFC 3515) rings the Refer-To target and
+puts it in the referrer's place; an attended transfer (REFER with Replaces, RFC 3891) joins
+the two parties the referrer was talking to and ends its consultation call; an INVITE with
+Replaces takes over the leg it names; pickup (*8, **EXT) answers a ringing call in place of
+the phones it rings; park (a blind transfer to the park number) leaves the other party
+waiting in a slot until someone dials the slot, or until the park timeout rings the phone
+that parked it. Every call publishes its events and, when it ends, the CallEnded event its
+CDR is written from.
 """
 
 from __future__ import annotations
@@ -23,26 +38,31 @@ import os
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from media.aio import Bridge, MediaEndpoint
 from media.ports import PortPool
-from pbx.config import Config
+from pbx.config import Config, TrunkConfig
+from pbx.dialplan import CallRequest, Dialplan, Route, RouteKind
 from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
 from pbx.events import (
     CallAnswered,
     CallEnded,
     CallHeld,
+    CallParked,
+    CallPickedUp,
+    CallRetrieved,
     CallRinging,
     CallStarted,
     CallTransferred,
     EventBus,
 )
+from pbx.parking import ParkingLot
 from pbx.registrar import Registrar, peer_for_binding
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
-from pbx.sip.digest import Verdict, parse_credentials
+from pbx.sip.digest import DigestClient, Verdict, parse_credentials
 from pbx.sip.message import (
     Method,
     Request,
@@ -57,9 +77,10 @@ from pbx.sip.offer_answer import (
     LocalSession,
     MediaParameters,
     answer,
+    common_codecs,
     mirror,
-    parameters_from_answer,
 )
+from pbx.sip.replaces import Replaces, parse_replaces, replaces_in_uri
 from pbx.sip.sdp import Direction, SessionDescription, parse_sdp
 from pbx.sip.session_timer import (
     SESSION_INTERVAL_TOO_SMALL,
@@ -71,23 +92,52 @@ from pbx.sip.session_timer import (
     retry_interval,
     timer_from_response,
 )
-from pbx.sip.uri import SipUri, parse_name_addr, parse_uri
-from pbx.store import Binding
+from pbx.sip.uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri, quote
+from pbx.trunk import TrunkManager, answer_challenge, request_uri, uri_user
 
 log = logging.getLogger("pbx.calls")
 
 SDP = "application/sdp"
 SHUTDOWN_GRACE = 2.0  # seconds the phones get to answer our BYEs when the exchange stops
 ALLOW = "INVITE, ACK, CANCEL, BYE, REFER, NOTIFY, OPTIONS, UPDATE"
-# "replaces" (RFC 3891) is advertised once an INVITE with Replaces is honoured.
-SUPPORTED = "timer"
+SUPPORTED = "timer, replaces"
 GLARE_ATTEMPTS = 3  # our re-INVITE is sent at most this often when each one meets 491
 _HOLD_ADDRESSES = ("0.0.0.0", "::")  # RFC 2543 hold: keep sending where we did
+# What a leg is re-offered when it agreed G.722 and the other side cannot take it.
+G711 = ("PCMU", "PCMA", "telephone-event")
+_CALL_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
 
 
 def glare_delay(owns_call_id: bool) -> float:
     """RFC 3261 §14.1: after a 491 the Call-ID's owner waits 2.1-4 s, the other 0-2 s."""
     return random.uniform(2.1, 4.0) if owns_call_id else random.uniform(0.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one INVITE of ours goes: a registered contact of an extension, or a trunk."""
+
+    party: str
+    """Who answers there: the extension, or the number dialled out."""
+    uri: Uri
+    """The Request-URI."""
+    to: str
+    """The To URI."""
+    peer: Peer
+    trunk: TrunkConfig | None = None
+    caller_id: str | None = None
+    """For a trunk: the number we present (From user and P-Asserted-Identity)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """Parties rung together: every member of a simultaneous ring group, or one member of
+    an in-order group for `timeout` seconds (None: until the call's ring timeout)."""
+
+    parties: tuple[str, ...]
+    timeout: float | None = None
+    trunk: Route | None = None
+    """A trunk route: one INVITE to the provider instead of registered contacts."""
 
 
 @dataclass(eq=False)
@@ -99,6 +149,9 @@ class Leg:
     media: MediaEndpoint
     session: LocalSession  # our SDP toward this phone
     owns_call_id: bool  # we chose the dialog's Call-ID (our INVITE): the longer glare wait
+    owner: str = ""  # id of the call whose media this is (a leg can move to another call)
+    party: str = ""  # the extension or outside number on this leg
+    trunk: TrunkConfig | None = None  # the trunk this leg runs over, if any
     peer: Peer | None = None
     dialog: Dialog | None = None
     allow: frozenset[str] = frozenset()  # methods the phone accepts (its Allow)
@@ -114,12 +167,32 @@ class Leg:
 
 @dataclass(eq=False)
 class Fork:
-    """One INVITE of ours to one contact of the callee (or to a transfer target)."""
+    """One INVITE of ours to one target (a contact of the callee, a transfer target...)."""
 
     request: Request
-    peer: Peer
+    target: Target
     dialog: Dialog | None = None
     final: int | None = None
+    timed_out: bool = False  # cancelled because its member's time in a ring group was up
+    digest: DigestClient | None = None  # a trunk's credentials, nonce-counts for this dialog
+
+    @property
+    def peer(self) -> Peer:
+        return self.target.peer
+
+
+@dataclass(eq=False)
+class Ringing:
+    """One attempt to reach a destination: its forks, and the one that answered."""
+
+    offer: SessionDescription
+    forks: list[Fork] = field(default_factory=list)
+    winner: Fork | None = None
+    answer: Response | None = None  # the winner's 2xx
+    over: bool = False  # cancelled, timed out or picked up: no new forks or retries
+
+    def pending(self) -> list[Fork]:
+        return [f for f in self.forks if f.final is None]
 
 
 @dataclass(eq=False)
@@ -129,28 +202,40 @@ class Call:
     a_tag: str
     a: Leg
     b: Leg
-    offer_to_b: SessionDescription
+    ringing: Ringing
     a_offer: SessionDescription | None  # None: a late offer (RFC 3261 §13.2.1)
     max_forwards: int  # for our INVITEs of this call
+    route: Route
     a_answer: Answer | None = None  # our one answer to a_offer (183 and 200 carry the same)
-    forks: list[Fork] = field(default_factory=list)
-    winner: Fork | None = None
-    ringing_over: bool = False  # cancelled or timed out: no new forks or retries
+    attempts: list[Ringing] = field(default_factory=list)  # ringings under way (transfers)
     bridge: Bridge | None = None
     transcode: tuple[str, str] | None = None
+    renegotiating: bool = False  # a G.722 leg is being re-offered G.711 for the other side
     answered: bool = False
     ended: bool = False
     caller: str = ""
+    caller_name: str = ""
     callee: str = ""
+    dialled: str = ""
+    trunk: str = ""  # the trunk the call came in on or went out through
+    answered_by: str = ""
+    parties: list[str] = field(default_factory=list)
     started: float = 0.0
     answered_at: float | None = None
     status: int = 0  # the final status the caller got
     cause: str = ""
     hangup_by: str = "system"
     held: bool = False
+    slot: str | None = None  # parked in this slot
+    parked_leg: Leg | None = None  # the side whose phone left when the call was parked
+    parked_by: str = ""
+    park_handle: asyncio.TimerHandle | None = None
 
     def other(self, leg: Leg) -> Leg:
         return self.b if leg is self.a else self.a
+
+    def legs(self) -> tuple[Leg, Leg]:
+        return self.a, self.b
 
 
 class CallManager:
@@ -162,6 +247,8 @@ class CallManager:
         pool: PortPool,
         events: EventBus | None = None,
         clock: Callable[[], float] = time.time,
+        dialplan: Dialplan | None = None,
+        trunks: TrunkManager | None = None,
     ) -> None:
         self.events = events or EventBus()
         self.clock = clock
@@ -169,6 +256,9 @@ class CallManager:
         self.endpoint = endpoint
         self.registrar = registrar
         self.pool = pool
+        self.dialplan = dialplan or Dialplan(config, lambda ext: ext in registrar.users)
+        self.trunks = trunks
+        self.parking = ParkingLot(config.dialplan.slots)
         self.glare_delay: Callable[[bool], float] = glare_delay
         self.timer_unit = 1.0  # real seconds per session-timer second (tests shrink it)
         self.calls: dict[str, Call] = {}
@@ -228,10 +318,11 @@ class CallManager:
         for task in list(self._tasks):
             task.cancel()
 
-    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
@@ -241,7 +332,7 @@ class CallManager:
     # a new call
 
     def _new_call(self, request: Request, peer: Peer) -> None:
-        """Decide at once what can be decided at once (hops, loops, auth, target, offer,
+        """Decide at once what can be decided at once (hops, loops, auth, route, offer,
         session timer): the caller gets its 483/482/407/404/480/488/422 or 100 Trying
         before anything else it sent is answered."""
         if request.max_forwards == 0:
@@ -250,17 +341,16 @@ class CallManager:
         if self._is_loop(request):
             self._reply(request, SipStatus.LOOP_DETECTED)
             return
-        caller = self._authenticate(request, peer)
-        if caller is None:
-            return
-        target = request.uri.user if isinstance(request.uri, SipUri) else None
-        if not target or target not in self.registrar.users:
-            self._reply(request, SipStatus.NOT_FOUND)
-            return
-        contacts = self.registrar.contacts(target)
-        if not contacts:
-            self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
-            return
+        trunk = self.trunks.trunk_for(peer) if self.trunks is not None else None
+        if trunk is not None:
+            caller, caller_name = _outside_caller(request)
+        else:
+            authenticated = self._authenticate(request, peer)
+            if authenticated is None:
+                return
+            caller = authenticated
+            user = self.registrar.users.get(caller)
+            caller_name = user.name if user is not None else ""
         offer = None
         if request.body:
             try:
@@ -274,8 +364,58 @@ class CallManager:
         if isinstance(timer, TooBrief):
             self._too_brief(request, timer)
             return
+        if request.header("Replaces") is not None:
+            self._replacing_invite(request, peer, caller, offer, timer)
+            return
+        dialled = _dialled(request.uri)
+        if trunk is not None and dialled in ("", trunk.username):
+            # Sent to our registration's Contact: the number called is in To.
+            dialled = _dialled(request.to.uri) or dialled
+        route = self.dialplan.route(CallRequest(caller, dialled, trunk.name if trunk else None))
+        log.info("call from %s to %s: %s", caller, dialled, route.reason)
+        kind = route.kind
+        if kind is RouteKind.UNKNOWN:
+            if route.emergency:
+                self._reply(request, SipStatus.SERVICE_UNAVAILABLE, reason="No Emergency Trunk")
+            else:
+                self._reply(request, SipStatus.NOT_FOUND)
+            return
+        if kind in (RouteKind.PICKUP, RouteKind.DIRECTED_PICKUP):
+            ringing = self._ringing_call(route, caller)
+            if ringing is None:
+                self._reply(request, SipStatus.NOT_FOUND, reason="Nothing To Pick Up")
+                return
+            self._reply(request, SipStatus.TRYING)
+            self._spawn(self._pick_up(ringing, request, peer, caller, offer, timer))
+            return
+        if kind is RouteKind.PARK_SLOT:
+            call_id = self.parking.call_in(route.number)
+            parked = self.calls.get(call_id or "")
+            if parked is None:
+                self._reply(request, SipStatus.NOT_FOUND, reason="Nothing Parked There")
+                return
+            self._reply(request, SipStatus.TRYING)
+            self._spawn(self._retrieve(parked, request, peer, caller, offer, timer))
+            return
+        if kind is RouteKind.PARK:
+            # Parking takes a call to park: a blind transfer to this number does it.
+            self._reply(request, SipStatus.FORBIDDEN, reason="Transfer A Call Here To Park It")
+            return
+        if kind is RouteKind.TRUNK:
+            assert route.trunk is not None
+            if self.trunks is None or self.trunks.peer_for(route.trunk) is None:
+                log.error("call %s -> %s: trunk %s has no address or listener to use",
+                          caller, dialled, route.trunk.name)  # fmt: skip
+                self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
+                return
+        elif not any(self.registrar.contacts(m) for m in route.members):
+            self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
+            return
         self._reply(request, SipStatus.TRYING)
-        self._spawn(self._place_call(request, peer, caller, target, contacts, offer, timer))
+        self._spawn(
+            self._place_call(request, peer, caller, caller_name, dialled, route, trunk, offer,
+                             timer)
+        )  # fmt: skip
 
     def _is_loop(self, request: Request) -> bool:
         """Our own INVITE come back (RFC 3261 §8.2.2.2 in spirit): its Call-ID or a Via
@@ -287,58 +427,88 @@ class CallManager:
             for via in request.vias
         )
 
+    async def _open_legs(self, request: Request) -> tuple[MediaEndpoint, MediaEndpoint] | None:
+        address = self.config.rtp.address
+        try:
+            a_media = await MediaEndpoint.open(self.pool, address)
+        except MediaError as exc:
+            log.error("no media ports for a call: %s", exc)
+            self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
+            return None
+        try:
+            b_media = await MediaEndpoint.open(self.pool, address)
+        except MediaError as exc:
+            a_media.close()
+            log.error("no media ports for a call: %s", exc)
+            self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
+            return None
+        return a_media, b_media
+
     async def _place_call(
         self,
         request: Request,
         peer: Peer,
         caller: str,
-        target: str,
-        contacts: list[Binding],
+        caller_name: str,
+        dialled: str,
+        route: Route,
+        from_trunk: TrunkConfig | None,
         offer: SessionDescription | None,
         timer: SessionTimer | None,
     ) -> None:
-        address = self.config.rtp.address
-        try:
-            a_media = await MediaEndpoint.open(self.pool, address)
-            b_media = await MediaEndpoint.open(self.pool, address)
-        except MediaError as exc:
-            log.error("no media ports for a call from %s: %s", caller, exc)
-            self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
+        media = await self._open_legs(request)
+        if media is None:
             return
-        a = Leg("caller", a_media, _session(address, a_media), owns_call_id=False, peer=peer,
+        address = self.config.rtp.address
+        call_id = os.urandom(6).hex()
+        a = Leg("caller", media[0], _session(address, media[0]), owns_call_id=False,
+                owner=call_id, party=caller, trunk=from_trunk, peer=peer,
                 allow=_allow_of(request), timer=timer)  # fmt: skip
-        b = Leg("callee", b_media, _session(address, b_media), owns_call_id=True)
+        b = Leg("callee", media[1], _session(address, media[1]), owns_call_id=True,
+                owner=call_id, trunk=route.trunk)  # fmt: skip
         hops = request.max_forwards
+        trunk_name = from_trunk.name if from_trunk else route.trunk.name if route.trunk else ""
         call = Call(
-            id=os.urandom(6).hex(),
+            id=call_id,
             a_request=request,
             a_tag=new_tag(),
             a=a,
             b=b,
-            offer_to_b=b.session.offer(),
+            ringing=Ringing(b.session.offer(codecs=_codecs_like(offer))),
             a_offer=offer,
             max_forwards=self.max_forwards if hops is None else min(hops - 1, self.max_forwards),
+            route=route,
             caller=caller,
-            callee=target,
+            caller_name=caller_name,
+            callee=route.number or dialled,
+            dialled=dialled,
+            trunk=trunk_name,
+            parties=[caller],
             started=self.clock(),
         )
         self.calls[call.id] = call
-        self.events.publish(CallStarted(call.started, call.id, caller, target))
+        self.events.publish(
+            CallStarted(call.started, call.id, caller, call.callee, dialled=dialled,
+                        route=route.kind.value, trunk=trunk_name)
+        )  # fmt: skip
         self._by_branch[request.vias[0].branch or ""] = call
-        log.info("call %s: %s -> %s (%d contacts)", call.id, caller, target, len(contacts))
-        forks = [self._fork(call, caller, target, b) for b in contacts]
+        log.info("call %s: %s -> %s (%s)", call.id, caller, call.callee, route.reason)
         timeout = asyncio.get_running_loop().call_later(
             self.config.calls.ring_timeout, self._ring_timeout, call
         )
         try:
-            results = await asyncio.gather(*forks, return_exceptions=True)
+            statuses = await self._ring(
+                call, call.ringing, _waves(route), caller, caller_name, call.callee,
+                on_provisional=lambda _fork, response: self._provisional(call, response),
+                on_won=lambda fork, response: self._callee_won(call, fork, response),
+            )  # fmt: skip
         finally:
             timeout.cancel()
-        if call.winner is None and not call.ended:
-            statuses = [r for r in results if isinstance(r, int)]
-            status = min(statuses, key=_failure_rank) if statuses else 408
-            if call.cause == "ring timeout":
+        if call.ringing.winner is None and not call.ended:
+            status = _outcome(call.ringing, statuses)
+            if call.cause == "ring timeout" or status == SipStatus.TEMPORARILY_UNAVAILABLE:
                 status = SipStatus.TEMPORARILY_UNAVAILABLE
+                call.cause = call.cause or "no answer"
             self._reply(call.a_request, status, tag=call.a_tag)
             call.status, call.cause = status, call.cause or f"callee answered {status}"
             await self._release(call)
@@ -372,37 +542,131 @@ class CallManager:
         self._reply(request, SipStatus.PROXY_AUTHENTICATION_REQUIRED, headers=headers,
                     tag=new_tag())  # fmt: skip
 
-    async def _fork(self, call: Call, caller: str, target: str, binding: Binding) -> int:
-        peer = peer_for_binding(binding)
-        fork = Fork(self._invite_for(call, binding, peer, caller, target, call.offer_to_b), peer)
-        call.forks.append(fork)
-        final = await self._invite(
-            fork,
-            lambda response: self._b_response(call, fork, response),
-            lambda: not call.ended and not call.ringing_over,
-        )
+    # ringing a destination
+
+    def _targets(self, wave: Wave, to_user: str) -> list[Target]:
+        """Where the wave's INVITEs go, looked up when it starts (a member may have
+        registered or gone since the call began). Toward phones, To names `to_user` (what
+        was dialled: a ring group member sees the group's number)."""
+        if wave.trunk is not None:
+            route = wave.trunk
+            trunk = route.trunk
+            peer = self.trunks.peer_for(trunk) if self.trunks and trunk else None
+            if trunk is None or peer is None:
+                return []
+            base = request_uri(trunk)
+            uri = replace(base, user=uri_user(route.number))
+            return [Target(route.number, uri, str(uri), peer, trunk, route.caller_id)]
+        targets = []
+        for party in wave.parties:
+            for binding in self.registrar.contacts(party):
+                peer = peer_for_binding(binding)
+                host = _host(peer)
+                targets.append(
+                    Target(party, parse_uri(binding.contact), f"sip:{to_user}@{host}", peer)
+                )
+        return targets
+
+    async def _ring(
+        self,
+        call: Call,
+        ringing: Ringing,
+        waves: list[Wave],
+        from_user: str,
+        from_name: str,
+        to_user: str,
+        on_provisional: Callable[[Fork, Response], None] | None,
+        on_won: Callable[[Fork, Response], None],
+    ) -> list[int]:
+        """INVITE each wave's targets in turn until one answers; the final statuses."""
+
+        def go_on() -> bool:
+            return not call.ended and not ringing.over and ringing.winner is None
+
+        tasks: list[asyncio.Task[int]] = []
+        for wave in waves:
+            if not go_on():
+                break
+            forks = [
+                Fork(self._invite_for(call, target, from_user, from_name, ringing.offer), target)
+                for target in self._targets(wave, to_user)
+            ]
+            if not forks:
+                continue
+            ringing.forks.extend(forks)
+            started = [
+                asyncio.ensure_future(self._fork(ringing, fork, go_on, on_provisional, on_won))
+                for fork in forks
+            ]
+            tasks.extend(started)
+            _, pending = await asyncio.wait(started, timeout=wave.timeout)
+            if pending and go_on():
+                # This member's time is up: stop its phones and ring the next member.
+                for fork in forks:
+                    if fork.final is None:
+                        fork.timed_out = True
+                        self._spawn(self._cancel(fork))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return [r for r in results if isinstance(r, int)]
+
+    async def _fork(
+        self,
+        ringing: Ringing,
+        fork: Fork,
+        go_on: Callable[[], bool],
+        on_provisional: Callable[[Fork, Response], None] | None,
+        on_won: Callable[[Fork, Response], None],
+    ) -> int:
+        def on_response(response: Response) -> None:
+            self._fork_response(ringing, fork, response, on_provisional, on_won)
+
+        try:
+            if fork.target.trunk is not None and self.trunks is not None:
+                await self.trunks.connect(fork.peer)
+            final = await self._invite(fork, on_response, go_on)
+        except PbxError as exc:
+            log.info("INVITE to %s (%s) failed: %s", fork.target.party, fork.peer, exc)
+            status = getattr(exc, "status", SipStatus.REQUEST_TIMEOUT)
+            fork.final = int(status)
+            return fork.final
         return final.status
 
     async def _invite(
         self, fork: Fork, on_response: Callable[[Response], None], go_on: Callable[[], bool]
     ) -> Response:
-        """Send the fork's INVITE; after a 422 (RFC 4028 §7.4), again with the interval the
-        phone asked for while `go_on()` says the call still wants it."""
+        """Send the fork's INVITE; again with the interval the phone asked for after a
+        422 (RFC 4028 §7.4), or with the trunk's credentials after a 401/407 (RFC 3261
+        §22.2), while `go_on()` says the call still wants it."""
         while True:
             final = await self.endpoint.invite(fork.request, fork.peer, on_response)
-            interval = None
+            again = None
             if final.status == SESSION_INTERVAL_TOO_SMALL and go_on():
                 interval = retry_interval(fork.request, final)
-            if interval is None:
+                again = _retried(fork.request, interval) if interval is not None else None
+            elif final.status in (401, 407) and fork.target.trunk is not None and go_on():
+                trunk = fork.target.trunk
+                fork.digest = fork.digest or DigestClient(trunk.username, trunk.password)
+                again = answer_challenge(fork.request, final, trunk, fork.digest)
+                if again is None:
+                    log.warning("trunk %s refused our credentials for a call (%d)",
+                                trunk.name, final.status)  # fmt: skip
+            if again is None:
                 fork.final = final.status
                 return final
-            fork.request = _retried(fork.request, interval)
+            fork.request = again
 
-    def _b_response(self, call: Call, fork: Fork, response: Response) -> None:
+    def _fork_response(
+        self,
+        ringing: Ringing,
+        fork: Fork,
+        response: Response,
+        on_provisional: Callable[[Fork, Response], None] | None,
+        on_won: Callable[[Fork, Response], None],
+    ) -> None:
         status = response.status
         if status < 200:
-            if status in (180, 183) and not call.answered and not call.ended:
-                self._provisional(call, response)
+            if on_provisional is not None and ringing.winner is None and not ringing.over:
+                on_provisional(fork, response)
             return
         if status >= 300:
             return
@@ -414,28 +678,40 @@ class CallManager:
         if fork.dialog is not None:
             return  # a retransmission: ACKed again above
         fork.dialog = dialog
-        if call.winner is not None or call.ended:
+        if ringing.winner is not None or ringing.over:
             self._spawn(self._bye(dialog, fork.peer))  # another fork won, or it is all over
             return
-        call.winner = fork
-        call.b.dialog, call.b.peer, call.b.allow = dialog, fork.peer, _allow_of(response)
-        self._by_dialog[dialog.id] = (call, call.b)
-        for other in call.forks:
+        ringing.winner, ringing.answer = fork, response
+        for other in ringing.forks:
             if other is not fork and other.final is None:
                 self._spawn(self._cancel(other))
+        on_won(fork, response)
+
+    def _callee_won(self, call: Call, fork: Fork, response: Response) -> None:
+        b = call.b
+        assert fork.dialog is not None
+        b.dialog, b.peer, b.allow = fork.dialog, fork.peer, _allow_of(response)
+        b.party, b.trunk = fork.target.party, fork.target.trunk
+        self._by_dialog[fork.dialog.id] = (call, b)
         self._spawn(self._answer_a(call, response))
 
     def _provisional(self, call: Call, response: Response) -> None:
         """Relay 180/183 to the caller. A 183 with SDP is early media (RFC 3960): the caller
         gets our answer at once and the bridge runs, so it hears the callee's tones."""
+        if response.status not in (180, 183) or call.answered or call.ended:
+            return
         if response.status == 183 and response.body and call.a_offer is not None:
             try:
-                b_params = parameters_from_answer(call.offer_to_b, parse_sdp(response.body))
-                a_answer = self._answer_caller(call)
+                b_params = call.b.session.answered(call.ringing.offer, parse_sdp(response.body))
             except RemoteProtocolError as exc:
                 log.info("call %s: unusable SDP in the callee's 183: %s", call.id, exc)
             else:
                 self._set_params(call.b, b_params)
+                try:
+                    a_answer = self._answer_caller(call)
+                except RemoteProtocolError as exc:
+                    log.info("call %s: no early media: %s", call.id, exc)
+                    return
                 if self._connect(call):
                     progress = build_response(
                         call.a_request, 183, body=a_answer.sdp.encode(), to_tag=call.a_tag,
@@ -449,19 +725,19 @@ class CallManager:
 
     def _answer_caller(self, call: Call) -> Answer:
         """Our one answer to the caller's offer: a 183 and the 200 carry the same SDP, since
-        an offer gets one answer (RFC 3264 §4)."""
+        an offer gets one answer (RFC 3264 §4). It prefers the codec the callee chose."""
         assert call.a_offer is not None
         if call.a_answer is None:
-            call.a_answer = call.a.session.answer(call.a_offer)
+            prefer = call.b.params.codec if call.b.params is not None else None
+            call.a_answer = call.a.session.answer(call.a_offer, prefer=prefer)
             self._set_params(call.a, call.a_answer.parameters)
         return call.a_answer
 
     async def _answer_a(self, call: Call, b_answer: Response) -> None:
         try:
-            b_params = parameters_from_answer(call.offer_to_b, parse_sdp(b_answer.body))
-            a_sdp = self._answer_caller(call).sdp if call.a_offer is not None else None
+            b_params = call.b.session.answered(call.ringing.offer, parse_sdp(b_answer.body))
         except RemoteProtocolError as exc:
-            log.warning("call %s: media negotiation failed: %s", call.id, exc)
+            log.warning("call %s: media negotiation with the callee failed: %s", call.id, exc)
             call.status = SipStatus.NOT_ACCEPTABLE_HERE
             self._reply(call.a_request, call.status, tag=call.a_tag)
             await self._hang_up(call, "negotiation")
@@ -469,21 +745,29 @@ class CallManager:
         self._set_params(call.b, b_params)
         with contextlib.suppress(RemoteProtocolError):
             call.b.timer = timer_from_response(b_answer)
+        call.answered_by = call.b.party
+        call.parties.append(call.b.party)
+        await self._complete_a(call)
+
+    async def _complete_a(self, call: Call) -> None:
+        """The called side is up: answer the caller (our 200, then its ACK)."""
         our_offer = None
+        try:
+            a_sdp = self._answer_caller(call).sdp if call.a_offer is not None else None
+        except RemoteProtocolError as exc:
+            log.warning("call %s: media negotiation with the caller failed: %s", call.id, exc)
+            call.status = SipStatus.NOT_ACCEPTABLE_HERE
+            self._reply(call.a_request, call.status, tag=call.a_tag)
+            await self._hang_up(call, "negotiation")
+            return
         if a_sdp is None:
             # Late offer: our 200 offers, the caller's ACK answers (RFC 3261 §13.2.1).
-            our_offer = a_sdp = call.a.session.offer()
+            b_codec = call.b.params.codec if call.b.params is not None else None
+            our_offer = a_sdp = call.a.session.offer(codecs=_codecs_after(b_codec))
         if not self._connect(call):
             return
-        timeout = self.config.rtp.inactivity_timeout
-        if timeout > 0:
-            # Counted from the answer: a phone that vanished (power cut, lost network)
-            # sends no BYE; silence on its RTP is how the call learns it is over.
-            for leg in (call.a, call.b):
-                leg.media.on_inactive = lambda _m, c=call: self._spawn(
-                    self._hang_up(c, "no RTP (inactivity timeout)")
-                )
-                leg.media.set_inactivity(timeout)
+        for leg in call.legs():
+            self._watch(call, leg)
         ok = self._ok(call.a_request, call.a, a_sdp, to_tag=call.a_tag)
         call.answered = True
         call.answered_at = self.clock()
@@ -492,7 +776,7 @@ class CallManager:
         call.a.dialog = Dialog.from_uas(call.a_request, ok)
         self._by_dialog[call.a.dialog.id] = (call, call.a)
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
-        log.info("call %s answered", call.id)
+        log.info("call %s answered by %s", call.id, call.answered_by)
         ack = await self._send_2xx_until_acked(call, call.a, call.a_request, ok)
         if ack is None:
             log.warning("call %s: no ACK for the 200; hanging up", call.id)
@@ -502,6 +786,19 @@ class CallManager:
             return
         self._arm(call, call.a)
         self._arm(call, call.b)
+
+    def _watch(self, call: Call, leg: Leg) -> None:
+        """RTP inactivity on the leg's media hangs `call` up: a phone that vanished (power
+        cut, lost network) sends no BYE, and silence on its RTP is how the call learns."""
+        timeout = self.config.rtp.inactivity_timeout
+        if timeout <= 0:
+            return
+
+        def inactive(_media: MediaEndpoint) -> None:
+            self._spawn(self._hang_up(call, "no RTP (inactivity timeout)"))
+
+        leg.media.on_inactive = inactive
+        leg.media.set_inactivity(None if call.held else timeout)
 
     async def _send_2xx_until_acked(
         self, call: Call, leg: Leg, request: Request, ok: Response
@@ -527,51 +824,286 @@ class CallManager:
             leg.acks.pop(cseq, None)
         return acked.result() if acked.done() else None
 
-    def _take_answer(self, call: Call, leg: Leg, offer: SessionDescription, ack: Request) -> bool:
+    def _take_answer(
+        self, call: Call, leg: Leg, offer: SessionDescription, ack: Request,
+        new_party: bool = False,
+    ) -> bool:  # fmt: skip
         """The answer to our offer in a 2xx arrives in the ACK; without a usable one the
         session cannot go on (RFC 3261 §13.3.1.4): the call ends with BYE."""
         try:
-            params = parameters_from_answer(offer, parse_sdp(ack.body))
+            params = leg.session.answered(offer, parse_sdp(ack.body))
         except RemoteProtocolError as exc:
             log.warning("call %s: the %s's ACK has no usable answer: %s", call.id, leg.role, exc)
             self._spawn(self._hang_up(call, "no usable answer in the ACK"))
             return False
-        self._set_params(leg, params)
+        self._set_params(leg, params, new_party)
         return self._connect(call)
 
     def _set_params(self, leg: Leg, params: MediaParameters, new_party: bool = False) -> None:
         leg.params = params
         if params.remote_address not in _HOLD_ADDRESSES:
-            leg.media.set_remote((params.remote_address, params.remote_port), new_party=new_party)
+            address = params.remote_address
+            leg.media.set_remote(
+                (address, params.remote_port),
+                new_party=new_party,
+                rtcp=(address, params.remote_rtcp_port),
+            )
 
     def _connect(self, call: Call) -> bool:
-        """(Re)build the bridge once both legs agreed a codec; False if the call had to end."""
+        """(Re)build the bridge once both legs agreed a codec; False if the call had to end.
+
+        A leg on G.722 facing one on G.711 cannot be bridged (we relay G.722, never decode
+        it): that leg is re-offered G.711 and the bridge is built once it agrees."""
         a, b = call.a.params, call.b.params
-        if a is None or b is None:
+        if a is None or b is None or call.slot is not None:
             return True
         transcode = None if a.codec.upper() == b.codec.upper() else (a.codec, b.codec)
         if call.bridge is not None and transcode == call.transcode:
             return True
         if call.bridge is not None:
             call.bridge.close()
+            call.bridge = None
         try:
             call.bridge = Bridge(call.a.media, call.b.media, transcode)
         except MediaError as exc:
+            relayed_only = [
+                leg for leg in call.legs()
+                if leg.session.passthrough is not None and leg.dialog is not None
+            ]  # fmt: skip
+            if relayed_only and not call.renegotiating:
+                leg = relayed_only[0]
+                log.info("call %s: %s; offering the %s G.711", call.id, exc, leg.role)
+                call.renegotiating = True
+                self._spawn(self._offer(call, leg, codecs=G711))
+                return True
             log.warning("call %s: %s", call.id, exc)
-            call.bridge = None
             self._spawn(self._hang_up(call, "no common codec"))
             return False
         call.transcode = transcode
+        call.renegotiating = False
         return True
 
     def _ring_timeout(self, call: Call) -> None:
-        if call.winner is not None or call.ended:
+        if call.ringing.winner is not None or call.ended:
             return
         call.cause = "ring timeout"
-        call.ringing_over = True
-        for fork in call.forks:
-            if fork.final is None:
-                self._spawn(self._cancel(fork))
+        call.ringing.over = True
+        for fork in call.ringing.pending():
+            self._spawn(self._cancel(fork))
+
+    # pickup, park and taking over a leg
+
+    def _ringing_call(self, route: Route, picker: str) -> Call | None:
+        """The call that `picker` picks up: for directed pickup the one ringing at
+        route.number, for group pickup the longest ringing at any other extension."""
+        for call in sorted(self.calls.values(), key=lambda c: c.started):
+            ringing = call.ringing
+            if call.answered or call.ended or ringing.winner is not None or ringing.over:
+                continue
+            at = {f.target.party for f in ringing.pending() if f.target.trunk is None}
+            if route.kind is RouteKind.DIRECTED_PICKUP:
+                if route.number in at:
+                    return call
+            elif at - {picker} and call.caller != picker:
+                return call
+        return None
+
+    async def _pick_up(
+        self, call: Call, request: Request, peer: Peer, picker: str,
+        offer: SessionDescription | None, timer: SessionTimer | None,
+    ) -> None:  # fmt: skip
+        """Answer a ringing call at `picker`'s phone: the phones it rang are cancelled, the
+        picker's INVITE is answered on the callee's side and the caller gets its 200."""
+        ringing = call.ringing
+        if call.answered or call.ended or ringing.winner is not None or ringing.over:
+            self._reply(request, SipStatus.NOT_FOUND, reason="Nothing To Pick Up")
+            return
+        ringing.over = True
+        ringing.winner = Fork(request, Target(picker, request.uri, str(request.uri), peer))
+        for fork in ringing.pending():
+            self._spawn(self._cancel(fork))
+        self.events.publish(
+            CallPickedUp(self.clock(), call.id, call.caller, call.callee, by=picker)
+        )
+        log.info("call %s: picked up by %s", call.id, picker)
+        if not await self._adopt(call, call.b, request, peer, picker, offer, timer):
+            return
+        call.answered_by = picker
+        call.parties.append(picker)
+        await self._complete_a(call)
+
+    async def _adopt(
+        self, call: Call, leg: Leg, request: Request, peer: Peer, party: str,
+        offer: SessionDescription | None, timer: SessionTimer | None,
+    ) -> bool:  # fmt: skip
+        """Answer `request`, a phone's INVITE, on `leg`: that phone becomes this side of
+        the call (pickup, retrieving a parked call, INVITE with Replaces). The phone the
+        leg had before, if any, is sent BYE. False if the call could not go on."""
+        other = call.other(leg)
+        our_offer = None
+        reply = None
+        if offer is not None:
+            try:
+                reply = leg.session.answer(offer, prefer=_preferred(call, other))
+            except RemoteProtocolError:
+                self._reply(request, SipStatus.NOT_ACCEPTABLE_HERE)
+                return False
+            body = reply.sdp
+        else:
+            body = our_offer = leg.session.offer(codecs=_codecs_after(_preferred(call, other)))
+        old_dialog, old_peer = leg.dialog, leg.peer
+        leg.peer, leg.allow, leg.party, leg.trunk = peer, _allow_of(request), party, None
+        leg.timer, leg.owns_call_id, leg.asked = timer, False, Direction.SENDRECV
+        if leg.timer_handle is not None:
+            leg.timer_handle.cancel()
+            leg.timer_handle = None
+        ok = self._ok(request, leg, body, to_tag=new_tag())
+        leg.dialog = Dialog.from_uas(request, ok)
+        self._by_dialog[leg.dialog.id] = (call, leg)
+        if old_dialog is not None:
+            self._by_dialog[old_dialog.id] = (call, None)
+        if reply is not None:
+            self._set_params(leg, reply.parameters, new_party=True)
+            self._connect(call)
+        ack = await self._send_2xx_until_acked(call, leg, request, ok)
+        if ack is None:
+            if not call.ended:
+                log.warning("call %s: no ACK from %s; hanging up", call.id, party)
+                await self._hang_up(call, "no ACK")
+            return False
+        if our_offer is not None and not self._take_answer(call, leg, our_offer, ack, True):
+            return False
+        if old_dialog is not None and old_peer is not None:
+            await self._bye(old_dialog, old_peer)
+        if call.answered:
+            self._arm(call, leg)
+        return True
+
+    async def _park(
+        self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, slot: str
+    ) -> None:
+        """The phone on `leg` parks its party in `slot` and is let go; the party waits
+        (on our media) until the slot is dialled or the park times out."""
+        parked_party = call.other(leg)
+        by = leg.party
+        await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
+        if call.ended:
+            self.parking.release(call.id)
+            return
+        if call.bridge is not None:
+            call.bridge.close()
+            call.bridge = None
+        call.slot, call.parked_leg, call.parked_by = slot, leg, by
+        self._by_dialog[referrer.id] = (call, None)
+        leg.dialog = leg.peer = None
+        leg.party, leg.timer, leg.params = "", None, None
+        if leg.timer_handle is not None:
+            leg.timer_handle.cancel()
+            leg.timer_handle = None
+        leg.media.set_inactivity(None)
+        leg.media.set_remote(None)
+        leg.asked = Direction.SENDRECV
+        loop = asyncio.get_running_loop()
+        call.park_handle = loop.call_later(
+            self.config.dialplan.park_timeout, lambda: self._spawn(self._park_timed_out(call))
+        )
+        self.events.publish(
+            CallParked(self.clock(), call.id, call.caller, call.callee, slot=slot, by=by)
+        )
+        log.info("call %s: %s parked %s in slot %s", call.id, by, parked_party.party, slot)
+        await self._notify(referrer, referrer_peer, f"SIP/2.0 200 Parked In {slot}", final=True)
+        if referrer.state is not DialogState.TERMINATED:
+            await self._bye(referrer, referrer_peer)
+        if call.held:
+            # The parker held its party before transferring: the party waits off hold.
+            call.held = False
+            self._watch(call, parked_party)
+            await self._offer(call, parked_party)
+
+    def _unpark(self, call: Call) -> Leg | None:
+        """Take the call out of its slot; the leg to put a phone on again."""
+        if call.park_handle is not None:
+            call.park_handle.cancel()
+            call.park_handle = None
+        self.parking.release(call.id)
+        leg = call.parked_leg
+        call.slot = call.parked_leg = None
+        return leg
+
+    async def _retrieve(
+        self, call: Call, request: Request, peer: Peer, party: str,
+        offer: SessionDescription | None, timer: SessionTimer | None,
+    ) -> None:  # fmt: skip
+        """`party` dialled the slot `call` waits in: its phone takes the parked leg."""
+        slot = call.slot or ""
+        leg = self._unpark(call)
+        if leg is None or call.ended:
+            self._reply(request, SipStatus.NOT_FOUND, reason="Nothing Parked There")
+            return
+        self.events.publish(
+            CallRetrieved(self.clock(), call.id, call.caller, call.callee, slot=slot, by=party)
+        )
+        log.info("call %s: retrieved from slot %s by %s", call.id, slot, party)
+        if await self._adopt(call, leg, request, peer, party, offer, timer):
+            call.parties.append(party)
+            self._connect(call)
+            self._watch(call, leg)
+
+    async def _park_timed_out(self, call: Call) -> None:
+        """Nobody came for the parked call: ring the phone that parked it."""
+        if call.ended or call.slot is None:
+            return
+        slot, by = call.slot, call.parked_by
+        leg = self._unpark(call)
+        assert leg is not None
+        self.events.publish(
+            CallRetrieved(self.clock(), call.id, call.caller, call.callee, slot=slot, by=by,
+                          timed_out=True)
+        )  # fmt: skip
+        log.info("call %s: park timeout in slot %s; ringing %s", call.id, slot, by)
+        route = self.dialplan.route(CallRequest(call.other(leg).party, by))
+        if route.kind not in _CALL_ROUTES or not await self._bring_in(call, leg, route, by):
+            await self._hang_up(call, "park timeout, nobody answered")
+
+    def _replacing_invite(
+        self, request: Request, peer: Peer, party: str, offer: SessionDescription | None,
+        timer: SessionTimer | None,
+    ) -> None:  # fmt: skip
+        """An INVITE with Replaces (RFC 3891 §3): the phone takes over the leg of ours it
+        names, and the phone that had it is sent BYE."""
+        try:
+            replaces = parse_replaces(request.header("Replaces") or "")
+        except RemoteProtocolError:
+            self._reply(request, SipStatus.BAD_REQUEST, reason="Bad Replaces")
+            return
+        found = self._leg_of(replaces)
+        if found is None:
+            self._reply(request, SipStatus.CALL_DOES_NOT_EXIST)
+            return
+        call, leg = found
+        if replaces.early_only:
+            self._reply(request, SipStatus.BUSY_HERE)  # §3: the dialog is confirmed
+            return
+        self._reply(request, SipStatus.TRYING)
+
+        async def take_over() -> None:
+            replaced = leg.party
+            if await self._adopt(call, leg, request, peer, party, offer, timer):
+                call.parties.append(party)
+                self._watch(call, leg)
+                self.events.publish(
+                    CallTransferred(self.clock(), call.id, call.caller, call.callee, to=party,
+                                    by=replaced, attended=True)
+                )  # fmt: skip
+
+        self._spawn(take_over())
+
+    def _leg_of(self, replaces: Replaces) -> tuple[Call, Leg] | None:
+        """The leg of an answered call whose dialog `replaces` names."""
+        for dialog_id, (call, leg) in self._by_dialog.items():
+            if leg is not None and call.answered and not call.ended and replaces.matches(dialog_id):
+                return call, leg
+        return None
 
     # in-dialog requests
 
@@ -582,7 +1114,7 @@ class CallManager:
                 acked.set_result(request)
             return
         if leg is None:
-            # The phone that transferred the call: its BYE ends only its own leg.
+            # A phone that handed its side over: its BYE ends only its own part.
             self._reply(request, SipStatus.OK if request.method == Method.BYE else 481)
             if request.method == Method.BYE:
                 self._forget_dialog(request)
@@ -661,7 +1193,7 @@ class CallManager:
         self._arm(call, leg)  # a re-INVITE is a session refresh (RFC 4028 §10)
         if our_offer is not None and not self._take_answer(call, leg, our_offer, ack):
             return
-        if changed:
+        if changed and other.dialog is not None:
             await self._offer(call, other)
 
     def _phone_update(self, call: Call, leg: Leg, request: Request) -> None:
@@ -691,7 +1223,7 @@ class CallManager:
         leg.timer = timer
         self.endpoint.respond(request, self._ok(request, leg, body))
         self._arm(call, leg)
-        if changed:
+        if changed and call.other(leg).dialog is not None:
             self._spawn(self._offer(call, call.other(leg)))
 
     def _phone_offered(self, call: Call, leg: Leg, params: MediaParameters) -> bool:
@@ -703,31 +1235,36 @@ class CallManager:
         leg.asked = asked
         held = asked is not Direction.SENDRECV
         if held != call.held:
-            call.held = held
-            # On hold a phone may send nothing at all: that is not a dead call.
-            timeout = self.config.rtp.inactivity_timeout
-            for media in (call.a.media, call.b.media):
-                media.set_inactivity(None if held or timeout <= 0 else timeout)
-            self.events.publish(
-                CallHeld(self.clock(), call.id, call.caller, call.callee, held=held, by=leg.role)
-            )
+            self._set_held(call, held, leg.role)
         return changed
 
-    async def _offer(self, call: Call, leg: Leg) -> None:
+    def _set_held(self, call: Call, held: bool, by: str) -> None:
+        call.held = held
+        # On hold a phone may send nothing at all: that is not a dead call.
+        timeout = self.config.rtp.inactivity_timeout
+        for leg in call.legs():
+            if leg.dialog is not None:
+                leg.media.set_inactivity(None if held or timeout <= 0 else timeout)
+        self.events.publish(
+            CallHeld(self.clock(), call.id, call.caller, call.callee, held=held, by=by)
+        )
+
+    async def _offer(self, call: Call, leg: Leg, codecs: tuple[str, ...] | None = None) -> None:
         """Re-INVITE one phone with our media and what the other phone asked for (hold and
         resume passed on); after a 491 (glare, RFC 3261 §14.1) again after a random wait."""
         async with leg.offers:
             for _ in range(GLARE_ATTEMPTS):
-                if await self._reinvite(call, leg) != SipStatus.REQUEST_PENDING or call.ended:
+                status = await self._reinvite(call, leg, codecs)
+                if status != SipStatus.REQUEST_PENDING or call.ended:
                     return
                 await asyncio.sleep(self.glare_delay(leg.owns_call_id))
 
-    async def _reinvite(self, call: Call, leg: Leg) -> int:
+    async def _reinvite(self, call: Call, leg: Leg, codecs: tuple[str, ...] | None) -> int:
         """One re-INVITE of ours; its final status (0 if none was sent)."""
         dialog, peer = leg.dialog, leg.peer
         if dialog is None or peer is None or call.ended:
             return 0
-        offer = leg.session.offer(call.other(leg).asked)
+        offer = leg.session.offer(call.other(leg).asked, codecs=codecs)
         local = (peer.local.host, peer.local.port)
         headers = [("Content-Type", SDP), ("Allow", ALLOW), *self._timer_headers(leg)]
         request = dialog.create_request(
@@ -755,12 +1292,17 @@ class CallManager:
             return SipStatus.REQUEST_TIMEOUT
         if 200 <= final.status < 300:
             try:
-                self._set_params(leg, parameters_from_answer(offer, parse_sdp(final.body)))
-                self._connect(call)
+                self._set_params(leg, leg.session.answered(offer, parse_sdp(final.body)))
             except RemoteProtocolError as exc:
                 log.info("call %s: bad answer to our re-INVITE: %s", call.id, exc)
+            self._connect(call)
             self._refreshed(call, leg, final)
         else:
+            if codecs is not None and call.renegotiating:
+                # It would not take G.711 after all: the two sides have nothing in common.
+                call.renegotiating = False
+                await self._hang_up(call, "no common codec")
+                return final.status
             self._arm(call, leg)  # the session goes on; so do its refreshes
         return final.status
 
@@ -791,7 +1333,7 @@ class CallManager:
             leg.timer_handle.cancel()
             leg.timer_handle = None
         timer = leg.timer
-        if timer is None or call.ended:
+        if timer is None or call.ended or leg.dialog is None:
             return
         loop = asyncio.get_running_loop()
         if timer.we_refresh:
@@ -847,82 +1389,203 @@ class CallManager:
     # transfer
 
     def _refer(self, call: Call, leg: Leg, dialog: Dialog, request: Request) -> None:
-        """Blind transfer (RFC 3515): the phone of `leg` hands its party to the Refer-To
-        target. The new phone takes the leg's place and media endpoint; the referrer is
-        told the outcome by NOTIFY (message/sipfrag) and then released with BYE."""
+        """REFER (RFC 3515) from the phone on `leg`: with Replaces in the Refer-To, an
+        attended transfer; to the park number, park; else a blind transfer, routed by the
+        dialplan as if the phone had dialled the target."""
         try:
             refer_to = parse_name_addr(request.header("Refer-To") or "")
+            uri = refer_to.uri
+            replaces = replaces_in_uri(uri) if isinstance(uri, SipUri) else None
         except RemoteProtocolError:
-            self._reply(request, SipStatus.BAD_REQUEST)
+            self._reply(request, SipStatus.BAD_REQUEST, reason="Bad Refer-To")
             return
-        target = refer_to.uri.user if isinstance(refer_to.uri, SipUri) else None
-        contacts = self.registrar.contacts(target) if target in self.registrar.users else []
-        if not target or not contacts:
-            self._reply(request, SipStatus.NOT_FOUND if not contacts else SipStatus.FORBIDDEN)
+        peer = leg.peer
+        if not call.answered or peer is None or call.slot is not None:
+            self._reply(request, SipStatus.FORBIDDEN, reason="Call Not Answered")
+            return
+        if replaces is not None:
+            found = self._leg_of(replaces)
+            if found is None or found[0] is call or found[1].party != leg.party:
+                self._reply(request, SipStatus.CALL_DOES_NOT_EXIST, reason="No Such Call")
+                return
+            self._reply(request, SipStatus.ACCEPTED)
+            self._spawn(self._attended(call, leg, dialog, peer, *found))
+            return
+        target = _dialled(uri)
+        route = self.dialplan.route(CallRequest(leg.party, target))
+        if route.kind is RouteKind.PARK:
+            slot = self.parking.park(call.id)
+            if slot is None:
+                self._reply(request, SipStatus.BUSY_HERE, reason="All Park Slots Taken")
+                return
+            self._reply(request, SipStatus.ACCEPTED)
+            self._spawn(self._park(call, leg, dialog, peer, slot))
+            return
+        if route.kind not in _CALL_ROUTES:
+            self._reply(request, SipStatus.NOT_FOUND if route.kind is RouteKind.UNKNOWN
+                        else SipStatus.FORBIDDEN)  # fmt: skip
+            return
+        if route.kind is not RouteKind.TRUNK and not any(
+            self.registrar.contacts(m) for m in route.members
+        ):
+            self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
             return
         self._reply(request, SipStatus.ACCEPTED)
-        peer = leg.peer or call.a.peer
-        assert peer is not None
-        self._spawn(self._transfer(call, leg, dialog, peer, target, contacts[0]))
+        self._spawn(self._transfer(call, leg, dialog, peer, route))
 
     async def _transfer(
-        self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, target: str,
-        binding: Binding,
-    ) -> None:  # fmt: skip
+        self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, route: Route
+    ) -> None:
+        """Blind transfer: ring the target; when it answers it takes the referrer's place
+        and media endpoint, and the referrer is told (NOTIFY sipfrag) and let go (BYE)."""
         await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
-        offer = leg.session.offer()
-        peer = peer_for_binding(binding)
-        party = call.callee if leg is call.a else call.caller  # who the target will talk to
-        fork = Fork(self._invite_for(call, binding, peer, party, target, offer), peer)
-        answered: list[Dialog] = []
-
-        def on_response(response: Response) -> None:
-            if 200 <= response.status < 300:
-                dialog = answered[0] if answered else Dialog.from_uac(fork.request, response)
-                if not answered:
-                    answered.append(dialog)
-                local = (peer.local.host, peer.local.port)
-                ack = dialog.create_ack(local_address=local, transport=peer.transport.upper())
-                self.endpoint.send(ack.encode(), peer)
-
-        try:
-            final: Response | None = await self._invite(fork, on_response, lambda: not call.ended)
-        except PbxError as exc:
-            final = None
-            log.info("call %s: transfer to %s failed: %s", call.id, target, exc)
-        if final is None or not 200 <= final.status < 300 or not answered or call.ended:
-            status = f"SIP/2.0 {final.status if final else 408} Transfer Failed"
-            await self._notify(referrer, referrer_peer, status, final=True)
-            if answered and call.ended:
-                await self._bye(answered[0], peer)
+        by = leg.party
+        status = await self._bring_in(call, leg, route, by, referrer)
+        if status is True:
+            await self._notify(referrer, referrer_peer, "SIP/2.0 200 OK", final=True)
+            if referrer.state is not DialogState.TERMINATED:
+                await self._bye(referrer, referrer_peer)
             return
+        code = status if isinstance(status, int) and status >= 300 else 408
+        await self._notify(referrer, referrer_peer, f"SIP/2.0 {code} Transfer Failed",
+                           final=True)  # fmt: skip
+
+    async def _bring_in(
+        self, call: Call, leg: Leg, route: Route, by: str, referrer: Dialog | None = None
+    ) -> bool | int:
+        """Ring `route` for `leg`'s side of the call; when it answers, the new phone takes
+        the leg (its dialog and our media endpoint toward it). True when it did, else the
+        final status it gave (0 if the call ended meanwhile)."""
+        party = call.other(leg)
+        codec = party.params.codec if party.params is not None else None
+        ringing = Ringing(leg.session.offer(codecs=_codecs_after(codec)))
+        call.attempts.append(ringing)
+        loop = asyncio.get_running_loop()
+
+        def give_up() -> None:
+            ringing.over = True
+            for fork in ringing.pending():
+                self._spawn(self._cancel(fork))
+
+        timeout = loop.call_later(self.config.calls.ring_timeout, give_up)
         try:
-            params = parameters_from_answer(offer, parse_sdp(final.body))
+            statuses = await self._ring(
+                call,
+                ringing,
+                _waves(route),
+                party.party,
+                party.party,
+                route.number,
+                None,
+                on_won=lambda _fork, _response: None,
+            )
+        finally:
+            timeout.cancel()
+            call.attempts.remove(ringing)
+        fork, final = ringing.winner, ringing.answer
+        if fork is None or final is None or fork.dialog is None or call.ended:
+            return 0 if call.ended else _outcome(ringing, statuses)
+        try:
+            params = leg.session.answered(ringing.offer, parse_sdp(final.body))
             self._set_params(leg, params, new_party=True)
-            self._connect(call)
         except RemoteProtocolError as exc:
-            log.info("call %s: bad answer from the transfer target: %s", call.id, exc)
-        # The new phone takes the referrer's place; the referrer is told and let go.
-        new_dialog = answered[0]
-        self._by_dialog[referrer.id] = (call, None)
-        self._by_dialog[new_dialog.id] = (call, leg)
-        leg.dialog, leg.peer, leg.allow = new_dialog, peer, _allow_of(final)
+            log.info("call %s: bad answer from %s: %s", call.id, fork.target.party, exc)
+        # The new phone takes the leg; whoever had it is told and let go by the caller.
+        if referrer is not None:
+            self._by_dialog[referrer.id] = (call, None)
+        self._by_dialog[fork.dialog.id] = (call, leg)
+        leg.dialog, leg.peer, leg.allow = fork.dialog, fork.peer, _allow_of(final)
+        leg.party, leg.trunk = fork.target.party, fork.target.trunk
         leg.owns_call_id, leg.asked = True, Direction.SENDRECV
         try:
             leg.timer = timer_from_response(final)
         except RemoteProtocolError:
             leg.timer = None
         self._arm(call, leg)
+        self._connect(call)
+        self._watch(call, leg)
+        call.parties.append(leg.party)
         self.events.publish(
-            CallTransferred(self.clock(), call.id, call.caller, call.callee, to=target)
-        )
-        log.info("call %s: transferred to %s", call.id, target)
-        await self._notify(referrer, referrer_peer, "SIP/2.0 200 OK", final=True)
-        if referrer.state is not DialogState.TERMINATED:
-            await self._bye(referrer, referrer_peer)
+            CallTransferred(self.clock(), call.id, call.caller, call.callee, to=leg.party,
+                            by=by)
+        )  # fmt: skip
+        log.info("call %s: %s now talks to %s", call.id, party.party, leg.party)
         if call.held:  # the referrer usually held its party before transferring
-            call.held = False
-            await self._offer(call, call.other(leg))
+            self._set_held(call, False, leg.role)
+            await self._offer(call, party)
+        return True
+
+    async def _attended(
+        self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer,
+        consultation: Call, replaced: Leg,
+    ) -> None:  # fmt: skip
+        """Attended transfer (RFC 5589 §7): the phone on `leg` talks to its party in `call`
+        and, in `consultation`, on `replaced` to another; it asks that the two talk to each
+        other. The other party of the consultation takes `leg`'s place in `call`, the
+        consultation call ends, and the referrer is told and let go from both."""
+        await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
+        if call.ended or consultation.ended or not consultation.answered:
+            await self._notify(referrer, referrer_peer, "SIP/2.0 481 Transfer Failed",
+                               final=True)  # fmt: skip
+            return
+        party = call.other(leg)
+        joining = consultation.other(replaced)
+        by = leg.party
+        if joining.dialog is None or replaced.dialog is None:
+            await self._notify(referrer, referrer_peer, "SIP/2.0 481 Transfer Failed",
+                               final=True)  # fmt: skip
+            return
+        for bridged in (call, consultation):
+            if bridged.bridge is not None:
+                bridged.bridge.close()
+                bridged.bridge = None
+        if joining.timer_handle is not None:
+            joining.timer_handle.cancel()
+            joining.timer_handle = None
+        # `joining` moves from the consultation into `call`, in the referrer's place.
+        if consultation.a is joining:
+            consultation.a = replaced  # placeholder: both slots name the leg that ends
+        else:
+            consultation.b = replaced
+        if call.a is leg:
+            call.a = joining
+        else:
+            call.b = joining
+        joining.role, joining.owner = leg.role, call.id
+        self._by_dialog[joining.dialog.id] = (call, joining)
+        self._by_dialog[referrer.id] = (call, None)
+        self._by_dialog[replaced.dialog.id] = (call, None)
+        replaced_dialog, replaced_peer = replaced.dialog, replaced.peer
+        if leg.timer_handle is not None:
+            leg.timer_handle.cancel()
+        leg.media.close()  # the referrer's side of `call`; the consultation's goes below
+        was_held = call.held or consultation.held
+        call.held = False
+        self._connect(call)
+        for joined in call.legs():
+            self._watch(call, joined)
+            self._arm(call, joined)
+        call.parties.append(joining.party)
+        self.events.publish(
+            CallTransferred(self.clock(), call.id, call.caller, call.callee, to=joining.party,
+                            by=by, attended=True, replaced_call_id=consultation.id)
+        )  # fmt: skip
+        log.info("call %s: attended transfer by %s: %s now talks to %s (call %s ends)",
+                 call.id, by, party.party, joining.party, consultation.id)  # fmt: skip
+        consultation.cause = "attended transfer"
+        consultation.hangup_by = replaced.role
+        consultation.ended = True
+        await self._release(consultation)
+        await self._notify(referrer, referrer_peer, "SIP/2.0 200 OK", final=True)
+        byes = [self._bye(referrer, referrer_peer)]
+        if replaced_peer is not None:
+            byes.append(self._bye(replaced_dialog, replaced_peer))
+        await asyncio.gather(*byes)
+        if was_held:
+            self.events.publish(
+                CallHeld(self.clock(), call.id, call.caller, call.callee, held=False, by=by)
+            )
+            await asyncio.gather(self._offer(call, party), self._offer(call, joining))
 
     async def _notify(self, dialog: Dialog, peer: Peer, sipfrag: str, final: bool) -> None:
         """RFC 3515 §2.4.5: the refer subscription's progress as message/sipfrag."""
@@ -945,32 +1608,47 @@ class CallManager:
     # building messages
 
     def _invite_for(
-        self,
-        call: Call,
-        binding: Binding,
-        peer: Peer,
-        from_user: str,
-        target: str,
+        self, call: Call, target: Target, from_user: str, from_name: str,
         offer: SessionDescription,
-    ) -> Request:
-        """An INVITE of ours to one registered contact, a new dialog for `call`. Its Call-ID
-        and branch carry the call's id, so that it is recognised if it loops back to us."""
-        local = peer.local
-        host = f"[{local.host}]" if ":" in local.host else local.host
+    ) -> Request:  # fmt: skip
+        """An INVITE of ours to one target, a new dialog for `call`. Its Call-ID and branch
+        carry the call's id, so that it is recognised if it loops back to us. Toward a
+        trunk, From and P-Asserted-Identity carry the caller ID the route chose."""
+        peer, trunk = target.peer, target.trunk
+        if trunk is not None and self.trunks is not None:
+            contact = self.trunks.local_contact(trunk, peer)
+            via_host = contact.hostport
+            domain = request_uri(trunk)
+            domain_text = f"{domain.host}:{domain.port}" if domain.port else domain.host
+            presented = target.caller_id or trunk.username or from_user
+            from_uri = f"sip:{uri_user(presented)}@{domain_text}"
+            extra = [("P-Asserted-Identity", f"<{from_uri}>")] if target.caller_id else []
+            contact_uri = f"<sip:pbx@{via_host};transport={trunk.transport}>"
+            display = ""
+        else:
+            local = peer.local
+            host = f"[{local.host}]" if ":" in local.host else local.host
+            via_host = f"{host}:{local.port}"
+            from_uri = f"sip:{uri_user(from_user)}@{host}"
+            extra = []
+            contact_uri = self._contact_at(peer)
+            display = f"{quote(from_name)} " if from_name else ""
         return Request.build(
             Method.INVITE,
-            parse_uri(binding.contact),
+            target.uri,
             [
-                ("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{local.port};"
+                ("Via", f"SIP/2.0/{peer.transport.upper()} {via_host};"
                         f"branch={new_branch()}-{call.id};rport"),
                 ("Max-Forwards", str(call.max_forwards)),
-                ("From", f"<sip:{from_user}@{host}>;tag={new_tag()}"),
-                ("To", f"<sip:{target}@{host}>"),
-                ("Call-ID", f"{call.id}-{new_tag()}@{host}"),
+                ("From", f"{display}<{from_uri}>;tag={new_tag()}"),
+                ("To", f"<{target.to}>"),
+                ("Call-ID", f"{call.id}-{new_tag()}@{via_host.rpartition(':')[0]}"),
                 ("CSeq", "1 INVITE"),
-                ("Contact", self._contact_at(peer)),
+                ("Contact", contact_uri),
+                *extra,
                 ("User-Agent", self.config.sip.user_agent),
                 ("Allow", ALLOW),
+                ("Supported", SUPPORTED),
                 *request_headers(self.session_expires, self.min_se),
                 ("Content-Type", SDP),
             ],
@@ -998,12 +1676,13 @@ class CallManager:
 
     def _contact(self, leg: Leg) -> str:
         assert leg.peer is not None
+        if leg.trunk is not None and self.trunks is not None:
+            contact = self.trunks.local_contact(leg.trunk, leg.peer)
+            return f"<sip:pbx@{contact.hostport};transport={leg.trunk.transport}>"
         return self._contact_at(leg.peer)
 
     def _contact_at(self, peer: Peer) -> str:
-        local = peer.local
-        host = f"[{local.host}]" if ":" in local.host else local.host
-        return f"<sip:pbx@{host}:{local.port};transport={peer.transport}>"
+        return f"<sip:pbx@{_host(peer)}:{peer.local.port};transport={peer.transport}>"
 
     # ending
 
@@ -1011,11 +1690,10 @@ class CallManager:
         if call.answered or call.ended:
             return
         self._reply(call.a_request, SipStatus.REQUEST_TERMINATED, tag=call.a_tag)
-        call.ended = call.ringing_over = True
+        call.ended = call.ringing.over = True
         call.status, call.cause, call.hangup_by = 487, "caller cancelled", "caller"
-        for fork in call.forks:
-            if fork.final is None:
-                await self._cancel(fork)
+        for fork in call.ringing.pending():
+            await self._cancel(fork)
         await self._release(call)
 
     async def _cancel(self, fork: Fork) -> None:
@@ -1043,7 +1721,7 @@ class CallManager:
         log.info("call %s ends: %s", call.id, why)
         await asyncio.gather(*(
             self._bye(leg.dialog, leg.peer)
-            for leg in (call.a, call.b)
+            for leg in call.legs()
             if leg is not exclude and leg.dialog is not None and leg.peer is not None
         ))  # fmt: skip
         await self._release(call)
@@ -1052,13 +1730,19 @@ class CallManager:
         if call.id not in self.calls:
             return
         call.ended = True
+        for attempt in call.attempts:  # a transfer target still ringing
+            attempt.over = True
+            for fork in attempt.pending():
+                self._spawn(self._cancel(fork))
+        self._unpark(call)
         self.events.publish(self._ended(call))
         if call.bridge is not None:
             call.bridge.close()
-        for leg in (call.a, call.b):
+        for leg in {id(leg): leg for leg in call.legs()}.values():
             if leg.timer_handle is not None:
                 leg.timer_handle.cancel()
-            leg.media.close()
+            if leg.owner == call.id:
+                leg.media.close()
         self.calls.pop(call.id, None)
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
         for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
@@ -1084,20 +1768,25 @@ class CallManager:
             caller_jitter_ms=a.jitter * 1000 / 8000 if a else 0.0,
             callee_loss=b.lost if b else 0,
             callee_jitter_ms=b.jitter * 1000 / 8000 if b else 0.0,
+            dialled=call.dialled, route=call.route.kind.value, trunk=call.trunk,
+            answered_by=call.answered_by, legs=tuple(call.parties),
         )  # fmt: skip
 
     def live(self) -> list[dict[str, object]]:
         """The calls in progress, for `pbx calls`."""
         now = self.clock()
-        return [
-            {
-                "call_id": c.id, "caller": c.caller, "callee": c.callee,
-                "state": "answered" if c.answered_at is not None else "ringing",
+        out: list[dict[str, object]] = []
+        for c in self.calls.values():
+            state = "answered" if c.answered_at is not None else "ringing"
+            if c.slot is not None:
+                state = "parked"
+            out.append({
+                "call_id": c.id, "caller": c.caller, "callee": c.callee, "state": state,
                 "started": c.started, "duration": round(now - c.started, 1),
-                "legs": 1 + len(c.forks),
-            }
-            for c in self.calls.values()
-        ]  # fmt: skip
+                "legs": 1 + len(c.ringing.forks), "parties": list(c.parties),
+                "route": c.route.kind.value, "trunk": c.trunk, "slot": c.slot,
+            })  # fmt: skip
+        return out
 
     # helpers
 
@@ -1107,11 +1796,86 @@ class CallManager:
         status: int,
         headers: list[tuple[str, str]] | None = None,
         tag: str | None = None,
+        reason: str | None = None,
     ) -> None:
-        self.endpoint.respond(
-            request,
-            build_response(request, status, headers=headers or [], to_tag=tag or new_tag()),
+        response = build_response(
+            request, status, reason, headers=headers or [], to_tag=tag or new_tag()
         )
+        self.endpoint.respond(request, response)
+
+
+def _waves(route: Route) -> list[Wave]:
+    if route.kind is RouteKind.TRUNK:
+        return [Wave((route.number,), trunk=route)]
+    if route.in_order:
+        return [Wave((member,), route.member_timeout) for member in route.members]
+    return [Wave(route.members)]
+
+
+def _outcome(ringing: Ringing, statuses: list[int]) -> int:
+    """What the caller is told when nobody answered: the most telling of the answers, and
+    480 when the only answers were to our own CANCELs of members whose time was up."""
+    timed_out = {id(f) for f in ringing.forks if f.timed_out}
+    answers = [f.final for f in ringing.forks if f.final is not None and id(f) not in timed_out]
+    if not answers and timed_out:
+        return SipStatus.TEMPORARILY_UNAVAILABLE
+    return min(answers or statuses, key=_failure_rank) if answers or statuses else 408
+
+
+def _dialled(uri: Uri) -> str:
+    """The number in a Request-URI or Refer-To: the user of a sip: URI, the number of a
+    tel: URI (RFC 3966), visual separators dropped."""
+    if isinstance(uri, SipUri):
+        return uri.user or ""
+    number = str(uri).partition(":")[2].partition(";")[0]
+    return "".join(c for c in number if c not in "-.()")
+
+
+def _outside_caller(request: Request) -> tuple[str, str]:
+    """The number and name of a caller from a trunk: P-Asserted-Identity (the provider
+    vouches for it, RFC 3325), else From."""
+    identity: NameAddr = request.from_
+    asserted = request.header("P-Asserted-Identity")
+    if asserted:
+        with contextlib.suppress(RemoteProtocolError):
+            identity = parse_name_addr(asserted.split(",")[0])
+    uri = identity.uri
+    number = uri.user or "" if isinstance(uri, SipUri) else _dialled(uri)
+    return number or "anonymous", identity.display_name or ""
+
+
+def _host(peer: Peer) -> str:
+    local = peer.local.host
+    return f"[{local}]" if ":" in local else local
+
+
+def _codecs_like(offer: SessionDescription | None) -> tuple[str, ...] | None:
+    """What to offer the called side: the caller's codecs in its order, then the ones we
+    can transcode to, so that the callee's choice is one the caller has whenever it can be.
+    G.722 only when the caller offered it. None (our defaults) for a late offer."""
+    if offer is None:
+        return None
+    names = [n for n in common_codecs(offer) if n != "telephone-event"]
+    return _codecs_after(names[0] if names else None, names)
+
+
+def _codecs_after(first: str | None, names: list[str] | None = None) -> tuple[str, ...]:
+    ordered = list(names or ([first] if first else []))
+    for name in G711:
+        if name not in ordered:
+            ordered.append(name)
+    return tuple(ordered)
+
+
+def _preferred(call: Call, other: Leg) -> str | None:
+    """The codec to prefer toward a new phone: the one the other side uses, or before it
+    has one (a pickup while the caller waits), the caller's first."""
+    if other.params is not None:
+        return other.params.codec
+    if other is call.a and call.a_offer is not None:
+        names = [n for n in common_codecs(call.a_offer) if n != "telephone-event"]
+        return names[0] if names else None
+    return None
 
 
 def _session(address: str, media: MediaEndpoint) -> LocalSession:

@@ -51,7 +51,12 @@ class CallEvent(Event):
 
 @dataclass(frozen=True, slots=True)
 class CallStarted(CallEvent):
+    """A call came in and the dialplan decided where it goes."""
+
     type: ClassVar[str] = "call_started"
+    dialled: str = ""
+    route: str = ""  # extension, ring group, trunk, pickup, park slot...
+    trunk: str = ""  # the trunk it came in on, or goes out through
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +80,42 @@ class CallHeld(CallEvent):
 
 @dataclass(frozen=True, slots=True)
 class CallTransferred(CallEvent):
-    """A blind transfer (REFER) connected the call to `to`."""
+    """A transfer (REFER) connected the call to `to`: blind, or attended (Replaces: `to`
+    is the party of the call that was replaced, which ends)."""
 
     type: ClassVar[str] = "call_transferred"
     to: str = ""
+    by: str = ""  # the party that transferred
+    attended: bool = False
+    replaced_call_id: str = ""  # attended: the consultation call that was merged in
+
+
+@dataclass(frozen=True, slots=True)
+class CallPickedUp(CallEvent):
+    """`by` answered a call that was ringing elsewhere (*8, **EXT, or INVITE/Replaces)."""
+
+    type: ClassVar[str] = "call_picked_up"
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallParked(CallEvent):
+    """`by` parked the call (the other party waits) in `slot`."""
+
+    type: ClassVar[str] = "call_parked"
+    slot: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRetrieved(CallEvent):
+    """The parked call left `slot`: `by` dialled it, or the park timed out and `by` is
+    the phone that parked it, rung again."""
+
+    type: ClassVar[str] = "call_retrieved"
+    slot: str = ""
+    by: str = ""
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +133,11 @@ class CallEnded(CallEvent):
     caller_jitter_ms: float = 0.0
     callee_loss: int = 0
     callee_jitter_ms: float = 0.0
+    dialled: str = ""
+    route: str = ""
+    trunk: str = ""
+    answered_by: str = ""  # who answered: the extension, a ring group member, the trunk
+    legs: tuple[str, ...] = ()  # every party the call involved, in order of joining
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,11 @@ from typing import Any
 
 from media.ports import PortPool
 from pbx import __version__
+from pbx.calls import SUPPORTED as CALLS_SUPPORTED
 from pbx.calls import CallManager
 from pbx.config import Config
 from pbx.control import ControlServer
+from pbx.dialplan import Dialplan
 from pbx.errors import (
     PbxError,
     RemoteProtocolError,
@@ -49,7 +51,8 @@ CALL_METHODS = frozenset(
 ACCEPT = "application/sdp"
 # Path (RFC 3327) and outbound (RFC 5626) are not implemented yet: neither is advertised,
 # and a request that requires them gets 420.
-SUPPORTED = ""
+SUPPORTED = CALLS_SUPPORTED
+SUPPORTED_OPTIONS = frozenset(o.strip() for o in SUPPORTED.split(","))
 USERS_REFRESH = 1.0  # seconds: how soon `pbx user add` on a running server takes effect
 PURGE_INTERVAL = 10.0
 
@@ -101,14 +104,16 @@ class Exchange:
             await self.endpoint.start()
             await self.control.start()
             pool = PortPool(*self.config.rtp.port_range)
+            registrar = self.registrar
+            dialplan = Dialplan.from_config(self.config, lambda ext: ext in registrar.users)
+            for warning in dialplan.warnings:
+                log.warning("dialplan: %s", warning)
             self.calls = CallManager(
-                self.config, self.endpoint, self.registrar, pool, events=self.events
-            )
+                self.config, self.endpoint, self.registrar, pool, events=self.events,
+                dialplan=dialplan, trunks=self.trunks,
+            )  # fmt: skip
             self.events.subscribe(self._write_cdr)
             await self.trunks.start()
-            if self.config.dialplan.emergency_numbers and not self.config.trunks:
-                log.warning("no [[trunk]]: emergency calls (%s) will get 503",
-                            ", ".join(self.config.dialplan.emergency_numbers))  # fmt: skip
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
             await self.endpoint.stop()
@@ -187,10 +192,11 @@ class Exchange:
             self._reply(request, SipStatus.UNSUPPORTED_URI_SCHEME)
             return
         try:
-            unsupported = request.list_values("Require")
+            required = request.list_values("Require")
         except RemoteProtocolError as exc:
             self._reply(request, exc.status, [("Warning", f'399 pbx "{exc}"')])
             return
+        unsupported = [o for o in required if o.lower() not in SUPPORTED_OPTIONS]
         if unsupported and method != Method.CANCEL:
             self._reply(request, SipStatus.BAD_EXTENSION, [("Unsupported", ", ".join(unsupported))])
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import sqlite3
@@ -77,6 +78,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX cdr_start ON cdr (start);
     """,
+    # 3: what the dialplan made of the call, who answered, every party it involved
+    """
+    ALTER TABLE cdr ADD COLUMN dialled TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cdr ADD COLUMN route TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cdr ADD COLUMN trunk TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cdr ADD COLUMN answered_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cdr ADD COLUMN legs TEXT NOT NULL DEFAULT '[]'
+    """,
 )
 
 
@@ -127,7 +136,8 @@ _BINDING_COLUMNS = (
 
 _CDR_COLUMNS = (
     "call_id, caller, callee, start, answer, end, duration, billsec, disposition, status, "
-    "cause, hangup_by, caller_loss, caller_jitter_ms, callee_loss, callee_jitter_ms"
+    "cause, hangup_by, caller_loss, caller_jitter_ms, callee_loss, callee_jitter_ms, "
+    "dialled, route, trunk, answered_by, legs"
 )
 
 
@@ -334,18 +344,21 @@ class Store:
             ended.time - ended.started, 0.0 if answer is None else ended.time - answer,
             ended.disposition, ended.status, ended.cause, ended.hangup_by,
             ended.caller_loss, ended.caller_jitter_ms, ended.callee_loss, ended.callee_jitter_ms,
+            ended.dialled, ended.route, ended.trunk, ended.answered_by, json.dumps(ended.legs),
         )  # fmt: skip
-        await self._write(
-            [(f"INSERT OR REPLACE INTO cdr ({_CDR_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-              values)]
-        )  # fmt: skip
+        marks = ", ".join("?" * len(values))
+        await self._write([(f"INSERT OR REPLACE INTO cdr ({_CDR_COLUMNS}) VALUES ({marks})",
+                            values)])  # fmt: skip
 
     async def cdrs(self, since: float = 0.0) -> list[dict[str, object]]:
         rows = await self._db.execute_fetchall(
             f"SELECT {_CDR_COLUMNS} FROM cdr WHERE start >= ? ORDER BY start", (since,)
         )
         names = [c.strip() for c in _CDR_COLUMNS.split(",")]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        records = [dict(zip(names, row, strict=True)) for row in rows]
+        for record in records:
+            record["legs"] = json.loads(str(record["legs"]))
+        return records
 
     # bindings
 

@@ -31,7 +31,7 @@ def test_baresip_hold_resume_and_blind_transfer(tmp_path: Path) -> None:
     assert seen == [
         ("call_held", True, "callee", None),
         ("call_held", False, "callee", None),
-        ("call_transferred", None, None, "1003"),
+        ("call_transferred", None, "1002", "1003"),
     ], seen
 
     # 1003 talked to 1001 after the transfer.
