@@ -498,7 +498,7 @@ class CallManager:
         )
         try:
             statuses = await self._ring(
-                call, call.ringing, _waves(route), caller, caller_name, call.callee,
+                call, call.ringing, _waves(route), caller, caller_name, dialled,
                 on_provisional=lambda _fork, response: self._provisional(call, response),
                 on_won=lambda fork, response: self._callee_won(call, fork, response),
             )  # fmt: skip
@@ -629,7 +629,10 @@ class CallManager:
             status = getattr(exc, "status", SipStatus.REQUEST_TIMEOUT)
             fork.final = int(status)
             return fork.final
-        return final.status
+        if final.status in (401, 407):
+            # A challenge we could not answer is not the caller's to answer.
+            fork.final = SipStatus.SERVICE_UNAVAILABLE
+        return fork.final or final.status
 
     async def _invite(
         self, fork: Fork, on_response: Callable[[Response], None], go_on: Callable[[], bool]

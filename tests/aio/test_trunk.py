@@ -15,8 +15,10 @@ from pbx.server import Exchange
 from pbx.sip.aio import Peer
 from pbx.sip.digest import ha1
 from pbx.trunk import RetryPolicy, TrunkState
+from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
 from tests.support.pbxproc import PbxProcess
+from tests.support.phone import Phone
 from tests.support.ports import free_port
 
 
@@ -89,7 +91,7 @@ def provider_port(provider: Exchange, transport: str = "udp") -> int:
 
 
 @pytest.fixture
-def clinic_factory(tmp_path: Path) -> Callable[[str], Exchange]:
+def clinic_factory(tmp_path: Path) -> Callable[..., Exchange]:
     """Makes the clinic exchange (not started) with the given [[trunk]] text."""
     made: list[Exchange] = []
 
@@ -263,3 +265,66 @@ async def test_trunks_command_of_a_running_pbx(provider: Exchange, tmp_path: Pat
     finally:
         await asyncio.to_thread(proc.stop)
     assert (await events.next()).action == "unregistered"  # SIGTERM unregisters
+
+
+async def test_calls_both_ways_between_two_exchanges(
+    tmp_path: Path, clinic_factory: Callable[..., Exchange]
+) -> None:
+    """The clinic registers with the provider; the provider's 2000 calls the clinic's number
+    (its hook sends it to the clinic's registration, the clinic's DID to 1002), and the
+    clinic's 1001 dials out (9 + number), answered by the provider's 5551234. Audio passes
+    both exchanges each way."""
+    directory = tmp_path / "provider-with-hook"
+    directory.mkdir()
+    (directory / "routes.py").write_text(
+        "def route(request):\n    return 'clinic' if request.dialled == '5551230000' else None\n"
+    )
+    hook = '[dialplan]\nhook = "routes.py:route"\n'
+    provider = Exchange(pbx_config.load(write(directory, free_port(), 31000, hook)))
+    await provider.start()
+    await add_users(provider, {"clinic": "secret", "2000": "pw2000", "5551234": "pw5551234"})
+    events = Registrations(provider)
+    clinic = clinic_factory(
+        trunk_table(provider_port(provider)),
+        '[[outbound_route]]\nname = "out"\nprefix = "9"\nstrip = 1\ntrunk = "provider"\n'
+        '[[did]]\nnumber = "5551230000"\ntarget = "1002"\n',
+    )
+    await clinic.start()
+    await add_users(clinic, {"1001": "pw1001", "1002": "pw1002"})
+    phones = []
+    try:
+        assert (await events.next()).action == "registered"
+
+        async def phone(exchange: Exchange, ext: str) -> Phone:
+            started = await Phone(server_of(exchange), ext, f"pw{ext}").start()
+            phones.append(started)
+            return started
+
+        outside, far = await phone(provider, "2000"), await phone(provider, "5551234")
+        alice, bob = await phone(clinic, "1001"), await phone(clinic, "1002")
+
+        # Inbound: the provider's caller reaches 1002 through the DID.
+        invite = await outside.dial("5551230000")
+        ringing = await bob.incoming()
+        assert ringing.from_.uri.user == "2000"  # type: ignore[union-attr]
+        bob_call = await bob.answer(ringing)
+        outside_call = await outside.answered(invite)
+        await bob.hears(outside, outside_call.media_port, b"\x21")
+        await outside.hears(bob, bob_call.media_port, b"\x22")
+        await outside.bye(outside_call)
+        await bob.next("BYE")
+
+        # Outbound: 1001 dials 9 5551234; the provider challenges the clinic, which
+        # answers with the trunk's credentials.
+        invite = await alice.dial("95551234")
+        far_call = await far.answer(await far.incoming())
+        alice_call = await alice.answered(invite)
+        await far.hears(alice, alice_call.media_port, b"\x23")
+        await alice.hears(far, far_call.media_port, b"\x24")
+        await alice.bye(alice_call)
+        await far.next("BYE")
+    finally:
+        for started in phones:
+            await started.stop()
+        await clinic.stop()
+        await provider.stop()

@@ -91,8 +91,9 @@ class Phone:
     _dialogs: dict[object, Dialog] = field(default_factory=dict)
     _pending: dict[str, Request] = field(default_factory=dict)  # branch -> INVITE not answered
 
-    async def start(self, register: bool = True) -> Phone:
-        self.client = await SipTestClient(self.server).open()
+    async def start(self, register: bool = True, port: int = 0) -> Phone:
+        """Open the phone's sockets (SIP on `port`, 0: any) and register it."""
+        self.client = await SipTestClient(self.server, local=("127.0.0.1", port)).open()
         self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rtp.bind(("127.0.0.1", 0))
         self.rtp.setblocking(False)
@@ -236,8 +237,10 @@ class Phone:
         call_id, tag = os.urandom(8).hex(), os.urandom(4).hex()
         first = self._invite(number, body, 1, call_id, tag, headers)
         self.send(first)
-        challenge = await self.final(first)
+        challenge = await self.response(first)
         if challenge.status != 407:
+            if challenge.status >= 200:  # for final() and answered() to read
+                self._responses[(first.vias[0].branch or "", "INVITE")].put_nowait(challenge)
             return first
         self._ack_failure(first, challenge)
         offered = next(
