@@ -280,7 +280,7 @@ def calls(ctx: _Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    _table(rows, ["call_id", "caller", "callee", "state", "duration", "legs"])
+    _table(rows, ["call_id", "caller", "callee", "state", "duration", "legs", "slot"])
 
 
 @main.command()
@@ -319,7 +319,8 @@ def cdr(ctx: _Context, as_json: bool, since: str | None) -> None:
         assert isinstance(billsec, float)
         row["start"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
         row["billsec"] = round(billsec, 1)
-    _table(rows, ["start", "caller", "callee", "disposition", "billsec", "hangup_by", "cause"])
+    columns = ["start", "caller", "callee", "answered_by", "disposition", "billsec", "hangup_by"]
+    _table(rows, [*columns, "cause"])
 
 
 def _parse_since(text: str) -> float:

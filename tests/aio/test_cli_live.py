@@ -162,3 +162,27 @@ async def test_password_from_stdin(pbx_proc: PbxProcess) -> None:
     )  # fmt: skip
     pbx_proc.start()
     assert await register_until(pbx_proc, "1001", "from-stdin", 200) == 200
+
+
+async def test_cdr_listing_shows_routing_and_legs(pbx_proc: PbxProcess) -> None:
+    """`pbx cdr` shows what a call left in the database, in JSON and as a table."""
+    from pbx import config as pbx_config
+    from pbx.events import CallEnded
+    from pbx.store import Store
+
+    pbx_proc.add_user("1001", "pw")  # creates the database
+    store = await Store.open(pbx_config.load(pbx_proc.config).database)
+    try:
+        await store.add_cdr(CallEnded(
+            110.0, "c1", "1001", "600", started=100.0, answered=102.0, disposition="ANSWERED",
+            cause="BYE from the caller", hangup_by="caller", status=200, dialled="600",
+            route="ring group", answered_by="1003", legs=("1001", "1003", "1002"),
+        ))  # fmt: skip
+    finally:
+        await store.close()
+    [row] = pbx_proc.cli_json("cdr")
+    assert (row["callee"], row["route"], row["answered_by"]) == ("600", "ring group", "1003")
+    assert row["legs"] == ["1001", "1003", "1002"]
+    assert (row["duration"], row["billsec"]) == (10.0, 8.0)
+    table = pbx_proc.cli("cdr").stdout
+    assert "ANSWERED_BY" in table.splitlines()[0] and "1003" in table
