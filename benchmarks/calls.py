@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbx.errors import RemoteProtocolError
 from pbx.sip.dialog import Dialog
 from pbx.sip.digest import DigestClient, choose_challenge
 from pbx.sip.message import Request, Response, build_ack, build_response, new_branch, new_tag
@@ -525,7 +526,12 @@ class SipSocket(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if not data.strip():
             return
-        message = parse_sip(data)
+        try:
+            message = parse_sip(data)
+        except RemoteProtocolError:
+            # RTCP: the exchange reports to the SDP port + 1 (RFC 3550 §11), and that port
+            # may be this socket, since the script's sockets get whatever port is free.
+            return
         if isinstance(message, Response):
             queue = self.waiting.get((message.call_id, message.cseq.number))
             if queue is not None:

@@ -52,7 +52,6 @@ from media.rtp import (
     SequenceRewriter,
     ntp_from_unix,
     parse_rtcp,
-    payload_size,
 )
 from pbx.errors import MediaError
 
@@ -62,7 +61,6 @@ Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RtpHandler = Callable[[bytes, float], None]
 
 _SEQ_TS_SSRC = Struct("!HII")  # RFC 3550 §5.1 fixed header from octet 2
-_TIMESTAMP = Struct("!I")
 _PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 static payload types: what we transcode
 _TABLES = {("PCMU", "PCMA"): ULAW_TO_ALAW, ("PCMA", "PCMU"): ALAW_TO_ULAW}
 # Slack for the loop firing a timer up to its clock resolution early.
@@ -89,15 +87,17 @@ class _RtcpProtocol(asyncio.DatagramProtocol):
 class MediaEndpoint(asyncio.DatagramProtocol):
     """One leg's RTP (even port) and RTCP (port + 1) sockets. Open with `open`.
 
-    Public counters: `received` (RTP packets accepted), `sent` and `sent_octets`
-    (RTP packets and their payload octets), `foreign` (dropped: from an address
-    other than the latched one), `dropped` (not RTP/RTCP version 2, or malformed
-    RTCP), `rtcp_sent`. `stats` is the RFC 3550 `ReceiveStats` of the current
-    incoming SSRC, None before the first packet; `peer_report` what the phone's
-    last SR/RR said of our stream, None before one arrives.
+    Public counters: `received` (RTP packets accepted), `sent` and `sent_bytes`
+    (RTP packets and their size), `foreign` (dropped: from an address other than
+    the latched one), `dropped` (not RTP/RTCP version 2, or malformed RTCP),
+    `rtcp_sent`. `stats` is the RFC 3550 `ReceiveStats` of the current incoming
+    SSRC, None before the first packet; `peer_report` what the phone's last SR/RR
+    said of our stream, None before one arrives.
 
-    Everything sent through `send` should carry `ssrc` (a `Bridge` does that):
-    the SR counts all of it as that source's.
+    `outgoing` is the one stream this endpoint sends (its SSRC, sequence numbers
+    and timestamps): whatever feeds it (a `Bridge`, later a prompt) rewrites its
+    packets through it, so the phone sees one continuous stream across transfers
+    and bridge rebuilds, and the SR knows the stream's last timestamp.
     """
 
     on_rtp: RtpHandler | None
@@ -133,9 +133,10 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.on_inactive = on_inactive
         self.stats: ReceiveStats | None = None
         self.received = self.sent = self.foreign = self.dropped = 0
-        self.sent_octets = self.rtcp_sent = 0
-        self._last_sent: bytes | None = None
-        self._last_sent_at = 0.0
+        self.sent_bytes = self.rtcp_sent = 0
+        self.outgoing = SequenceRewriter(
+            self.ssrc, rng.getrandbits(16), rng.getrandbits(32), clock_rate
+        )
         self._sdp_remote: Address | None = remote
         self._sdp_rtcp: Address | None = rtcp_remote
         self._rtcp_muxed = False  # the phone's RTCP came to our RTP port (RFC 5761)
@@ -295,18 +296,20 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 
     # --- sending and addressing --------------------------------------------
 
-    def send(self, data: bytes, now: float | None = None) -> None:
-        """Send one RTP packet to the latched address, else the SDP one; else drop.
-
-        `now` (the loop time, if the caller has it) dates the packet for the next SR.
-        """
+    def send(self, data: bytes) -> None:
+        """Send one RTP packet to the latched address, else the SDP one; else drop."""
         to = self._send_to
         if to is not None and not self._closed:
             self._rtp.sendto(data, to)  # type: ignore[union-attr]
             self.sent += 1
-            self.sent_octets += len(data) - 12 if data[0] == 0x80 else payload_size(data)
-            self._last_sent = data
-            self._last_sent_at = self._time() if now is None else now
+            self.sent_bytes += len(data)
+
+    @property
+    def sent_octets(self) -> int:
+        """Payload octets sent (the SR's octet count, RFC 3550 §6.4.1). Counted as the
+        packets' size less 12 header bytes each: exact for the packets phones send (no
+        CSRCs or extensions), and one addition per packet instead of a header parse."""
+        return max(0, self.sent_bytes - 12 * self.sent)
 
     def set_remote(
         self, remote: Address | None, *, new_party: bool = False, rtcp: Address | None = None
@@ -363,11 +366,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         return ntp_from_unix(now + self._wallclock_offset)
 
     def _send_counts(self) -> SendCounts | None:
-        last = self._last_sent
-        if last is None:
+        if not self.sent:
             return None
-        timestamp = _TIMESTAMP.unpack_from(last, 4)[0]
-        return SendCounts(self.sent, self.sent_octets, timestamp, self._last_sent_at)
+        # Packets sent other than through `outgoing` leave no timing: timestamp 0 then.
+        timestamp, at = self.outgoing.last_sent() or (0, self._time())
+        return SendCounts(self.sent, self.sent_octets, timestamp, at)
 
     def _arm_rtcp(self) -> None:
         at = self._reporter.next_timer() if self._reports and not self._closed else None
@@ -466,14 +469,8 @@ class Bridge:
     """
 
     def __init__(
-        self,
-        leg_a: MediaEndpoint,
-        leg_b: MediaEndpoint,
-        transcode: tuple[str, str] | None = None,
-        *,
-        rng: random.Random | None = None,
+        self, leg_a: MediaEndpoint, leg_b: MediaEndpoint, transcode: tuple[str, str] | None = None
     ) -> None:
-        rng = rng if rng is not None else random.SystemRandom()
         codec_a = codec_b = None
         if transcode is not None:
             codec_a, codec_b = (name.upper() for name in transcode)
@@ -485,13 +482,8 @@ class Bridge:
                     why = "G722 is passthrough only (we never decode it)"
                 raise MediaError(f"cannot transcode {transcode[0]} <-> {transcode[1]}: {why}")
         self.leg_a, self.leg_b = leg_a, leg_b
-        # Each direction sends under the outgoing endpoint's SSRC, the one its SRs use.
-        self.a_to_b = SequenceRewriter(
-            leg_b.ssrc, rng.getrandbits(16), rng.getrandbits(32), leg_b.clock_rate
-        )
-        self.b_to_a = SequenceRewriter(
-            leg_a.ssrc, rng.getrandbits(16), rng.getrandbits(32), leg_a.clock_rate
-        )
+        # Each direction goes out as the sending endpoint's own stream.
+        self.a_to_b, self.b_to_a = leg_b.outgoing, leg_a.outgoing
         leg_a.on_rtp = _relay(self.a_to_b, leg_b, codec_a, codec_b)
         leg_b.on_rtp = _relay(self.b_to_a, leg_a, codec_b, codec_a)
 
@@ -508,7 +500,7 @@ def _relay(
     if source is None or target is None or source == target:
 
         def relay(data: bytes, now: float) -> None:
-            send(rewrite(data, now), now)
+            send(rewrite(data, now))
 
         return relay
 
@@ -517,9 +509,9 @@ def _relay(
 
     def transcode(data: bytes, now: float) -> None:
         if data[1] & 0x7F == from_pt:
-            send(_translate(rewrite(data, now, to_pt), table), now)
+            send(_translate(rewrite(data, now, to_pt), table))
         else:
-            send(rewrite(data, now), now)
+            send(rewrite(data, now))
 
     return transcode
 

@@ -55,7 +55,6 @@ __all__ = [
     "ntp_from_unix",
     "parse_rtcp",
     "parse_rtp",
-    "payload_size",
     "rewrite_header",
     "round_trip_time",
     "rtcp_interval",
@@ -220,20 +219,6 @@ def rewrite_header(
     # A fresh header plus the sliced tail measured ~40% faster than
     # bytearray + pack_into + bytes(), which copies the payload twice.
     return _HEADER.pack(data[0], b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + data[12:]
-
-
-def payload_size(data: bytes) -> int:
-    """Payload octets of an RTP packet: no header, CSRCs, extension or padding (§6.4.1).
-
-    For the SR octet count; trusts the packet (it is one we send), so a malformed one
-    gives a meaningless but non-negative size rather than an error.
-    """
-    b0 = data[0]
-    start = 12 + 4 * (b0 & 0x0F)
-    if b0 & 0x10 and len(data) >= start + 4:
-        start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
-    end = len(data) - data[-1] if b0 & 0x20 else len(data)
-    return max(0, end - start)
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -919,6 +904,12 @@ class SequenceRewriter:
         self._last_seq = (sequence - 1) & 0xFFFF
         self._last_ts = timestamp & 0xFFFFFFFF
         self._last_arrival: float | None = None
+
+    def last_sent(self) -> tuple[int, float] | None:
+        """The timestamp of the latest packet rewritten and when it came; None before one."""
+        if self._last_arrival is None:
+            return None
+        return self._last_ts, self._last_arrival
 
     def rewrite(self, data: bytes, now: float, payload_type: int | None = None) -> bytes:
         """Rewrite one incoming RTP packet arriving at `now` (seconds) for sending on."""

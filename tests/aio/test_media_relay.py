@@ -87,7 +87,7 @@ async def test_relay_both_ways_keeps_each_stream_continuous(
 ) -> None:
     leg_a, leg_b = legs
     phone_a, phone_b = phones
-    bridge = Bridge(leg_a, leg_b, rng=random.Random(7))
+    bridge = Bridge(leg_a, leg_b)
     for src, dst, leg, rewriter, ssrc in (
         (phone_a, phone_b, leg_a, bridge.a_to_b, 0xAAAA0001),
         (phone_b, phone_a, leg_b, bridge.b_to_a, 0xBBBB0001),
@@ -336,3 +336,24 @@ async def test_endpoint_reports_by_rtcp_and_learns_the_round_trip(pool: PortPool
     assert last[-1] == Bye((leg.ssrc,), None)
     phone_rtp.close()
     phone_rtcp.close()
+
+
+async def test_a_rebuilt_bridge_continues_each_stream(
+    legs: tuple[MediaEndpoint, MediaEndpoint], phones: tuple[socket.socket, socket.socket]
+) -> None:
+    """A call rebuilds its bridge (a codec change, an attended transfer): each phone keeps
+    seeing the one stream of its endpoint, with the next sequence number."""
+    leg_a, leg_b = legs
+    phone_a, phone_b = phones
+    got = []
+    bridge = Bridge(leg_a, leg_b)
+    for n in range(6):
+        if n == 3:  # a new bridge, now transcoding
+            bridge.close()
+            bridge = Bridge(leg_a, leg_b, ("PCMU", "PCMA"))
+        phone_a.sendto(rtp(100 + n, 160 * n, 0xA), to(leg_a))
+        got.append(await recv_rtp(phone_b))
+    assert {p.ssrc for p in got} == {leg_b.ssrc}
+    assert [(p.sequence - got[0].sequence) & 0xFFFF for p in got] == list(range(6))
+    assert [p.payload_type for p in got] == [0, 0, 0, 8, 8, 8]
+    bridge.close()

@@ -30,7 +30,6 @@ from media.rtp import (
     ntp_from_unix,
     parse_rtcp,
     parse_rtp,
-    payload_size,
     rewrite_header,
     round_trip_time,
     rtcp_interval,
@@ -560,12 +559,3 @@ def test_round_trip_without_an_sr_and_for_a_peer_that_lies() -> None:
     assert round_trip_time(ReportBlock(1, 0, 0, 0, 0), ntp_from_unix(1.0)) is None
     early = ReportBlock(1, 0, 0, 0, 0, lsr=compact_ntp(ntp_from_unix(10.0)), dlsr=65536)
     assert round_trip_time(early, ntp_from_unix(10.5)) == 0.0
-
-
-def test_payload_size_skips_csrcs_extension_and_padding() -> None:
-    packet = RtpPacket(
-        0, 1, 2, 3, b"\x00" * 20, csrcs=(7, 8), extension=RtpExtension(0xBEDE, b"\x00" * 8),
-        padding=4,
-    ).encode()  # fmt: skip
-    assert payload_size(packet) == 20
-    assert payload_size(SIMPLE) == 4
