@@ -39,6 +39,7 @@ from collections.abc import Callable
 from struct import Struct
 from typing import Any
 
+from media.dtmf import Digit, TelephoneEventReceiver
 from media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from media.ports import PortPool, PortsExhausted
 from media.rtp import (
@@ -55,7 +56,7 @@ from media.rtp import (
 )
 from pbx.errors import MediaError
 
-__all__ = ["Bridge", "MediaEndpoint"]
+__all__ = ["Bridge", "DtmfTap", "MediaEndpoint"]
 
 Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RtpHandler = Callable[[bytes, float], None]
@@ -130,6 +131,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.cname = base64.b64encode(rng.getrandbits(96).to_bytes(12, "big"))
         self.on_rtp = None
         self.on_rtcp = None
+        self._event_pt = -1  # the phone's telephone-event payload type, watched for DTMF
+        self._events: DtmfTap | None = None
         self.on_inactive = on_inactive
         self.stats: ReceiveStats | None = None
         self.received = self.sent = self.foreign = self.dropped = 0
@@ -273,6 +276,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         if stats is None or stats.ssrc != ssrc:
             stats = self.stats = ReceiveStats(ssrc, self.clock_rate)
         stats.on_packet(sequence, timestamp, now)
+        if data[1] & 0x7F == self._event_pt and self._events is not None:
+            self._events.packet(data, now)
         handler = self.on_rtp
         if handler is not None:
             handler(data, now)
@@ -395,6 +400,22 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         transport.sendto(data, to)
         self.rtcp_sent += 1
 
+    # --- DTMF -------------------------------------------------------------
+
+    def watch_dtmf(
+        self, payload_type: int | None, on_digit: Callable[[Digit], None] | None
+    ) -> None:
+        """Report the RFC 4733 digits the phone sends with `payload_type` (its
+        telephone-event, from SDP) to `on_digit`; None stops watching. The packets are
+        still handed on to `on_rtp` (a bridge relays them)."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self._event_pt = -1
+        if payload_type is not None and on_digit is not None:
+            self._events = DtmfTap(self._loop, on_digit, self.clock_rate)
+            self._event_pt = payload_type
+
     # --- inactivity -------------------------------------------------------
 
     def set_inactivity(self, seconds: float | None) -> None:
@@ -440,6 +461,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self._send_rtcp(bye)
         self._closed = True
         self.on_rtp = self.on_rtcp = None
+        self.watch_dtmf(None, None)
         self.on_inactive = None
         for timer in (self._timer, self._rtcp_timer):
             if timer is not None:
@@ -457,19 +479,62 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         await self._all_closed.wait()
 
 
+class DtmfTap:
+    """The asyncio shell of a `TelephoneEventReceiver`: packets in, digits out, and the
+    timer that ends a digit whose end packets were lost."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_digit: Callable[[Digit], None], clock_rate: int
+    ) -> None:
+        self._loop, self._on_digit = loop, on_digit
+        self._receiver = TelephoneEventReceiver(clock_rate)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def packet(self, data: bytes, now: float) -> None:
+        self._report(self._receiver.on_packet(data, now))
+
+    def _due(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        at = self._receiver.next_timer()
+        self._report(self._receiver.on_timer(max(now, at or now)))
+
+    def _report(self, digits: list[Digit]) -> None:
+        for digit in digits:
+            self._on_digit(digit)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self._receiver.next_timer()
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._due)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class Bridge:
     """Relay RTP between two legs both ways, each direction re-sequenced.
 
     `transcode` is (codec of leg_a, codec of leg_b). PCMU <-> PCMA: packets
-    with the source codec's payload type are translated and re-labelled;
-    others (e.g. telephone-event) pass with their payload type unchanged. The
+    with the source codec's payload type are translated and re-labelled. The
     same codec on both legs (G722 and G722, say) is a plain relay. Anything
     else raises `MediaError`: G.722 in particular is passthrough only, since
     we never decode it.
+
+    `events` is (telephone-event payload type of leg_a, of leg_b), None where a
+    leg agreed none: RFC 4733 packets are re-labelled to the other leg's number,
+    and dropped toward a leg that has none. Other payload types pass unchanged.
     """
 
     def __init__(
-        self, leg_a: MediaEndpoint, leg_b: MediaEndpoint, transcode: tuple[str, str] | None = None
+        self,
+        leg_a: MediaEndpoint,
+        leg_b: MediaEndpoint,
+        transcode: tuple[str, str] | None = None,
+        events: tuple[int | None, int | None] = (None, None),
     ) -> None:
         codec_a = codec_b = None
         if transcode is not None:
@@ -484,36 +549,53 @@ class Bridge:
         self.leg_a, self.leg_b = leg_a, leg_b
         # Each direction goes out as the sending endpoint's own stream.
         self.a_to_b, self.b_to_a = leg_b.outgoing, leg_a.outgoing
-        leg_a.on_rtp = _relay(self.a_to_b, leg_b, codec_a, codec_b)
-        leg_b.on_rtp = _relay(self.b_to_a, leg_a, codec_b, codec_a)
+        event_a, event_b = events
+        leg_a.on_rtp = _relay(self.a_to_b, leg_b, _mapping(codec_a, codec_b, event_a, event_b))
+        leg_b.on_rtp = _relay(self.b_to_a, leg_a, _mapping(codec_b, codec_a, event_b, event_a))
 
     def close(self) -> None:
         """Stop relaying; the endpoints stay open (the call closes them)."""
         self.leg_a.on_rtp = self.leg_b.on_rtp = None
 
 
-def _relay(
-    rewriter: SequenceRewriter, out: MediaEndpoint, source: str | None, target: str | None
-) -> RtpHandler:
+_Mapping = dict[int, tuple[int, bytes | None]]  # payload type in -> (out or -1: drop, table)
+
+
+def _mapping(
+    source: str | None, target: str | None, event_in: int | None, event_out: int | None
+) -> _Mapping:
+    mapping: _Mapping = {}
+    if source is not None and target is not None and source != target:
+        mapping[_PAYLOAD_TYPES[source]] = (_PAYLOAD_TYPES[target], _TABLES[source, target])
+    if event_in is not None and event_in != event_out:
+        mapping[event_in] = (-1 if event_out is None else event_out, None)
+    return mapping
+
+
+def _relay(rewriter: SequenceRewriter, out: MediaEndpoint, mapping: _Mapping) -> RtpHandler:
     """The per-packet function for one direction, with its lookups bound once."""
     rewrite, send = rewriter.rewrite, out.send
-    if source is None or target is None or source == target:
+    if not mapping:
 
         def relay(data: bytes, now: float) -> None:
             send(rewrite(data, now))
 
         return relay
 
-    table = _TABLES[source, target]
-    from_pt, to_pt = _PAYLOAD_TYPES[source], _PAYLOAD_TYPES[target]
+    find = mapping.get
 
-    def transcode(data: bytes, now: float) -> None:
-        if data[1] & 0x7F == from_pt:
-            send(_translate(rewrite(data, now, to_pt), table))
-        else:
+    def mapped(data: bytes, now: float) -> None:
+        entry = find(data[1] & 0x7F)
+        if entry is None:
             send(rewrite(data, now))
+            return
+        payload_type, table = entry
+        if payload_type < 0:
+            return  # telephone-events for a phone that agreed none
+        packet = rewrite(data, now, payload_type)
+        send(packet if table is None else _translate(packet, table))
 
-    return transcode
+    return mapped
 
 
 def _translate(packet: bytes, table: bytes) -> bytes:

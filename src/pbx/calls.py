@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from media.aio import Bridge, MediaEndpoint
+from media.dtmf import Digit, digit_from_info
 from media.ports import PortPool
 from pbx.config import Config, TrunkConfig
 from pbx.dialplan import CallRequest, Dialplan, Route, RouteKind
@@ -56,6 +57,7 @@ from pbx.events import (
     CallRinging,
     CallStarted,
     CallTransferred,
+    DtmfReceived,
     EventBus,
 )
 from pbx.parking import ParkingLot
@@ -99,7 +101,7 @@ log = logging.getLogger("pbx.calls")
 
 SDP = "application/sdp"
 SHUTDOWN_GRACE = 2.0  # seconds the phones get to answer our BYEs when the exchange stops
-ALLOW = "INVITE, ACK, CANCEL, BYE, REFER, NOTIFY, OPTIONS, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, REFER, NOTIFY, OPTIONS, UPDATE, INFO"
 SUPPORTED = "timer, replaces"
 GLARE_ATTEMPTS = 3  # our re-INVITE is sent at most this often when each one meets 491
 _HOLD_ADDRESSES = ("0.0.0.0", "::")  # RFC 2543 hold: keep sending where we did
@@ -161,6 +163,7 @@ class Leg:
     timer_handle: asyncio.TimerHandle | None = None
     offering: bool = False  # our re-INVITE to the phone is in progress (§14.1: 491 its own)
     answering: bool = False  # its re-INVITE is being answered, until its ACK (§14.2: 500)
+    dtmf_pt: int | None = None  # the telephone-event payload type watched for digits
     offers: asyncio.Lock = field(default_factory=asyncio.Lock)  # one re-INVITE of ours at once
     acks: dict[int, asyncio.Future[Request]] = field(default_factory=dict)  # CSeq -> ACK
 
@@ -209,7 +212,7 @@ class Call:
     a_answer: Answer | None = None  # our one answer to a_offer (183 and 200 carry the same)
     attempts: list[Ringing] = field(default_factory=list)  # ringings under way (transfers)
     bridge: Bridge | None = None
-    transcode: tuple[str, str] | None = None
+    bridging: tuple[object, ...] = ()  # what the bridge was built for: codecs, events
     renegotiating: bool = False  # a G.722 leg is being re-offered G.711 for the other side
     answered: bool = False
     ended: bool = False
@@ -857,17 +860,20 @@ class CallManager:
 
         A leg on G.722 facing one on G.711 cannot be bridged (we relay G.722, never decode
         it): that leg is re-offered G.711 and the bridge is built once it agrees."""
+        for leg in call.legs():
+            self._watch_dtmf(leg)
         a, b = call.a.params, call.b.params
         if a is None or b is None or call.slot is not None:
             return True
         transcode = None if a.codec.upper() == b.codec.upper() else (a.codec, b.codec)
-        if call.bridge is not None and transcode == call.transcode:
+        events = (a.telephone_event, b.telephone_event)
+        if call.bridge is not None and (transcode, events) == call.bridging:
             return True
         if call.bridge is not None:
             call.bridge.close()
             call.bridge = None
         try:
-            call.bridge = Bridge(call.a.media, call.b.media, transcode)
+            call.bridge = Bridge(call.a.media, call.b.media, transcode, events)
         except MediaError as exc:
             relayed_only = [
                 leg for leg in call.legs()
@@ -882,9 +888,34 @@ class CallManager:
             log.warning("call %s: %s", call.id, exc)
             self._spawn(self._hang_up(call, "no common codec"))
             return False
-        call.transcode = transcode
+        call.bridging = (transcode, events)
         call.renegotiating = False
         return True
+
+    def _watch_dtmf(self, leg: Leg) -> None:
+        """Report the RFC 4733 digits of the leg's phone (its telephone-event from SDP)."""
+        payload_type = leg.params.telephone_event if leg.params is not None else None
+        if payload_type == leg.dtmf_pt:
+            return
+        leg.dtmf_pt = payload_type
+
+        def on_digit(digit: Digit) -> None:
+            # The leg's call of the moment: an attended transfer moves a leg to another.
+            current = self.calls.get(leg.owner)
+            if current is not None:
+                self._dtmf(current, leg, digit.digit, digit.duration, "rfc4733")
+
+        leg.media.watch_dtmf(payload_type, on_digit)
+
+    def _dtmf(self, call: Call, leg: Leg, digit: str, duration: float, source: str) -> None:
+        if call.ended or leg not in call.legs():
+            return
+        log.info("call %s: %s pressed %s (%s)", call.id, leg.party, digit, source)
+        self.events.publish(
+            DtmfReceived(self.clock(), call.id, call.caller, call.callee, digit=digit,
+                         duration_ms=round(duration * 1000), leg=leg.role, party=leg.party,
+                         source=source)
+        )  # fmt: skip
 
     def _ring_timeout(self, call: Call) -> None:
         if call.ringing.winner is not None or call.ended:
@@ -1140,8 +1171,25 @@ class CallManager:
             self._phone_update(call, leg, request)
         elif request.method == Method.REFER:
             self._refer(call, leg, dialog, request)
-        else:  # INFO...: not handled yet
+        elif request.method == Method.INFO:
+            self._info(call, leg, request)
+        else:
             self._reply(request, SipStatus.NOT_IMPLEMENTED, headers=[("Allow", ALLOW)])
+
+    def _info(self, call: Call, leg: Leg, request: Request) -> None:
+        """INFO (RFC 6086, legacy use): DTMF as application/dtmf-relay or application/dtmf;
+        an empty INFO (a keep-alive some phones send) is answered too."""
+        if not request.body:
+            self._reply(request, SipStatus.OK)
+            return
+        content_type = request.header("Content-Type") or ""
+        found = digit_from_info(content_type, request.body)
+        if found is None:
+            accept = [("Accept", "application/dtmf-relay, application/dtmf")]
+            self._reply(request, SipStatus.UNSUPPORTED_MEDIA_TYPE, headers=accept)
+            return
+        self._reply(request, SipStatus.OK)
+        self._dtmf(call, leg, found[0], found[1], "info")
 
     def _forget_dialog(self, request: Request) -> None:
         self._by_dialog.pop(dialog_id_for_request(request) or DialogId("", "", None), None)

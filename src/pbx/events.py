@@ -119,6 +119,19 @@ class CallRetrieved(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class DtmfReceived(CallEvent):
+    """A phone on the call pressed a key: `leg` (caller or callee) is its side, `party`
+    who it is, `source` how the digit came (rfc4733, info)."""
+
+    type: ClassVar[str] = "dtmf"
+    digit: str = ""
+    duration_ms: int = 0
+    leg: str = ""
+    party: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded(CallEvent):
     """The call is over; this carries everything its CDR records."""
 

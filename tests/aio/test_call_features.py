@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -71,6 +72,8 @@ async def phones(pbx: Exchange) -> AsyncIterator[PhoneFactory]:
             return made
 
         yield make
+        if pbx.calls is not None:  # hang up while the phones still answer the BYEs
+            await pbx.calls.stop()
 
 
 class Recorder:
@@ -254,6 +257,8 @@ async def test_park_timeout_rings_the_parker_again(tmp_path: Path) -> None:
         await alice.hears(bob, bob_call.media_port, b"\x62")
         [retrieved] = recorder.of("call_retrieved")
         assert (retrieved["by"], retrieved["timed_out"]) == ("1002", True)
+        await bob.bye(bob_call)
+        await alice.next("BYE")
     finally:
         await alice.stop()
         await bob.stop()
@@ -394,3 +399,69 @@ async def test_g722_call_transferred_to_a_g711_phone_is_renegotiated(
     assert "G722" not in reoffer.body.decode()
     await carol.hears(alice, alice_call.media_port, b"\xa1")
     await alice.hears(carol, carol_call.media_port, b"\xa2")
+
+
+def key_press(seq: int, timestamp: int, code: int, duration: int, end: bool, pt: int) -> bytes:
+    """One RFC 4733 packet of a key press."""
+    header = struct.pack("!BBHII", 0x80, pt, seq, timestamp, 0x4242)
+    return header + struct.pack("!BBH", code, (0x80 if end else 0) | 10, duration)
+
+
+async def test_rfc4733_digits_are_reported_and_relayed_under_the_callees_number(
+    pbx: Exchange, phones: PhoneFactory
+) -> None:
+    """Alice's telephone-event is 96, Bob's 101 (each leg's offer numbers it): pbx reports
+    Alice's digits on the bus and relays them to Bob re-labelled 101 (with the redundant
+    end packets)."""
+    recorder = Recorder(pbx)
+    alice, bob = await phones("1001", "1002")
+    invite = await alice.dial("1002", body=alice.offer(formats=(0, 96)))
+    bob_call = await bob.answer(await bob.incoming())
+    assert "telephone-event" in bob_call.invite.body.decode()
+    call = await alice.answered(invite)
+    await bob.hears(alice, call.media_port, b"\x01")  # the bridge is up
+    seq = 100
+    for n, code in enumerate((5, 11)):  # "5", "#"
+        ts = 16000 * (n + 1)
+        for duration, end in ((400, False), (800, False), (1200, True), (1200, True)):
+            alice.rtp.sendto(key_press(seq, ts, code, duration, end, 96),
+                             ("127.0.0.1", call.media_port))  # fmt: skip
+            seq += 1
+    relayed = []
+    while len(relayed) < 8:
+        packet = await bob.recv_rtp()
+        if packet[12:] != b"\x01" * 160:
+            relayed.append(packet)
+    assert {p[1] & 0x7F for p in relayed} == {101}
+    assert [p[12] for p in relayed] == [5] * 4 + [11] * 4
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while len(recorder.of("dtmf")) < 2 and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    digits = [(e["digit"], e["duration_ms"], e["leg"], e["party"], e["source"])
+              for e in recorder.of("dtmf")]  # fmt: skip
+    assert digits == [
+        ("5", 150, "caller", "1001", "rfc4733"),
+        ("#", 150, "caller", "1001", "rfc4733"),
+    ]
+
+
+async def test_info_dtmf_is_reported(pbx: Exchange, phones: PhoneFactory) -> None:
+    recorder = Recorder(pbx)
+    alice, bob = await phones("1001", "1002")
+    invite = await alice.dial("1002")
+    bob_call = await bob.answer(await bob.incoming())
+    await alice.answered(invite)
+    relay = [("Content-Type", "application/dtmf-relay")]
+    ok = await bob.request(bob_call, "INFO", relay, b"Signal=7\r\nDuration=250\r\n")
+    assert ok.status == 200
+    assert (await bob.request(bob_call, "INFO")).status == 200  # an empty keep-alive INFO
+    other = [("Content-Type", "application/x-vendor")]
+    assert (await bob.request(bob_call, "INFO", other, b"x")).status == 415
+    [event] = recorder.of("dtmf")
+    assert (event["digit"], event["duration_ms"], event["leg"], event["source"]) == (
+        "7",
+        250,
+        "callee",
+        "info",
+    )

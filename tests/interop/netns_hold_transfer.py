@@ -5,8 +5,9 @@ Run as root inside private network and PID namespaces made by the test:
     unshare -n -p -f --kill-child python -m tests.interop.netns_hold_transfer DIR
 
 The same set-up as netns_call.py (pbx and the phones on 10.77.0.1, a veth address only that
-namespace has) with three phones: 1001 (440 Hz) calls 1002 (1000 Hz, auto-answer); 1002 holds,
-resumes, then transfers the call blind (REFER) to 1003 (1700 Hz, auto-answer); 1001 hangs up.
+namespace has) with three phones: 1001 (440 Hz) calls 1002 (1000 Hz, auto-answer) and keys
+4 and 2 (RFC 4733); 1002 holds, resumes, then transfers the call blind (REFER) to 1003
+(1700 Hz, auto-answer); 1001 hangs up.
 `pbx events --json` runs alongside; its lines, the recordings and the CDRs (or an error with
 logs) go to DIR/result.json.
 """
@@ -209,6 +210,12 @@ def _calls(
         p.ctrl.wait_event("CALL_ESTABLISHED", timeout=10)
     events.wait(type="call_answered")
     time.sleep(TALK_SECONDS)
+    for key in "42":  # RFC 4733: press, hold a moment, release
+        a.ctrl.cmd("sndcode", key)
+        time.sleep(0.15)
+        a.ctrl.cmd("sndcode", "\x00")
+        time.sleep(0.15)
+    events.wait(type="dtmf", digit="2")
 
     b.ctrl.cmd("hold")
     events.wait(type="call_held", held=True)

@@ -34,6 +34,10 @@ def test_baresip_hold_resume_and_blind_transfer(tmp_path: Path) -> None:
         ("call_transferred", None, "1002", "1003"),
     ], seen
 
+    # The keys 1001 pressed, reported once each as the caller's.
+    dtmf = [(e["digit"], e["leg"], e["source"]) for e in result["events"] if e["type"] == "dtmf"]
+    assert dtmf == [("4", "caller", "rfc4733"), ("2", "caller", "rfc4733")], dtmf
+
     # 1003 talked to 1001 after the transfer.
     received = result["received"]
     assert len(received["1003"]) == 1, received

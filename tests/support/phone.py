@@ -26,7 +26,8 @@ from pbx.sip.uri import parse_uri
 from tests.support.sipclient import SipTestClient
 
 TIMEOUT = 5.0
-_FORMATS = {0: "PCMU/8000", 8: "PCMA/8000", 9: "G722/8000", 101: "telephone-event/8000"}
+_FORMATS = {0: "PCMU/8000", 8: "PCMA/8000", 9: "G722/8000", 96: "telephone-event/8000",
+            101: "telephone-event/8000"}  # fmt: skip
 
 
 def sdp(port: int, direction: str = "sendrecv", formats: Sequence[int] = (0, 8, 101)) -> bytes:
@@ -35,8 +36,7 @@ def sdp(port: int, direction: str = "sendrecv", formats: Sequence[int] = (0, 8, 
         f"m=audio {port} RTP/AVP {' '.join(map(str, formats))}",
         *(f"a=rtpmap:{pt} {_FORMATS[pt]}" for pt in formats),
     ]  # fmt: skip
-    if 101 in formats:
-        lines.append("a=fmtp:101 0-16")
+    lines += [f"a=fmtp:{pt} 0-16" for pt in formats if pt in (96, 101)]
     lines.append(f"a={direction}")
     return ("\r\n".join(lines) + "\r\n").encode()
 
