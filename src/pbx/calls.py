@@ -431,21 +431,18 @@ class CallManager:
         )
 
     async def _open_legs(self, request: Request) -> tuple[MediaEndpoint, MediaEndpoint] | None:
-        address = self.config.rtp.address
+        """Media for both sides of a new call; None (the caller got 503) if there is none."""
+        opened: list[MediaEndpoint] = []
         try:
-            a_media = await MediaEndpoint.open(self.pool, address)
+            for _ in range(2):
+                opened.append(await MediaEndpoint.open(self.pool, self.config.rtp.address))
         except MediaError as exc:
+            for media in opened:
+                media.close()
             log.error("no media ports for a call: %s", exc)
             self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
             return None
-        try:
-            b_media = await MediaEndpoint.open(self.pool, address)
-        except MediaError as exc:
-            a_media.close()
-            log.error("no media ports for a call: %s", exc)
-            self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
-            return None
-        return a_media, b_media
+        return opened[0], opened[1]
 
     async def _place_call(
         self,

@@ -53,6 +53,16 @@ def phone(work: Path, user: str, sip_port: int, ctrl_port: int, hz: float, answe
     return b
 
 
+def register(phones: list[Baresip]) -> None:
+    """Start each phone and wait until its registration succeeded."""
+    for p in phones:
+        p.start()
+        p.add_account()
+        assert p.ctrl is not None
+        event = p.ctrl.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=10)
+        assert event["type"] == "REGISTER_OK", event
+
+
 def call(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProcess) -> None:
     network()
     pbx.add_user("1001", "pw1001")
@@ -61,12 +71,7 @@ def call(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProc
     caller = phone(work, "1001", 5071, 4444, 440.0, "manual")
     callee = phone(work, "1002", 5081, 4454, 1000.0, "auto")
     phones += [caller, callee]
-    for p in phones:
-        p.start()
-        p.add_account()
-        assert p.ctrl is not None
-        event = p.ctrl.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=10)
-        assert event["type"] == "REGISTER_OK", event
+    register(phones)
     assert caller.ctrl is not None and callee.ctrl is not None
     caller.ctrl.cmd("dial", f"sip:1002@{HOST}")
     for p in phones:

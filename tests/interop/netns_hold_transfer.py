@@ -22,12 +22,22 @@ import sys
 import threading
 import time
 import wave
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tests.interop.netns_call import HOST, SIP_PORT, collect, network, phone, run
+from tests.interop.netns_call import (
+    HOST,
+    SIP_PORT,
+    Scenario,
+    collect,
+    network,
+    phone,
+    register,
+    run,
+)
 from tests.support.baresip import Baresip
 from tests.support.pbxproc import PYTHON, PbxProcess
 
@@ -165,25 +175,37 @@ class EventLog:
                 self.proc.wait(3)
 
 
-def scenario(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProcess) -> None:
-    network()
-    tap = Tap()
-    try:
-        for user in TONES:
-            pbx.add_user(user, f"pw{user}")
-        pbx.start()
-        events = EventLog(pbx.config)
+Calls = Callable[[Path, dict[str, Any], list[Baresip], PbxProcess, "EventLog"], None]
+
+
+def tapped(calls: Calls, users: Iterable[str], first_port: int) -> Scenario:
+    """A scenario: the network, pbx with `users` (password pw + user), `pbx events`
+    followed, and every datagram on `lo` tapped while `calls` runs; the audio that reached
+    the phone whose RTP ports start at `first_port` is kept as tap-1001.wav."""
+
+    def scenario(
+        work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProcess
+    ) -> None:
+        network()
+        tap = Tap()
         try:
-            _calls(work, result, phones, pbx, events)
+            for user in users:
+                pbx.add_user(user, f"pw{user}")
+            pbx.start()
+            events = EventLog(pbx.config)
+            try:
+                calls(work, result, phones, pbx, events)
+            finally:
+                events.stop()
+                result["events"] = events.events
         finally:
-            events.stop()
-            result["events"] = events.events
-    finally:
-        tap.stop()
-        result["sip"] = tap.sip()
-        result["rtp_flows"] = tap.flows()
-        low = rtp_low(PORTS["1001"][0])
-        result["tapped"] = {"1001": str(tap.rtp_to(range(low, low + 10), work / "tap-1001.wav"))}
+            tap.stop()
+            result["sip"] = tap.sip()
+            result["rtp_flows"] = tap.flows()
+            ports = range(first_port, first_port + 10)
+            result["tapped"] = {"1001": str(tap.rtp_to(ports, work / "tap-1001.wav"))}
+
+    return scenario
 
 
 def _calls(
@@ -195,12 +217,7 @@ def _calls(
             phone(work, user, sip_port, ctrl_port, hz, "manual" if user == "1001" else "auto")
         )
     a, b, c = phones
-    for p in phones:
-        p.start()
-        p.add_account()
-        assert p.ctrl is not None
-        event = p.ctrl.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=10)
-        assert event["type"] == "REGISTER_OK", event
+    register(phones)
     assert a.ctrl is not None and b.ctrl is not None and c.ctrl is not None
     # The events client must be subscribed before anything worth seeing happens.
     events.wait(type="registration")
@@ -242,4 +259,4 @@ def _calls(
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1]), scenario))
+    sys.exit(run(Path(sys.argv[1]), tapped(_calls, TONES, rtp_low(PORTS["1001"][0]))))

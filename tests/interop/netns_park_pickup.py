@@ -18,35 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.interop.netns_call import HOST, collect, network, phone, run
-from tests.interop.netns_hold_transfer import EventLog, Tap, rtp_low
+from tests.interop.netns_call import HOST, collect, phone, register, run
+from tests.interop.netns_hold_transfer import EventLog, rtp_low, tapped
 from tests.support.baresip import Baresip
 from tests.support.pbxproc import PbxProcess
 
 TALK_SECONDS = 2.0
 TONES = {"1001": 440.0, "1002": 1000.0, "1003": 1700.0}
 PORTS = {"1001": (5071, 4444), "1002": (5081, 4454), "1003": (5091, 4464)}  # SIP, ctrl_tcp
-
-
-def scenario(work: Path, result: dict[str, Any], phones: list[Baresip], pbx: PbxProcess) -> None:
-    network()
-    tap = Tap()
-    try:
-        for user in TONES:
-            pbx.add_user(user, f"pw{user}")
-        pbx.start()
-        events = EventLog(pbx.config)
-        try:
-            _calls(work, result, phones, pbx, events)
-        finally:
-            events.stop()
-            result["events"] = events.events
-    finally:
-        tap.stop()
-        result["sip"] = tap.sip()
-        result["rtp_flows"] = tap.flows()
-        low = rtp_low(PORTS["1001"][0])
-        result["tapped"] = {"1001": str(tap.rtp_to(range(low, low + 10), work / "tap-1001.wav"))}
 
 
 def _calls(
@@ -56,12 +35,7 @@ def _calls(
         sip_port, ctrl_port = PORTS[user]
         phones.append(phone(work, user, sip_port, ctrl_port, hz, "manual"))
     a, b, c = phones
-    for p in phones:
-        p.start()
-        p.add_account()
-        assert p.ctrl is not None
-        event = p.ctrl.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=10)
-        assert event["type"] == "REGISTER_OK", event
+    register(phones)
     assert a.ctrl is not None and b.ctrl is not None and c.ctrl is not None
     events.wait(type="registration")
 
@@ -99,4 +73,4 @@ def _calls(
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1]), scenario))
+    sys.exit(run(Path(sys.argv[1]), tapped(_calls, TONES, rtp_low(PORTS["1001"][0]))))
