@@ -60,6 +60,9 @@ async def pbx(tmp_path: Path) -> AsyncIterator[Exchange]:
 
 @pytest.fixture
 async def phones(pbx: Exchange) -> AsyncIterator[PhoneFactory]:
+    """Phones registered on `pbx`; afterwards every call's state and media are gone."""
+    assert pbx.calls is not None
+    free = pbx.calls.pool.free
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(*extensions: str, **options: object) -> list[Phone]:
@@ -72,8 +75,11 @@ async def phones(pbx: Exchange) -> AsyncIterator[PhoneFactory]:
             return made
 
         yield make
-        if pbx.calls is not None:  # hang up while the phones still answer the BYEs
-            await pbx.calls.stop()
+        await pbx.calls.stop()  # hang up while the phones still answer the BYEs
+    assert pbx.calls.calls == {}
+    assert pbx.calls._by_dialog == {} and pbx.calls._by_branch == {}
+    assert pbx.calls.parking.parked() == {}
+    assert pbx.calls.pool.free == free, "media ports not given back"
 
 
 class Recorder:
