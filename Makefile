@@ -27,13 +27,15 @@ demo: $(DEMO)/pbx.toml
 run: $(BIN)/pbx $(DEMO)/pbx.toml
 	$(BIN)/pbx -c $(DEMO)/pbx.toml serve
 
-# Debian packages the interop tests drive: SIPp (sip-tester) and baresip.
+# Debian packages the tests drive: SIPp (sip-tester), baresip, iproute2 (namespaces),
+# espeak-ng (synthetic speech for the DTMF detector's talk-off test).
 test-deps: $(BIN)/pbx
-	@if ! command -v sipp >/dev/null || ! command -v baresip >/dev/null || ! command -v ip >/dev/null; then \
+	@if ! command -v sipp >/dev/null || ! command -v baresip >/dev/null || ! command -v ip >/dev/null \
+			|| ! command -v espeak-ng >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
-			sip-tester baresip iproute2; \
+			sip-tester baresip iproute2 espeak-ng; \
 	fi
 
 lint: $(BIN)/pbx

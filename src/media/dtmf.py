@@ -1,5 +1,6 @@
-"""DTMF: RFC 4733 telephone-events received from RTP, and SIP INFO bodies. Pure: no
-sockets, no clock (the caller gives `now`).
+"""DTMF: RFC 4733 telephone-events received from RTP and sent, SIP INFO bodies, and
+in-band tones detected (ITU-T Q.24) and generated. Pure: no sockets, no clock (the caller
+gives `now`).
 
 An RFC 4733 event is a run of packets with one RTP timestamp (the event's start) and a
 growing duration; the last three carry the E (end) bit. `TelephoneEventReceiver` turns
@@ -13,14 +14,24 @@ the 16-bit duration would overflow) is one digit.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from struct import Struct
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "DIGITS",
     "Digit",
+    "EventPacket",
+    "InbandDetector",
     "TelephoneEventReceiver",
     "digit_from_info",
+    "dtmf_samples",
+    "event_packets",
+    "feed_many",
 ]
 
 DIGITS = "0123456789*#ABCD"
@@ -152,3 +163,251 @@ def digit_from_info(content_type: str, body: bytes) -> tuple[str, float] | None:
     if len(signal) != 1 or signal not in DIGITS + "!":
         return None
     return signal, seconds
+
+
+# --- in-band: detection (ITU-T Q.24) and generation --------------------------------------
+
+ROWS = (697.0, 770.0, 852.0, 941.0)
+COLUMNS = (1209.0, 1336.0, 1477.0, 1633.0)
+KEYPAD = ("123A", "456B", "789C", "*0#D")
+RATE = 8000
+FRAME = 160
+HOP = 80  # a decision every 10 ms
+WINDOW = 106  # 13.25 ms: the Goertzel window
+LAG = 53  # the second window's offset, for measuring each tone's frequency
+LONG = 240  # 30 ms: the window over which a candidate's two tones must hold still
+HISTORY = max(WINDOW + LAG, LONG)
+
+_FREQUENCIES = np.array(ROWS + COLUMNS)
+_BASIS = np.exp(-2j * np.pi * np.outer(np.arange(WINDOW), _FREQUENCIES) / RATE).astype(np.complex64)
+_NOMINAL_TURN = 2 * np.pi * _FREQUENCIES * LAG / RATE
+# Q.24 (and spandsp's defaults): operate within +-1.5% of the nominal frequency and not
+# beyond +-3.5%: the line is drawn halfway. Normal twist (high group weaker) up to 8 dB,
+# reverse twist up to 4 dB; each tone at least -30 dBm0; the two tones at least 60% of all
+# the energy in the window, each 6 dB above the others of its group.
+MAX_DEVIATION = 0.025
+ACCEPTED_DEVIATION = 0.015
+Hop = tuple[str, float]  # the key, and the share of the last 30 ms its two tones hold
+NORMAL_TWIST_DB, REVERSE_TWIST_DB = 8.0, 4.0
+MIN_LEVEL_DBM0 = -30.0
+MIN_SHARE = 0.75
+PEAK_RATIO = 4.0
+MIN_HOPS = 3  # tone present this many decisions in a row: a 40 ms tone is, a 23 ms one not
+END_HOPS = 3  # absent this many in a row ends the digit (a 10 ms drop-out does not)
+# A key's tones are steady; speech that looks like them for 13 ms glides (formants move).
+# One decision of a run must find the tones, at the frequencies measured, holding this share
+# of the energy of the last 30 ms.
+HELD_SHARE = 0.93
+_PEAK_0DBM0 = 32767 * 10 ** (-3.14 / 20)
+_MIN_POWER = (_PEAK_0DBM0 * 10 ** (MIN_LEVEL_DBM0 / 20)) ** 2 / 2
+_TWIST_LOW = 10 ** (-NORMAL_TWIST_DB / 10)
+_TWIST_HIGH = 10 ** (REVERSE_TWIST_DB / 10)
+
+# Window index arrays for the two decisions of a 20 ms frame: (hop, window, sample).
+_ENDS = HISTORY + HOP * np.arange(1, FRAME // HOP + 1)
+_LONG_INDEX = np.stack([np.arange(e - LONG, e) for e in _ENDS])
+_LONG_TIME = np.arange(LONG) / RATE
+_INDEX = np.stack(
+    [np.stack([np.arange(e - LAG - WINDOW, e - LAG), np.arange(e - WINDOW, e)]) for e in _ENDS]
+)
+
+
+class InbandDetector:
+    """DTMF tones in one stream of 8 kHz audio, 20 ms at a time (`feed`), or many streams
+    in one numpy pass (`feed_many`). Digits are reported when they end, like RFC 4733's."""
+
+    def __init__(self) -> None:
+        self._tail = np.zeros(HISTORY, dtype=np.float32)
+        self._samples = 0  # samples seen, for the digits' timestamps
+        self._current: str | None = None
+        self._candidate: Hop | None = None
+        self._run = 0
+        self._steady = False  # a decision of the run found the tones held for 30 ms
+        self._absent = 0
+        self._started = 0
+        self._last_seen = 0
+
+    def feed(self, frame: npt.ArrayLike) -> list[Digit]:
+        return feed_many([self], np.asarray(frame, dtype=np.int16).reshape(1, FRAME))[0]
+
+    def _decide(self, decisions: list[Hop | None]) -> list[Digit]:
+        idle = self._current is None and self._candidate is None
+        if idle and all(d is None for d in decisions):  # the usual case: no key at all
+            self._samples += HOP * len(decisions)
+            return []
+        out: list[Digit] = []
+        for hop in decisions:
+            self._samples += HOP
+            if hop is not None:
+                digit = hop[0]
+                previous = self._candidate
+                if previous is None or previous[0] != digit:
+                    self._run, self._steady = 0, False
+                self._run += 1
+                self._steady = self._steady or hop[1] >= HELD_SHARE
+                self._candidate, self._absent = hop, 0
+                if self._run >= MIN_HOPS and self._steady and digit != self._current:
+                    if self._current is not None:
+                        out.append(self._finish())
+                    self._current = digit
+                    self._started = self._samples - HOP - HISTORY
+                if digit == self._current:
+                    self._last_seen = self._samples
+                continue
+            self._candidate, self._run, self._steady = None, 0, False
+            self._absent += 1
+            if self._current is not None and self._absent >= END_HOPS:
+                out.append(self._finish())
+        return out
+
+    def _finish(self) -> Digit:
+        assert self._current is not None
+        digit, self._current = self._current, None
+        samples = self._last_seen - self._started
+        return Digit(digit, samples / RATE, self._started & 0xFFFFFFFF)
+
+
+def _restored(
+    power: npt.NDArray[np.floating[Any]],
+    deviation: npt.NDArray[np.floating[Any]],
+    which: npt.NDArray[np.intp],
+) -> npt.NDArray[np.floating[Any]]:
+    """A tone's power with the window's loss for its measured frequency offset added back
+    (a rectangular window's sinc response), counted for offsets up to the accepted 1.5% so
+    that an accepted tone is judged as if it were on frequency."""
+    x = np.minimum(deviation, ACCEPTED_DEVIATION) * _FREQUENCIES[which] * WINDOW / RATE
+    restored: npt.NDArray[np.floating[Any]] = power / np.sinc(x) ** 2
+    return restored
+
+
+def feed_many(
+    detectors: Sequence[InbandDetector], frames: npt.NDArray[np.int16]
+) -> list[list[Digit]]:
+    """One 20 ms frame for each detector (row i of `frames` for detectors[i]), all in one
+    numpy pass; the digits each one finished."""
+    if len(detectors) == 0:
+        return []
+    signal = np.concatenate(
+        [np.stack([d._tail for d in detectors]), frames.astype(np.float32)], axis=1
+    )
+    for detector, row in zip(detectors, signal, strict=True):
+        detector._tail = row[-HISTORY:].copy()
+    windows = signal[:, _INDEX]  # (streams, hops, 2 windows, WINDOW)
+    spectra = windows @ _BASIS  # (streams, hops, 2, 8)
+    late, early = spectra[:, :, 1, :], spectra[:, :, 0, :]
+    power = 2 * (late.real**2 + late.imag**2) / WINDOW**2  # mean square of each tone
+    total = (windows[:, :, 1, :] ** 2).mean(axis=-1)
+    turn = np.angle(late * np.conj(early)) - _NOMINAL_TURN
+    offset = ((turn + np.pi) % (2 * np.pi) - np.pi) / (2 * np.pi * LAG) * RATE / _FREQUENCIES
+    deviation = np.abs(offset)
+
+    rows, cols = power[..., :4], power[..., 4:]
+    row, col = rows.argmax(axis=-1), cols.argmax(axis=-1)
+    row_power = np.take_along_axis(rows, row[..., None], -1)[..., 0]
+    col_power = np.take_along_axis(cols, col[..., None], -1)[..., 0]
+    row_second = np.sort(rows, axis=-1)[..., -2]
+    col_second = np.sort(cols, axis=-1)[..., -2]
+    row_dev = np.take_along_axis(deviation[..., :4], row[..., None], -1)[..., 0]
+    col_dev = np.take_along_axis(deviation[..., 4:], col[..., None], -1)[..., 0]
+    row_off = np.take_along_axis(offset[..., :4], row[..., None], -1)[..., 0]
+    col_off = np.take_along_axis(offset[..., 4:], col[..., None], -1)[..., 0]
+    twist = col_power / np.maximum(row_power, 1e-9)
+    present = (
+        (row_power >= _MIN_POWER)
+        & (col_power >= _MIN_POWER)
+        & (twist >= _TWIST_LOW)
+        & (twist <= _TWIST_HIGH)
+        & (row_power >= PEAK_RATIO * row_second)
+        & (col_power >= PEAK_RATIO * col_second)
+        & (
+            _restored(row_power, row_dev, row) + _restored(col_power, col_dev, col + 4)
+            >= MIN_SHARE * total
+        )
+        & (row_dev <= MAX_DEVIATION)
+        & (col_dev <= MAX_DEVIATION)
+    )
+    hops = present.shape[1]
+    idle: list[Hop | None] = [None] * hops
+    streams, at = np.nonzero(present)
+    held_share = np.zeros(0)
+    if len(streams):
+        # Where a key seems to be: its two tones at their measured frequencies over the last
+        # 30 ms. A key's tones hold all the energy there; speech that looked like them for
+        # 13 ms has moved on.
+        long = signal[streams[:, None], _LONG_INDEX[at]]  # (candidates, LONG)
+        measured = np.stack(
+            [
+                np.asarray(ROWS)[row[streams, at]] * (1 + row_off[streams, at]),
+                np.asarray(COLUMNS)[col[streams, at]] * (1 + col_off[streams, at]),
+            ],
+            -1,
+        )  # (candidates, 2)
+        phases = np.exp(-2j * np.pi * measured[..., None] * _LONG_TIME)
+        held = np.einsum("cn,ckn->ck", long, phases)
+        held_power = 2 * (held.real**2 + held.imag**2).sum(-1) / LONG**2
+        held_share = held_power / np.maximum((long**2).mean(-1), 1e-9)
+    found: dict[int, list[Hop | None]] = {}
+    for n, (i, h) in enumerate(zip(streams.tolist(), at.tolist(), strict=True)):
+        decisions = found.setdefault(i, [None] * hops)
+        decisions[h] = (KEYPAD[row[i, h]][col[i, h]], float(held_share[n]))
+    out = []
+    for i, detector in enumerate(detectors):
+        out.append(detector._decide(found.get(i, idle)))
+    return out
+
+
+_TONE_PEAK_LOW = _PEAK_0DBM0 * 10 ** (-8 / 20)  # -8 dBm0 low group
+_TONE_PEAK_HIGH = _PEAK_0DBM0 * 10 ** (-6 / 20)  # -6 dBm0 high group (2 dB pre-twist)
+
+
+def dtmf_samples(digits: str, tone_ms: int = 100, pause_ms: int = 100) -> npt.NDArray[np.int16]:
+    """In-band DTMF for `digits` (0-9 * # A-D): each tone then a pause, 8 kHz."""
+    parts = []
+    pause = np.zeros(pause_ms * RATE // 1000, dtype=np.float64)
+    t = np.arange(tone_ms * RATE // 1000) / RATE
+    for digit in digits.upper():
+        row = next((i for i, keys in enumerate(KEYPAD) if digit in keys), None)
+        if row is None:
+            raise ValueError(f"not a DTMF digit: {digit!r}")
+        col = KEYPAD[row].index(digit)
+        tone = _TONE_PEAK_LOW * np.sin(2 * np.pi * ROWS[row] * t)
+        tone += _TONE_PEAK_HIGH * np.sin(2 * np.pi * COLUMNS[col] * t)
+        parts += [tone, pause]
+    joined = np.concatenate(parts) if parts else np.zeros(0)
+    return np.round(joined).astype(np.int16)
+
+
+# --- RFC 4733: sending ---------------------------------------------------------------
+
+EVENT_CODES = {d: i for i, d in enumerate(DIGITS)}
+
+
+@dataclass(frozen=True, slots=True)
+class EventPacket:
+    """One RTP packet of a telephone-event: its payload and RTP header flags."""
+
+    payload: bytes
+    marker: bool
+    end: bool
+
+
+def event_packets(
+    digit: str, duration: float = 0.1, volume: int = 10, clock_rate: int = 8000,
+    interval: float = 0.02,
+) -> list[EventPacket]:  # fmt: skip
+    """The packets of one key press (RFC 4733 §2.5.1): the first with the marker bit, one
+    every `interval` with the growing duration, the last three with the E bit and the final
+    duration (redundancy against loss). All carry the event's start timestamp."""
+    code = EVENT_CODES.get(digit.upper())
+    if code is None:
+        raise ValueError(f"not a DTMF digit: {digit!r}")
+    step = round(interval * clock_rate)
+    total = max(step, round(duration * clock_rate))
+    packets: list[EventPacket] = []
+    elapsed = step
+    while elapsed < total:
+        packets.append(EventPacket(_EVENT.pack(code, volume & 0x3F, elapsed), not packets, False))
+        elapsed += step
+    end = _EVENT.pack(code, 0x80 | (volume & 0x3F), min(total, 0xFFFF))
+    packets += [EventPacket(end, not packets and i == 0, True) for i in range(3)]
+    return packets
