@@ -133,6 +133,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.on_rtcp = None
         self._event_pt = -1  # the phone's telephone-event payload type, watched for DTMF
         self._events: DtmfTap | None = None
+        self.audio_tap: RtpHandler | None = None
+        """Sees every RTP packet accepted from the phone (a decoder for recording...)."""
+        self.local = False
+        """Audio of ours plays to the phone (a prompt, music, a conference): relayed packets
+        are dropped meanwhile."""
         self.on_inactive = on_inactive
         self.stats: ReceiveStats | None = None
         self.received = self.sent = self.foreign = self.dropped = 0
@@ -278,6 +283,9 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         stats.on_packet(sequence, timestamp, now)
         if data[1] & 0x7F == self._event_pt and self._events is not None:
             self._events.packet(data, now)
+        tap = self.audio_tap
+        if tap is not None:
+            tap(data, now)
         handler = self.on_rtp
         if handler is not None:
             handler(data, now)
@@ -285,7 +293,17 @@ class MediaEndpoint(asyncio.DatagramProtocol):
     def _on_rtcp(self, data: bytes, addr: Address, muxed: bool = False) -> None:
         latched = self._rtcp_latched
         if latched is None:
-            self._rtcp_latched, self._rtcp_muxed = addr, muxed
+            departed = self._departed
+            if (
+                departed is not None
+                and addr[0] == departed[0]
+                and (addr[1] in (departed[1], departed[1] + 1))
+            ):
+                self.foreign += 1  # the departed party's RTCP (or muxed on its RTP port)
+                return
+            if muxed and addr != self._latched:
+                self.foreign += 1  # muxed RTCP only from where the RTP comes from
+                return
         elif addr != latched:
             self.foreign += 1
             return
@@ -294,6 +312,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         except RtpError:
             self.dropped += 1
             return
+        if latched is None:  # latch only onto something that parsed as RTCP
+            self._rtcp_latched, self._rtcp_muxed = addr, muxed
         now = self._time()
         self._reporter.on_rtcp(packets, now, self._ntp(now), self.stats)
         if self.on_rtcp is not None:
@@ -302,7 +322,16 @@ class MediaEndpoint(asyncio.DatagramProtocol):
     # --- sending and addressing --------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Send one RTP packet to the latched address, else the SDP one; else drop."""
+        """Send one relayed RTP packet to the latched address, else the SDP one; else (or
+        while something of ours plays to the phone, `local`) drop it."""
+        to = self._send_to
+        if to is not None and not self._closed and not self.local:
+            self._rtp.sendto(data, to)  # type: ignore[union-attr]
+            self.sent += 1
+            self.sent_bytes += len(data)
+
+    def send_local(self, data: bytes) -> None:
+        """Send a packet of our own (`outgoing.emit`), whatever `local` says."""
         to = self._send_to
         if to is not None and not self._closed:
             self._rtp.sendto(data, to)  # type: ignore[union-attr]
@@ -460,7 +489,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             )
             self._send_rtcp(bye)
         self._closed = True
-        self.on_rtp = self.on_rtcp = None
+        self.on_rtp = self.on_rtcp = self.audio_tap = None
         self.watch_dtmf(None, None)
         self.on_inactive = None
         for timer in (self._timer, self._rtcp_timer):

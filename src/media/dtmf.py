@@ -148,7 +148,8 @@ def digit_from_info(content_type: str, body: bytes) -> tuple[str, float] | None:
             name, _, value = line.partition("=")
             fields[name.strip().lower()] = value.strip()
         signal, duration = fields.get("signal", ""), fields.get("duration", "")
-        seconds = int(duration) / 1000 if duration.isdigit() and len(duration) < 7 else 0.0
+        plain = duration.isascii() and duration.isdigit() and len(duration) < 7
+        seconds = int(duration) / 1000 if plain else 0.0
     elif kind == "application/dtmf":
         signal, seconds = text.strip(), 0.0
     else:

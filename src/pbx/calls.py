@@ -177,6 +177,7 @@ class Fork:
     dialog: Dialog | None = None
     final: int | None = None
     timed_out: bool = False  # cancelled because its member's time in a ring group was up
+    cancelled: bool = False  # our CANCEL for it is sent (one is enough)
     digest: DigestClient | None = None  # a trunk's credentials, nonce-counts for this dialog
 
     @property
@@ -198,6 +199,16 @@ class Ringing:
         return [f for f in self.forks if f.final is None]
 
 
+@dataclass(frozen=True)
+class Adoption:
+    """What a phone taking over a leg gets in our 200: an answer to its offer, or (its
+    INVITE had none) an offer of ours that its ACK answers."""
+
+    sdp: SessionDescription
+    answer: Answer | None
+    offered: bool
+
+
 @dataclass(eq=False)
 class Call:
     id: str
@@ -214,6 +225,7 @@ class Call:
     bridge: Bridge | None = None
     bridging: tuple[object, ...] = ()  # what the bridge was built for: codecs, events
     renegotiating: bool = False  # a G.722 leg is being re-offered G.711 for the other side
+    transferring: Leg | None = None  # the leg whose phone's REFER is being carried out
     answered: bool = False
     ended: bool = False
     caller: str = ""
@@ -368,7 +380,7 @@ class CallManager:
             self._too_brief(request, timer)
             return
         if request.header("Replaces") is not None:
-            self._replacing_invite(request, peer, caller, offer, timer)
+            self._replacing_invite(request, peer, caller, offer, timer, trunk is not None)
             return
         dialled = _dialled(request.uri)
         if trunk is not None and dialled in ("", trunk.username):
@@ -632,6 +644,8 @@ class CallManager:
         if final.status in (401, 407):
             # A challenge we could not answer is not the caller's to answer.
             fork.final = SipStatus.SERVICE_UNAVAILABLE
+        elif final.status < 300 and fork.dialog is None:
+            fork.final = SipStatus.BAD_GATEWAY  # a 2xx we could not make a dialog of
         return fork.final or final.status
 
     async def _invite(
@@ -674,7 +688,12 @@ class CallManager:
         if status >= 300:
             return
         # A 2xx: the first one wins; later ones (other forks) are answered with BYE.
-        dialog = Dialog.from_uac(fork.request, response)
+        try:
+            dialog = Dialog.from_uac(fork.request, response)
+        except RemoteProtocolError as exc:
+            # No dialog to ACK or BYE in (a 2xx without a usable Contact...): a failure.
+            log.warning("unusable 2xx from %s: %s", fork.peer, exc)
+            return
         local = (fork.peer.local.host, fork.peer.local.port)
         ack = dialog.create_ack(local_address=local, transport=fork.peer.transport.upper())
         self.endpoint.send(ack.encode(), fork.peer)
@@ -754,6 +773,8 @@ class CallManager:
 
     async def _complete_a(self, call: Call) -> None:
         """The called side is up: answer the caller (our 200, then its ACK)."""
+        if call.ended:
+            return  # cancelled meanwhile: releasing the call sends the callee BYE
         our_offer = None
         try:
             a_sdp = self._answer_caller(call).sdp if call.a_offer is not None else None
@@ -876,7 +897,9 @@ class CallManager:
                 leg for leg in call.legs()
                 if leg.session.passthrough is not None and leg.dialog is not None
             ]  # fmt: skip
-            if relayed_only and not call.renegotiating:
+            if call.renegotiating:
+                return True  # a G.711 offer is under way; the bridge waits for it
+            if relayed_only:
                 leg = relayed_only[0]
                 log.info("call %s: %s; offering the %s G.711", call.id, exc, leg.role)
                 call.renegotiating = True
@@ -949,6 +972,9 @@ class CallManager:
         if call.answered or call.ended or ringing.winner is not None or ringing.over:
             self._reply(request, SipStatus.NOT_FOUND, reason="Nothing To Pick Up")
             return
+        adoption = self._adoption(call, call.b, request, offer)
+        if adoption is None:
+            return  # the phones go on ringing
         ringing.over = True
         ringing.winner = Fork(request, Target(picker, request.uri, str(request.uri), peer))
         for fork in ringing.pending():
@@ -957,32 +983,39 @@ class CallManager:
             CallPickedUp(self.clock(), call.id, call.caller, call.callee, by=picker)
         )
         log.info("call %s: picked up by %s", call.id, picker)
-        if not await self._adopt(call, call.b, request, peer, picker, offer, timer):
+        if not await self._adopt(call, call.b, request, peer, picker, adoption, timer):
             return
         call.answered_by = picker
         call.parties.append(picker)
         await self._complete_a(call)
 
+    def _adoption(
+        self, call: Call, leg: Leg, request: Request, offer: SessionDescription | None
+    ) -> Adoption | None:
+        """Our SDP for a phone that is to take `leg` over, worked out before anything is
+        committed: None (the phone got 488) if its offer cannot meet the other side."""
+        prefer = _preferred(call, call.other(leg))
+        if offer is None:
+            return Adoption(leg.session.offer(codecs=_codecs_after(prefer)), None, True)
+        try:
+            reply = leg.session.answer(offer, prefer=prefer)
+        except RemoteProtocolError:
+            self._reply(request, SipStatus.NOT_ACCEPTABLE_HERE)
+            return None
+        return Adoption(reply.sdp, reply, False)
+
     async def _adopt(
         self, call: Call, leg: Leg, request: Request, peer: Peer, party: str,
-        offer: SessionDescription | None, timer: SessionTimer | None,
+        adoption: Adoption, timer: SessionTimer | None,
     ) -> bool:  # fmt: skip
         """Answer `request`, a phone's INVITE, on `leg`: that phone becomes this side of
         the call (pickup, retrieving a parked call, INVITE with Replaces). The phone the
         leg had before, if any, is sent BYE. False if the call could not go on."""
-        other = call.other(leg)
-        our_offer = None
-        reply = None
-        if offer is not None:
-            try:
-                reply = leg.session.answer(offer, prefer=_preferred(call, other))
-            except RemoteProtocolError:
-                self._reply(request, SipStatus.NOT_ACCEPTABLE_HERE)
-                return False
-            body = reply.sdp
-        else:
-            body = our_offer = leg.session.offer(codecs=_codecs_after(_preferred(call, other)))
+        body, reply = adoption.sdp, adoption.answer
+        our_offer = body if adoption.offered else None
         old_dialog, old_peer = leg.dialog, leg.peer
+        # Only an extension's phone adopts a leg (pickup, park and Replaces are refused to
+        # trunks), so the leg no longer runs over a trunk.
         leg.peer, leg.allow, leg.party, leg.trunk = peer, _allow_of(request), party, None
         leg.timer, leg.owns_call_id, leg.asked = timer, False, Direction.SENDRECV
         if leg.timer_handle is not None:
@@ -1067,15 +1100,19 @@ class CallManager:
     ) -> None:  # fmt: skip
         """`party` dialled the slot `call` waits in: its phone takes the parked leg."""
         slot = call.slot or ""
-        leg = self._unpark(call)
-        if leg is None or call.ended:
+        if call.parked_leg is None or call.ended:
             self._reply(request, SipStatus.NOT_FOUND, reason="Nothing Parked There")
             return
+        adoption = self._adoption(call, call.parked_leg, request, offer)
+        if adoption is None:
+            return  # the call stays parked
+        leg = self._unpark(call)
+        assert leg is not None
         self.events.publish(
             CallRetrieved(self.clock(), call.id, call.caller, call.callee, slot=slot, by=party)
         )
         log.info("call %s: retrieved from slot %s by %s", call.id, slot, party)
-        if await self._adopt(call, leg, request, peer, party, offer, timer):
+        if await self._adopt(call, leg, request, peer, party, adoption, timer):
             call.parties.append(party)
             self._connect(call)
             self._watch(call, leg)
@@ -1093,12 +1130,14 @@ class CallManager:
         )  # fmt: skip
         log.info("call %s: park timeout in slot %s; ringing %s", call.id, slot, by)
         route = self.dialplan.route(CallRequest(call.other(leg).party, by))
-        if route.kind not in _CALL_ROUTES or not await self._bring_in(call, leg, route, by):
+        # Only back to the parker's phones: never out through a trunk on a party's behalf.
+        callable_back = route.kind in _CALL_ROUTES and route.kind is not RouteKind.TRUNK
+        if not callable_back or not await self._bring_in(call, leg, route, by):
             await self._hang_up(call, "park timeout, nobody answered")
 
     def _replacing_invite(
         self, request: Request, peer: Peer, party: str, offer: SessionDescription | None,
-        timer: SessionTimer | None,
+        timer: SessionTimer | None, from_trunk: bool,
     ) -> None:  # fmt: skip
         """An INVITE with Replaces (RFC 3891 §3): the phone takes over the leg of ours it
         names, and the phone that had it is sent BYE."""
@@ -1115,11 +1154,28 @@ class CallManager:
         if replaces.early_only:
             self._reply(request, SipStatus.BUSY_HERE)  # §3: the dialog is confirmed
             return
+        # §6: only someone with a say in the replaced dialog may replace it: the phone on
+        # its other side, or a party of the call who referred this phone (Referred-By).
+        referred_by = request.header("Referred-By")
+        referrer = None
+        if referred_by is not None:
+            with contextlib.suppress(RemoteProtocolError):
+                referrer = _dialled(parse_name_addr(referred_by).uri)
+        parties = {p.party for p in call.legs()} | set(call.parties)
+        if from_trunk or (party not in parties and referrer not in parties):
+            self._reply(request, SipStatus.FORBIDDEN, reason="Not A Party To That Call")
+            return
+        adoption = self._adoption(call, leg, request, offer)
+        if adoption is None:
+            return
         self._reply(request, SipStatus.TRYING)
 
         async def take_over() -> None:
             replaced = leg.party
-            if await self._adopt(call, leg, request, peer, party, offer, timer):
+            if call.ended:
+                self._reply(request, SipStatus.CALL_DOES_NOT_EXIST)
+                return
+            if await self._adopt(call, leg, request, peer, party, adoption, timer):
                 call.parties.append(party)
                 self._watch(call, leg)
                 self.events.publish(
@@ -1160,6 +1216,9 @@ class CallManager:
             return
         if request.method == Method.BYE:
             self._reply(request, SipStatus.OK)
+            if call.transferring is leg:
+                self._referrer_left(call, leg, dialog)
+                return
             call.hangup_by = leg.role
             self._spawn(self._hang_up(call, f"BYE from the {leg.role}", exclude=leg))
         elif request.method == Method.INVITE:
@@ -1312,6 +1371,8 @@ class CallManager:
         dialog, peer = leg.dialog, leg.peer
         if dialog is None or peer is None or call.ended:
             return 0
+        if codecs is None and call.renegotiating and leg.session.passthrough is not None:
+            codecs = G711  # no G.722 again while the other side is waiting for G.711
         offer = leg.session.offer(call.other(leg).asked, codecs=codecs)
         local = (peer.local.host, peer.local.port)
         headers = [("Content-Type", SDP), ("Allow", ALLOW), *self._timer_headers(leg)]
@@ -1451,23 +1512,30 @@ class CallManager:
         if not call.answered or peer is None or call.slot is not None:
             self._reply(request, SipStatus.FORBIDDEN, reason="Call Not Answered")
             return
+        if call.attempts or call.transferring is not None:
+            # One transfer at a time: a second one would race the first for the leg.
+            self._reply(request, SipStatus.REQUEST_PENDING, reason="Transfer In Progress")
+            return
         if replaces is not None:
             found = self._leg_of(replaces)
             if found is None or found[0] is call or found[1].party != leg.party:
                 self._reply(request, SipStatus.CALL_DOES_NOT_EXIST, reason="No Such Call")
                 return
             self._reply(request, SipStatus.ACCEPTED)
-            self._spawn(self._attended(call, leg, dialog, peer, *found))
+            self._spawn_transfer(call, leg, self._attended(call, leg, dialog, peer, *found))
             return
         target = _dialled(uri)
-        route = self.dialplan.route(CallRequest(leg.party, target))
+        # A party on a trunk may send the call only where it could have dialled in: the
+        # dialplan routes its target as a DID, never out through a trunk (toll fraud).
+        from_trunk = leg.trunk.name if leg.trunk is not None else None
+        route = self.dialplan.route(CallRequest(leg.party, target, from_trunk))
         if route.kind is RouteKind.PARK:
             slot = self.parking.park(call.id)
             if slot is None:
                 self._reply(request, SipStatus.BUSY_HERE, reason="All Park Slots Taken")
                 return
             self._reply(request, SipStatus.ACCEPTED)
-            self._spawn(self._park(call, leg, dialog, peer, slot))
+            self._spawn_transfer(call, leg, self._park(call, leg, dialog, peer, slot))
             return
         if route.kind not in _CALL_ROUTES:
             self._reply(request, SipStatus.NOT_FOUND if route.kind is RouteKind.UNKNOWN
@@ -1479,7 +1547,29 @@ class CallManager:
             self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
             return
         self._reply(request, SipStatus.ACCEPTED)
-        self._spawn(self._transfer(call, leg, dialog, peer, route))
+        self._spawn_transfer(call, leg, self._transfer(call, leg, dialog, peer, route))
+
+    def _spawn_transfer(self, call: Call, leg: Leg, work: Coroutine[Any, Any, None]) -> None:
+        call.transferring = leg
+
+        async def carried_out() -> None:
+            try:
+                await work
+            finally:
+                call.transferring = None
+
+        self._spawn(carried_out())
+
+    def _referrer_left(self, call: Call, leg: Leg, referrer: Dialog) -> None:
+        """The phone that asked for a transfer hung up before it was done (many do at
+        once after the 202): it leaves alone, and the transfer goes on without it."""
+        log.info("call %s: %s hung up during its transfer", call.id, leg.party)
+        self._by_dialog[referrer.id] = (call, None)
+        leg.dialog = None
+        if leg.timer_handle is not None:
+            leg.timer_handle.cancel()
+            leg.timer_handle = None
+        leg.media.set_inactivity(None)  # its RTP stops; that is no reason to end the call
 
     async def _transfer(
         self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, route: Route
@@ -1497,6 +1587,9 @@ class CallManager:
         code = status if isinstance(status, int) and status >= 300 else 408
         await self._notify(referrer, referrer_peer, f"SIP/2.0 {code} Transfer Failed",
                            final=True)  # fmt: skip
+        if leg.dialog is None and not call.ended:
+            # The referrer is gone and nobody took its place: the party is left alone.
+            await self._hang_up(call, "transfer failed after the referrer left")
 
     async def _bring_in(
         self, call: Call, leg: Leg, route: Route, by: str, referrer: Dialog | None = None
@@ -1516,28 +1609,43 @@ class CallManager:
                 self._spawn(self._cancel(fork))
 
         timeout = loop.call_later(self.config.calls.ring_timeout, give_up)
+        won: asyncio.Future[None] = loop.create_future()
+
+        def on_won(_fork: Fork, _response: Response) -> None:
+            if not won.done():
+                won.set_result(None)
+
+        async def ring() -> list[int]:
+            try:
+                return await self._ring(
+                    call, ringing, _waves(route), party.party, party.party, route.number,
+                    None, on_won=on_won,
+                )  # fmt: skip
+            finally:
+                call.attempts.remove(ringing)
+
+        # The winner takes the leg at once; the other forks' CANCELs finish on their own.
+        ringing_task = self._spawn(ring())
         try:
-            statuses = await self._ring(
-                call,
-                ringing,
-                _waves(route),
-                party.party,
-                party.party,
-                route.number,
-                None,
-                on_won=lambda _fork, _response: None,
-            )
+            await asyncio.wait((ringing_task, won), return_when=asyncio.FIRST_COMPLETED)
         finally:
             timeout.cancel()
-            call.attempts.remove(ringing)
         fork, final = ringing.winner, ringing.answer
         if fork is None or final is None or fork.dialog is None or call.ended:
-            return 0 if call.ended else _outcome(ringing, statuses)
+            if fork is not None and fork.dialog is not None:
+                self._spawn(self._bye(fork.dialog, fork.peer))  # answered too late
+            if call.ended or not ringing_task.done():
+                return 0
+            statuses = ringing_task.result()
+            assert isinstance(statuses, list)
+            return _outcome(ringing, statuses)
         try:
             params = leg.session.answered(ringing.offer, parse_sdp(final.body))
-            self._set_params(leg, params, new_party=True)
         except RemoteProtocolError as exc:
             log.info("call %s: bad answer from %s: %s", call.id, fork.target.party, exc)
+            self._spawn(self._bye(fork.dialog, fork.peer))
+            return SipStatus.NOT_ACCEPTABLE_HERE
+        self._set_params(leg, params, new_party=True)
         # The new phone takes the leg; whoever had it is told and let go by the caller.
         if referrer is not None:
             self._by_dialog[referrer.id] = (call, None)
@@ -1745,6 +1853,9 @@ class CallManager:
         await self._release(call)
 
     async def _cancel(self, fork: Fork) -> None:
+        if fork.cancelled:
+            return
+        fork.cancelled = True
         try:
             await self.endpoint.request(build_cancel(fork.request), fork.peer)
         except PbxError as exc:
@@ -1775,13 +1886,25 @@ class CallManager:
         await self._release(call)
 
     async def _release(self, call: Call) -> None:
+        """Let go of everything the call holds. Whatever ended it, no phone is left in it:
+        a caller never answered gets its final response, phones still ringing get CANCEL,
+        answered ones not yet sent BYE get it."""
         if call.id not in self.calls:
             return
         call.ended = True
-        for attempt in call.attempts:  # a transfer target still ringing
+        if not call.answered and call.status == 0:
+            call.status = SipStatus.SERVICE_UNAVAILABLE
+            self._reply(call.a_request, call.status, tag=call.a_tag)
+        for attempt in (call.ringing, *call.attempts):  # transfer targets too
             attempt.over = True
             for fork in attempt.pending():
                 self._spawn(self._cancel(fork))
+        for leg in call.legs():
+            dialog, peer = leg.dialog, leg.peer
+            if leg.owner != call.id or dialog is None or peer is None:
+                continue
+            if dialog.state is not DialogState.TERMINATED:
+                self._spawn(self._bye(dialog, peer))
         self._unpark(call)
         self.events.publish(self._ended(call))
         if call.bridge is not None:

@@ -428,7 +428,10 @@ def answer_challenge(
     again = Request.build(request.method, request.uri, headers, request.body)
     via = request.vias[0]
     params = tuple((k, v) for k, v in via.params if k.lower() != "branch")
-    return again.with_top_via(replace(via, params=(("branch", new_branch()), *params)))
+    # What follows the random part of the branch (a call's id, for loop detection) stays.
+    _, dash, suffix = (via.branch or "").partition("-")
+    branch = new_branch() + dash + suffix
+    return again.with_top_via(replace(via, params=(("branch", branch), *params)))
 
 
 def _realm_of(credentials: str) -> str | None:

@@ -335,10 +335,16 @@ async def test_invite_with_replaces_takes_over_the_leg(pbx: Exchange, phones: Ph
     invite = await alice.dial("1002")
     bob_call = await bob.answer(await bob.incoming())
     alice_call = await alice.answered(invite)
-    # Carol's phone takes Bob's side of the call (RFC 3891 §3).
+    # Carol's phone takes Bob's side of the call (RFC 3891 §3), referred there by Bob.
     dialog = bob_call.dialog.id
     value = f"{dialog.call_id};to-tag={dialog.local_tag};from-tag={dialog.remote_tag}"
-    carol_call = await carol.call("1002", headers=[("Replaces", value), ("Require", "replaces")])
+    stranger = await carol.final(await carol.dial("1002", headers=[("Replaces", value)]))
+    assert stranger.status == 403  # a phone with no part in the call cannot take it
+    carol_call = await carol.call(
+        "1002",
+        headers=[("Replaces", value), ("Require", "replaces"),
+                 ("Referred-By", "<sip:1002@127.0.0.1>")],
+    )  # fmt: skip
     await bob.next("BYE")
     await carol.hears(alice, alice_call.media_port, b"\x81")
     await alice.hears(carol, carol_call.media_port, b"\x82")
@@ -361,6 +367,57 @@ async def test_blind_transfer_to_a_ring_group(pbx: Exchange, phones: PhoneFactor
     assert (await bob.notifies_until_final())[-1] == "SIP/2.0 200 OK"
     await dave.hears(alice, alice_call.media_port, b"\x91")
     await alice.hears(dave, answered.media_port, b"\x92")
+
+
+async def test_a_call_ended_while_ringing_leaves_no_phone_waiting(
+    pbx: Exchange, phones: PhoneFactory
+) -> None:
+    alice, bob = await phones("1001", "1002")
+    invite = await alice.dial("1002")
+    await bob.incoming()
+    await pbx.calls.stop()  # shutting down with a call still ringing
+    assert (await alice.final(invite)).status == 503
+    await bob.next("CANCEL")
+
+
+async def test_a_2xx_without_a_usable_contact_fails_the_call(
+    pbx: Exchange, phones: PhoneFactory
+) -> None:
+    alice, bob = await phones("1001", "1002")
+    invite = await alice.dial("1002")
+    offered = await bob.incoming()
+    bob.respond(offered, 200, bob.offer(), tag="b1", headers=[("Contact", "<:::>")])
+    final = await alice.final(invite)
+    assert final.status == 502  # no dialog can be made of that answer: not a hang
+    assert pbx.calls.calls == {}
+
+
+async def test_a_referrer_hanging_up_at_once_leaves_the_transfer_going(
+    pbx: Exchange, phones: PhoneFactory
+) -> None:
+    alice, bob, carol = await phones("1001", "1002", "1003")
+    invite = await alice.dial("1002")
+    bob_call = await bob.answer(await bob.incoming())
+    alice_call = await alice.answered(invite)
+    assert (await bob.refer(bob_call, "1003")).status == 202
+    # Many phones hang up right after the 202; that ends only their own part.
+    assert (await bob.bye(bob_call)).status == 200
+    carol_call = await carol.answer(await carol.incoming())
+    await carol.hears(alice, alice_call.media_port, b"\x93")
+    await alice.hears(carol, carol_call.media_port, b"\x94")
+    assert alice.received("BYE") == 0
+
+
+async def test_one_transfer_at_a_time(pbx: Exchange, phones: PhoneFactory) -> None:
+    alice, bob, carol, dave = await phones("1001", "1002", "1003", "1004")
+    invite = await alice.dial("1002")
+    bob_call = await bob.answer(await bob.incoming())
+    await alice.answered(invite)
+    assert (await bob.refer(bob_call, "1003")).status == 202
+    await carol.incoming()
+    second = await bob.refer(bob_call, "1004")
+    assert second.status == 491  # the first transfer is still ringing Carol
+    assert dave.received("INVITE") == 0
 
 
 async def test_g722_is_relayed_when_both_sides_have_it(pbx: Exchange, phones: PhoneFactory) -> None:
@@ -405,6 +462,28 @@ async def test_g722_call_transferred_to_a_g711_phone_is_renegotiated(
     assert "G722" not in reoffer.body.decode()
     await carol.hears(alice, alice_call.media_port, b"\xa1")
     await alice.hears(carol, carol_call.media_port, b"\xa2")
+
+
+async def test_held_g722_party_transferred_to_a_g711_phone_is_resumed_on_g711(
+    pbx: Exchange, phones: PhoneFactory
+) -> None:
+    """The re-offer of G.711 and the resume from hold cross: neither may bring G.722 back
+    (which would leave nothing to bridge and end the call)."""
+    alice, bob = await phones("1001", "1002", answer_formats=(9, 0, 101))
+    (carol,) = await phones("1003", answer_formats=(0, 101))
+    invite = await alice.dial("1002", body=alice.offer(formats=(9, 0, 101)))
+    bob_call = await bob.answer(await bob.incoming())
+    alice_call = await alice.answered(invite)
+    assert (await bob.hold(bob_call)).status == 200
+    held = await alice.next("INVITE")
+    assert "sendonly" in held.body.decode()
+    assert (await bob.refer(bob_call, "1003")).status == 202
+    carol_call = await carol.answer(await carol.incoming())
+    await carol.hears(alice, alice_call.media_port, b"\xa3")
+    await alice.hears(carol, carol_call.media_port, b"\xa4")
+    while alice.received("INVITE"):
+        assert "G722" not in (await alice.next("INVITE")).body.decode()
+    assert alice.received("BYE") == 0 and carol.received("BYE") == 0
 
 
 def key_press(seq: int, timestamp: int, code: int, duration: int, end: bool, pt: int) -> bytes:

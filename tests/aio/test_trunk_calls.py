@@ -219,3 +219,21 @@ async def test_a_stranger_is_challenged_like_any_phone(
         assert (await stranger.final(invite)).status == 407
     finally:
         await stranger.stop()
+
+
+async def test_an_outside_party_cannot_transfer_out_through_the_trunk(
+    clinic: tuple[Exchange, Phone],
+) -> None:
+    """Toll fraud by REFER: the outside caller asks pbx to transfer it to another outside
+    number. Its target is routed as a DID (where it could have dialled in), never out."""
+    exchange, provider = clinic
+    bob = await Phone(server_of(exchange), "1002", "pw1002").start()
+    try:
+        invite = await provider.dial("+15551230000")
+        await bob.answer(await bob.incoming())
+        call = await provider.answered(invite)
+        assert (await provider.refer(call, "95551234567")).status == 404
+        assert (await provider.refer(call, "1001")).status == 404  # not a DID either
+        assert provider.received("INVITE") == 0  # nothing came out through the trunk
+    finally:
+        await bob.stop()

@@ -90,9 +90,31 @@ def test_garbage_and_non_dtmf_events_are_ignored(packet: bytes) -> None:
         ("application/dtmf-relay", b"Signal=55\r\n", None),
         ("application/sdp", b"5", None),
         ("application/dtmf", b"", None),
+        # Unicode digits (superscripts) pass str.isdigit() but not int(): no duration.
+        ("application/dtmf-relay", "Signal=1\r\nDuration=\u00b2\r\n".encode(), ("1", 0.0)),
     ],
 )
 def test_sip_info_bodies(
     content_type: str, body: bytes, expected: tuple[str, float] | None
 ) -> None:
     assert digit_from_info(content_type, body) == expected
+
+
+def test_sent_events_are_what_a_receiver_reads() -> None:
+    from media.dtmf import event_packets
+
+    packets = event_packets("5", duration=0.1)
+    assert [p.marker for p in packets] == [True] + [False] * 6
+    assert [p.end for p in packets] == [False] * 4 + [True] * 3
+    durations = [int.from_bytes(p.payload[2:4], "big") for p in packets]
+    assert durations == [160, 320, 480, 640, 800, 800, 800]
+    receiver = TelephoneEventReceiver()
+    digits = []
+    for n, packet in enumerate(packets):
+        header = struct.pack("!BBHII", 0x80 | 0, (0x80 if packet.marker else 0) | 101, n, 4000, 7)
+        digits += receiver.on_packet(header + packet.payload, n * 0.02)
+    assert digits == [Digit("5", 0.1, 4000)]
+    short = event_packets("#", duration=0.01)
+    assert [p.end for p in short] == [True] * 3 and short[0].marker
+    with pytest.raises(ValueError, match="not a DTMF digit"):
+        event_packets("x")

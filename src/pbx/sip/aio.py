@@ -425,7 +425,12 @@ class SipEndpoint:
                     return
             elif isinstance(action, Deliver) and response is not None:
                 if txn.on_response is not None:
-                    txn.on_response(response)
+                    try:
+                        txn.on_response(response)
+                    except Exception:
+                        # The caller's bug or a response it cannot use: the transaction
+                        # still completes, so nobody awaits it forever.
+                        log.exception("handling a response from %s failed", txn.peer)
                 if action.status >= 200 and not txn.future.done():
                     txn.future.set_result(response)
             elif isinstance(action, TimedOut):
