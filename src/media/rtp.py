@@ -864,6 +864,8 @@ class RtcpReporter:
 
 # --- Source switching for a B2BUA ------------------------------------------
 
+_LOCAL = -1  # the "source" of packets we make ourselves: never a real 32-bit SSRC
+
 
 class SequenceRewriter:
     """One continuous outgoing RTP stream built from changing incoming sources.
@@ -888,6 +890,7 @@ class SequenceRewriter:
         "_last_in_seq",
         "_last_seq",
         "_last_ts",
+        "_local_samples",
         "_seq_offset",
         "_source",
         "_ts_offset",
@@ -899,6 +902,7 @@ class SequenceRewriter:
         self.ssrc = ssrc
         self._clock_rate = clock_rate
         self._source: int | None = None
+        self._local_samples = 0  # samples of the last packet of our own (`emit`)
         self._seq_offset = self._ts_offset = 0
         self._last_in_seq = 0
         self._last_seq = (sequence - 1) & 0xFFFF
@@ -910,6 +914,33 @@ class SequenceRewriter:
         if self._last_arrival is None:
             return None
         return self._last_ts, self._last_arrival
+
+    def emit(
+        self, payload_type: int, payload: bytes, samples: int, now: float,
+        *, timestamp: int | None = None, marker: bool = False,
+    ) -> tuple[bytes, int]:  # fmt: skip
+        """A packet of our own (a prompt, a tone, a conference's mix) in this stream, and
+        its timestamp: the next sequence number; the timestamp continues the previous
+        local packet by its `samples`, or after relayed packets the media time elapsed
+        (marker set, as for a new talkspurt). `timestamp` overrides it (RFC 4733 events
+        keep their start's). The next relayed packet is a new source again."""
+        if self._source != _LOCAL or self._last_arrival is None:
+            if self._last_arrival is None:
+                out_ts = self._last_ts
+            else:
+                elapsed = round((now - self._last_arrival) * self._clock_rate)
+                out_ts = self._last_ts + max(1, elapsed)
+            marker = True
+        else:
+            out_ts = self._last_ts + self._local_samples
+        if timestamp is not None:
+            out_ts = timestamp
+        out_ts &= 0xFFFFFFFF
+        self._source = _LOCAL
+        self._last_seq = (self._last_seq + 1) & 0xFFFF
+        self._last_ts, self._last_arrival, self._local_samples = out_ts, now, samples
+        b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
+        return _HEADER.pack(0x80, b1, self._last_seq, out_ts, self.ssrc) + payload, out_ts
 
     def rewrite(self, data: bytes, now: float, payload_type: int | None = None) -> bytes:
         """Rewrite one incoming RTP packet arriving at `now` (seconds) for sending on."""

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from media.aio import Bridge, MediaEndpoint
+from media.clock import MediaClock
 from media.dtmf import Digit, digit_from_info
 from media.ports import PortPool
 from pbx.config import Config, TrunkConfig
@@ -61,6 +62,7 @@ from pbx.events import (
     EventBus,
 )
 from pbx.parking import ParkingLot
+from pbx.recordings import RecordingManager, Side
 from pbx.registrar import Registrar, peer_for_binding
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
@@ -108,6 +110,9 @@ _HOLD_ADDRESSES = ("0.0.0.0", "::")  # RFC 2543 hold: keep sending where we did
 # What a leg is re-offered when it agreed G.722 and the other side cannot take it.
 G711 = ("PCMU", "PCMA", "telephone-event")
 _CALL_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
+
+
+FEATURE_GAP = 2.0  # seconds between the digits of one in-call feature code
 
 
 def glare_delay(owns_call_id: bool) -> float:
@@ -166,6 +171,8 @@ class Leg:
     dtmf_pt: int | None = None  # the telephone-event payload type watched for digits
     offers: asyncio.Lock = field(default_factory=asyncio.Lock)  # one re-INVITE of ours at once
     acks: dict[int, asyncio.Future[Request]] = field(default_factory=dict)  # CSeq -> ACK
+    keyed: str = ""  # the digits its phone pressed lately, for feature codes (*1...)
+    keyed_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -274,6 +281,8 @@ class CallManager:
         self.dialplan = dialplan or Dialplan(config, lambda ext: ext in registrar.users)
         self.trunks = trunks
         self.parking = ParkingLot(config.dialplan.slots)
+        self.media_clock = MediaClock()
+        self.recordings = RecordingManager(config, self.media_clock, self.events, clock)
         self.glare_delay: Callable[[bool], float] = glare_delay
         self.timer_unit = 1.0  # real seconds per session-timer second (tests shrink it)
         self.calls: dict[str, Call] = {}
@@ -330,6 +339,8 @@ class CallManager:
                 await asyncio.wait_for(asyncio.gather(*hang_ups), SHUTDOWN_GRACE)
         for call in list(self.calls.values()):
             await self._release(call)
+        self.recordings.stop_all()
+        self.media_clock.stop()
         for task in list(self._tasks):
             task.cancel()
 
@@ -797,6 +808,7 @@ class CallManager:
         call.answered_at = self.clock()
         call.status = 200
         self.events.publish(CallAnswered(call.answered_at, call.id, call.caller, call.callee))
+        self._record_if_wanted(call)
         call.a.dialog = Dialog.from_uas(call.a_request, ok)
         self._by_dialog[call.a.dialog.id] = (call, call.a)
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
@@ -886,6 +898,8 @@ class CallManager:
         transcode = None if a.codec.upper() == b.codec.upper() else (a.codec, b.codec)
         events = (a.telephone_event, b.telephone_event)
         if call.bridge is not None and (transcode, events) == call.bridging:
+            if call.answered:
+                self._record_if_wanted(call)  # the same codecs, perhaps another party
             return True
         if call.bridge is not None:
             call.bridge.close()
@@ -910,6 +924,8 @@ class CallManager:
             return False
         call.bridging = (transcode, events)
         call.renegotiating = False
+        if call.answered:
+            self._record_if_wanted(call)
         return True
 
     def _watch_dtmf(self, leg: Leg) -> None:
@@ -931,11 +947,55 @@ class CallManager:
         if call.ended or leg not in call.legs():
             return
         log.info("call %s: %s pressed %s (%s)", call.id, leg.party, digit, source)
+        now = self.clock()
         self.events.publish(
-            DtmfReceived(self.clock(), call.id, call.caller, call.callee, digit=digit,
+            DtmfReceived(now, call.id, call.caller, call.callee, digit=digit,
                          duration_ms=round(duration * 1000), leg=leg.role, party=leg.party,
                          source=source)
         )  # fmt: skip
+        if leg.trunk is None and call.answered:
+            self._feature_code(call, leg, digit, now)
+
+    def _feature_code(self, call: Call, leg: Leg, digit: str, now: float) -> None:
+        """In-call feature codes of an extension's phone: the recording toggle (start or
+        stop) and pause. Digits count together when pressed within FEATURE_GAP seconds."""
+        keyed = leg.keyed + digit if now - leg.keyed_at <= FEATURE_GAP else digit
+        leg.keyed, leg.keyed_at = keyed[-8:], now
+        settings = self.config.recording
+        recordings = self.recordings
+        if settings.toggle_code and keyed.endswith(settings.toggle_code):
+            leg.keyed = ""
+            if recordings.stop(call.id, by_hand=True) is None:
+                recordings.start(call.id, call.caller, call.callee, *self.sides(call),
+                                 by=leg.party)  # fmt: skip
+        elif settings.pause_code and keyed.endswith(settings.pause_code):
+            leg.keyed = ""
+            recording = recordings.active.get(call.id)
+            if recording is not None:
+                recordings.pause(call.id, not recording.paused, by=leg.party)
+
+    def sides(self, call: Call) -> tuple[Side, Side]:
+        a, b = call.a, call.b
+        return (
+            (a.media, a.params.codec if a.params is not None else None),
+            (b.media, b.params.codec if b.params is not None else None),
+        )
+
+    def _record_if_wanted(self, call: Call) -> None:
+        """Start recording an answered call that the policy says to record (now, or since
+        a transfer brought in a party whose calls are recorded); follow the parties of one
+        being recorded."""
+        recordings = self.recordings
+        if call.id in recordings.active:
+            recordings.sync(call.id, *self.sides(call))
+            return
+        if call.id in recordings.declined:
+            return
+        parties = [*call.parties, call.a.party, call.b.party]
+        decision = recordings.decide(parties, call.trunk)
+        if decision.record:
+            recordings.start(call.id, call.caller, call.callee, *self.sides(call),
+                             retention_days=decision.retention_days)  # fmt: skip
 
     def _ring_timeout(self, call: Call) -> None:
         if call.ringing.winner is not None or call.ended:
@@ -1906,6 +1966,7 @@ class CallManager:
             if dialog.state is not DialogState.TERMINATED:
                 self._spawn(self._bye(dialog, peer))
         self._unpark(call)
+        self.recordings.ended(call.id)
         self.events.publish(self._ended(call))
         if call.bridge is not None:
             call.bridge.close()

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from media.recording import audio_duration
 from pbx import __version__, control
 from pbx.config import Config, load
 from pbx.errors import PbxError
@@ -321,6 +325,82 @@ def cdr(ctx: _Context, as_json: bool, since: str | None) -> None:
         row["billsec"] = round(billsec, 1)
     columns = ["start", "caller", "callee", "answered_by", "disposition", "billsec", "hangup_by"]
     _table(rows, [*columns, "cause"])
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@click.option("--since", default=None, help="Only recordings started at or after this (as cdr).")
+@click.option("--call", "call_id", default=None, help="Only the recordings of this call.")
+@click.pass_context
+def recordings(ctx: click.Context, as_json: bool, since: str | None, call_id: str | None) -> None:
+    """Call recordings, oldest first (and, as subcommands, export and control of live
+    ones). A recording still being made shows the duration written so far."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = ctx.ensure_object(_Context).config
+    start = _parse_since(since) if since else 0.0
+    rows = _run(lambda s: s.recordings(start, call_id), config)
+    for row in rows:
+        if row["ended"] is None:  # being recorded: what the file holds so far
+            row["duration"] = audio_duration(Path(str(row["path"]))) or 0.0
+        row["duration"] = round(float(row["duration"]), 2)  # type: ignore[arg-type]
+        row["live"] = row["ended"] is None
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        started = row["started"]
+        assert isinstance(started, float)
+        row["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    _table(rows, ["started", "call_id", "duration", "paused_seconds", "live", "path"])
+
+
+@recordings.command("export")
+@click.argument("which")
+@click.argument("destination", type=click.Path(file_okay=True, dir_okay=True))
+@pass_ctx
+def recordings_export(ctx: _Context, which: str, destination: str) -> None:
+    """Copy the recordings of a call (WHICH: its call id, or a recording id) to
+    DESTINATION: a directory (made if needed), or a file name for a single recording."""
+    rows = _run(lambda s: s.recordings(0.0, which), ctx.config)
+    if not rows:
+        raise click.ClickException(f"no recording of {which!r} (see `pbx recordings`)")
+    target = Path(destination)
+    if len(rows) > 1 or target.is_dir() or destination.endswith(os.sep):
+        target.mkdir(parents=True, exist_ok=True)
+        pairs = [(Path(str(r["path"])), target / Path(str(r["path"])).name) for r in rows]
+    else:
+        pairs = [(Path(str(rows[0]["path"])), target)]
+    for source, dest in pairs:
+        try:
+            shutil.copyfile(source, dest)
+        except OSError as exc:
+            raise click.ClickException(f"cannot copy {source}: {exc.strerror}") from None
+        click.echo(str(dest))
+
+
+def _recording_action(action: str) -> click.Command:
+    @click.argument("call_id")
+    @pass_ctx
+    def command(ctx: _Context, call_id: str) -> None:
+        try:
+            result = control.call(ctx.config.control_socket, "recording", action=action,
+                                  call_id=call_id)  # fmt: skip
+        except PbxError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(json.dumps(result))
+
+    command.__doc__ = {
+        "start": "Start recording a live call (as the toggle feature code does).",
+        "stop": "Stop recording a live call; the policy does not start it again.",
+        "pause": "Pause a live call's recording: silence until resumed (card numbers...).",
+        "resume": "Resume a paused recording.",
+    }[action]
+    return click.command(action)(command)
+
+
+for _action in ("start", "stop", "pause", "resume"):
+    recordings.add_command(_recording_action(_action))
 
 
 def _parse_since(text: str) -> float:

@@ -226,6 +226,87 @@ class DidConfig:
     """Only for calls from this [[trunk]]; "" for calls from any trunk."""
 
 
+class RecordPolicy(StrEnum):
+    NONE = "none"
+    """Only what is started on demand (feature code, CLI)."""
+    ALL = "all"
+    """Every answered call."""
+    RULES = "rules"
+    """Calls that a [[recording_rule]] matches."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    record: RecordPolicy = RecordPolicy.NONE
+    format: str = "wav"
+    """wav or flac: stereo, the caller left and the callee right, 8 kHz 16-bit."""
+    directory: str = "recordings"
+    """Where recordings go; relative to data_dir."""
+    retention_days: float = 0.0
+    """Recordings older than this are deleted (0 keeps them); a matching rule's wins."""
+    toggle_code: str = "*1"
+    """Dialled during a call, starts or stops recording it ("" turns it off)."""
+    pause_code: str = "*2"
+    """Dialled during a recorded call, pauses or resumes the recording."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRuleConfig:
+    """Calls to record (with record = "rules") and how long to keep them."""
+
+    extension: str = ""
+    """A call this extension makes, takes or is transferred to."""
+    trunk: str = ""
+    """A call in or out through this [[trunk]]."""
+    queue: str = ""
+    """A call through this ACD queue."""
+    record: bool = True
+    """False: keep such calls out of recordings even when record = "all"."""
+    retention_days: float = 0.0
+    """0: the [recording] default."""
+
+
+TONE_KEYS = ("dial", "ringback", "busy", "congestion", "call_waiting", "beep", "join", "leave")
+
+
+@dataclass(frozen=True, slots=True)
+class TonesConfig:
+    """Call-progress tones: a country's set, and any tone replaced in Asterisk's
+    indications.conf notation (e.g. busy = "480+620/500,0/500")."""
+
+    country: str = "us"
+    dial: str = ""
+    ringback: str = ""
+    busy: str = ""
+    congestion: str = ""
+    call_waiting: str = ""
+    beep: str = ""
+    join: str = ""
+    leave: str = ""
+
+    def overrides(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in TONE_KEYS if getattr(self, name)}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    music_on_hold: str = "moh"
+    """A directory (relative to data_dir) of sound files played, looped, to a caller on
+    hold or parked; without files a built-in chime plays. "" plays silence."""
+    inband_dtmf: bool = True
+    """Listen for DTMF tones in the audio of phones that agreed no telephone-event."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceConfig:
+    number: str
+    """What callers dial to join."""
+    name: str = ""
+    pin: str = ""
+    """Digits to key in (ended by # or after a pause) before joining; "" for none."""
+    max_members: int = 30
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path
@@ -242,6 +323,11 @@ class Config:
     trunks: tuple[TrunkConfig, ...] = ()
     outbound_routes: tuple[OutboundRouteConfig, ...] = ()
     dids: tuple[DidConfig, ...] = ()
+    conferences: tuple[ConferenceConfig, ...] = ()
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    recording_rules: tuple[RecordingRuleConfig, ...] = ()
+    media: MediaConfig = field(default_factory=MediaConfig)
+    tones: TonesConfig = field(default_factory=TonesConfig)
     log_level: str = "info"
 
     @property
@@ -251,6 +337,14 @@ class Config:
     @property
     def control_socket(self) -> Path:
         return self.data_dir / "pbx.sock"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / self.recording.directory
+
+    @property
+    def music_dir(self) -> Path | None:
+        return self.data_dir / self.media.music_on_hold if self.media.music_on_hold else None
 
     @property
     def realm(self) -> str:
@@ -431,6 +525,55 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _record_policy(value: Any) -> RecordPolicy:
+    try:
+        return RecordPolicy(_string(value))
+    except ValueError:
+        raise ValueError('expected "none", "all" or "rules"') from None
+
+
+def _recording_format(value: Any) -> str:
+    text = _string(value).lower()
+    if text not in ("wav", "flac"):
+        raise ValueError('expected "wav" or "flac"')
+    return text
+
+
+def _relative_dir(value: Any) -> str:
+    text = _string(value)
+    if not text or ".." in Path(text).parts:
+        raise ValueError("expected a directory inside data_dir (no '..')")
+    return text
+
+
+def _relative_dir_or_off(value: Any) -> str:
+    return "" if value == "" else _relative_dir(value)
+
+
+def _country(value: Any) -> str:
+    from media.tones import COUNTRIES
+
+    text = _string(value).lower()
+    if text not in COUNTRIES:
+        raise ValueError(f"expected one of {', '.join(COUNTRIES)}")
+    return text
+
+
+def _tone(value: Any) -> str:
+    from media.tones import parse_tone
+
+    text = _string(value)
+    parse_tone(text)  # ValueError says what is wrong
+    return text
+
+
+def _pin(value: Any) -> str:
+    text = _string(value)
+    if text and not (text.isascii() and text.isdigit() and len(text) <= 16):
+        raise ValueError('expected digits only, e.g. "4321" (at most 16)')
+    return text
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
@@ -552,6 +695,19 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "max_forwards": _whole(1, 255),
         },
     ),
+    "recording": (
+        RecordingConfig,
+        {
+            "record": _record_policy,
+            "format": _recording_format,
+            "directory": _relative_dir,
+            "retention_days": _positive(float),
+            "toggle_code": _optional_number,
+            "pause_code": _optional_number,
+        },
+    ),
+    "media": (MediaConfig, {"music_on_hold": _relative_dir_or_off, "inband_dtmf": _boolean}),
+    "tones": (TonesConfig, {"country": _country, **dict.fromkeys(TONE_KEYS, _tone)}),
     "dialplan": (
         DialplanConfig,
         {
@@ -612,6 +768,24 @@ _ARRAYS: dict[str, tuple[str, type, dict[str, Callable[[Any], Any]], tuple[str, 
             "max_length": _whole(0),
         },
         ("name", "trunk"),
+    ),
+    "conference": (
+        "conferences",
+        ConferenceConfig,
+        {"number": _number, "name": _string, "pin": _pin, "max_members": _whole(2, 30)},
+        ("number",),
+    ),
+    "recording_rule": (
+        "recording_rules",
+        RecordingRuleConfig,
+        {
+            "extension": _optional_number,
+            "trunk": _optional_trunk_name,
+            "queue": _string,
+            "record": _boolean,
+            "retention_days": _positive(float),
+        },
+        (),
     ),
     "did": (
         "dids",
@@ -746,6 +920,18 @@ def _check_dialplan(config: Config, fail: Callable[[str, str], ConfigError]) -> 
     numbers = [("dialplan.emergency_numbers", n) for n in plan.emergency_numbers]
     numbers += [(f"dialplan.{k}", getattr(plan, k)) for k in ("pickup", "park") if getattr(plan, k)]
     numbers += [(f"ring_group[{i}].number", g.number) for i, g in enumerate(config.ring_groups)]
+    numbers += [(f"conference[{i}].number", c.number) for i, c in enumerate(config.conferences)]
+    recording = config.recording
+    numbers += [
+        (f"recording.{k}", getattr(recording, k))
+        for k in ("toggle_code", "pause_code")
+        if getattr(recording, k)
+    ]
+    for i, rule in enumerate(config.recording_rules):
+        if not (rule.extension or rule.trunk or rule.queue):
+            raise fail(f"recording_rule[{i}]", "needs an extension, a trunk or a queue to match")
+        if rule.trunk and rule.trunk not in trunks:
+            raise fail(f"recording_rule[{i}].trunk", _no_trunk(rule.trunk, trunks))
     slot_numbers = set(plan.slots)
     for key, number in numbers:
         if number in slot_numbers:

@@ -154,6 +154,37 @@ class CallEnded(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingStarted(CallEvent):
+    """A call's recording began: a file being written as the call goes."""
+
+    type: ClassVar[str] = "recording_started"
+    recording_id: str = ""
+    path: str = ""
+    format: str = ""
+    retention_days: float = 0.0  # 0: kept until deleted by hand
+    by: str = ""  # "policy", or who started it (an extension's feature code, "api")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingPaused(CallEvent):
+    type: ClassVar[str] = "recording_paused"
+    recording_id: str = ""
+    paused: bool = True  # False: resumed
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingStopped(CallEvent):
+    """The file is complete (the call ended, or the recording was stopped)."""
+
+    type: ClassVar[str] = "recording_stopped"
+    recording_id: str = ""
+    path: str = ""
+    duration: float = 0.0
+    paused_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class EventsLost(Event):
     """Sent to a follower that fell behind: this many events were dropped for it."""
 

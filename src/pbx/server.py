@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from media.ports import PortPool
@@ -26,7 +27,8 @@ from pbx.errors import (
     TransactionTimeout,
     TransportError,
 )
-from pbx.events import CallEnded, Event, EventBus
+from pbx.events import CallEnded, Event, EventBus, RecordingStarted, RecordingStopped
+from pbx.recordings import finished_duration
 from pbx.registrar import Registrar, peer_for_binding
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.message import (
@@ -80,7 +82,12 @@ class Exchange:
         self.events = EventBus()
         self.control = ControlServer(
             config.control_socket,
-            {"status": self._status, "calls": self._live_calls, "trunks": self._trunks},
+            {
+                "status": self._status,
+                "calls": self._live_calls,
+                "trunks": self._trunks,
+                "recording": self._recording_control,
+            },
             {"events": self._follow_events},
         )
         self._cdr_writes: set[asyncio.Task[None]] = set()
@@ -113,6 +120,7 @@ class Exchange:
                 dialplan=dialplan, trunks=self.trunks,
             )  # fmt: skip
             self.events.subscribe(self._write_cdr)
+            await self._finish_recordings()
             await self.trunks.start()
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
@@ -173,7 +181,79 @@ class Exchange:
     def _cdr_written(self, task: asyncio.Task[None]) -> None:
         self._cdr_writes.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("cannot write a CDR: %s", task.exception())
+            log.error("cannot write a CDR or recording row: %s", task.exception())
+
+    # recordings
+
+    async def _finish_recordings(self) -> None:
+        """Index rows for recordings as they start and end; on start, make whole the
+        files a previous process left unfinished (killed mid-call)."""
+        assert self.store is not None
+        self.events.subscribe(self._write_recording)
+        for row in await self.store.unfinished_recordings():
+            path = Path(str(row["path"]))
+            duration = finished_duration(path, str(row["format"]))
+            log.warning("recording %s was left unfinished; %s", path,
+                        f"repaired: {duration:.1f} s" if duration is not None
+                        else "nothing playable is left")  # fmt: skip
+            await self.store.finish_recording(str(row["id"]), time.time(), duration or 0.0, 0.0)
+
+    def _write_recording(self, event: Event) -> None:
+        if self.store is None:
+            return
+        if isinstance(event, RecordingStarted):
+            work = self.store.add_recording(event)
+        elif isinstance(event, RecordingStopped):
+            work = self.store.finish_recording(
+                event.recording_id, event.time, event.duration, event.paused_seconds
+            )
+        else:
+            return
+        task = asyncio.ensure_future(work)
+        self._cdr_writes.add(task)
+        task.add_done_callback(self._cdr_written)
+
+    async def purge_recordings(self, now: float | None = None) -> int:
+        """Delete the recordings past their retention; how many went."""
+        assert self.store is not None
+        now = time.time() if now is None else now
+        expired = await self.store.expired_recordings(now, self.config.recording.retention_days)
+        for row in expired:
+            path = Path(str(row["path"]))
+            try:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+            except OSError as exc:
+                log.error("cannot delete expired recording %s: %s", path, exc)
+                continue
+            log.info("recording %s deleted: past its retention", path)
+            await self.store.mark_recording_deleted(str(row["id"]), now)
+        return len(expired)
+
+    async def _recording_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`pbx recordings start|stop|pause|resume CALL_ID` on a live call."""
+        if self.calls is None:
+            raise PbxError("the exchange is not running calls")
+        action, call_id = str(request.get("action", "")), str(request.get("call_id", ""))
+        call = self.calls.calls.get(call_id)
+        if call is None or not call.answered:
+            raise PbxError(f"no answered call {call_id!r} (see `pbx calls`)")
+        recordings = self.calls.recordings
+        if action == "start":
+            recording = recordings.start(call.id, call.caller, call.callee,
+                                         *self.calls.sides(call), by="api")  # fmt: skip
+            if recording is None:
+                raise PbxError(f"call {call_id} is already recorded (or cannot be)")
+            return {"call_id": call_id, "path": str(recording.path)}
+        if action in ("pause", "resume"):
+            if not recordings.pause(call_id, action == "pause"):
+                raise PbxError(f"call {call_id} is not being recorded")
+            return {"call_id": call_id, "paused": action == "pause"}
+        if action == "stop":
+            stopped = recordings.stop(call_id, by_hand=True)
+            if stopped is None:
+                raise PbxError(f"call {call_id} is not being recorded")
+            return {"call_id": call_id, "path": str(stopped.path)}
+        raise PbxError(f"unknown recording action {action!r}: start, stop, pause or resume")
 
     async def _follow_events(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         async for event in self.events.follow():
@@ -240,6 +320,7 @@ class Exchange:
                 if since_purge >= PURGE_INTERVAL:
                     since_purge = 0.0
                     await self.registrar.purge()
+                    await self.purge_recordings()
             except Exception:
                 log.exception("housekeeping failed; will retry")
 

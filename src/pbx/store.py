@@ -22,7 +22,7 @@ from pathlib import Path
 import aiosqlite
 
 from pbx.errors import PbxError
-from pbx.events import CallEnded
+from pbx.events import CallEnded, RecordingStarted
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: users and registrations
@@ -86,6 +86,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE cdr ADD COLUMN answered_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE cdr ADD COLUMN legs TEXT NOT NULL DEFAULT '[]'
     """,
+    # 4: call recordings, a row from the moment the file is opened (ended NULL until done)
+    """
+    CREATE TABLE recordings (
+        id TEXT PRIMARY KEY,
+        call_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        format TEXT NOT NULL,
+        started REAL NOT NULL,
+        ended REAL,
+        duration REAL NOT NULL DEFAULT 0,
+        paused_seconds REAL NOT NULL DEFAULT 0,
+        retention_days REAL NOT NULL DEFAULT 0,
+        started_by TEXT NOT NULL DEFAULT '',
+        deleted REAL
+    );
+    CREATE INDEX recordings_call ON recordings (call_id);
+    CREATE INDEX recordings_started ON recordings (started);
+    """,
 )
 
 
@@ -138,6 +156,10 @@ _CDR_COLUMNS = (
     "call_id, caller, callee, start, answer, end, duration, billsec, disposition, status, "
     "cause, hangup_by, caller_loss, caller_jitter_ms, callee_loss, callee_jitter_ms, "
     "dialled, route, trunk, answered_by, legs"
+)
+_RECORDING_COLUMNS = (
+    "id, call_id, path, format, started, ended, duration, paused_seconds, retention_days, "
+    "started_by, deleted"
 )
 
 
@@ -359,6 +381,64 @@ class Store:
         for record in records:
             record["legs"] = json.loads(str(record["legs"]))
         return records
+
+    # recordings
+
+    async def add_recording(self, started: RecordingStarted) -> None:
+        values = (
+            started.recording_id, started.call_id, started.path, started.format, started.time,
+            started.retention_days, started.by,
+        )  # fmt: skip
+        await self._write([(
+            "INSERT OR IGNORE INTO recordings (id, call_id, path, format, started, "
+            "retention_days, started_by) VALUES (?, ?, ?, ?, ?, ?, ?)", values,
+        )])  # fmt: skip
+
+    async def finish_recording(
+        self, recording_id: str, ended: float, duration: float, paused_seconds: float
+    ) -> None:
+        await self._write([(
+            "UPDATE recordings SET ended = ?, duration = ?, paused_seconds = ? WHERE id = ?",
+            (ended, duration, paused_seconds, recording_id),
+        )])  # fmt: skip
+
+    async def recordings(
+        self, since: float = 0.0, call_id: str | None = None, deleted: bool = False
+    ) -> list[dict[str, object]]:
+        where = "started >= ?" + ("" if deleted else " AND deleted IS NULL")
+        params: tuple[object, ...] = (since,)
+        if call_id is not None:
+            where += " AND (call_id = ? OR id = ?)"
+            params += (call_id, call_id)
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE {where} ORDER BY started", params
+        )
+        names = [c.strip() for c in _RECORDING_COLUMNS.split(",")]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def unfinished_recordings(self) -> list[dict[str, object]]:
+        """Recordings a stopped process left open (it crashed or was killed mid-call)."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE ended IS NULL AND deleted IS NULL"
+        )
+        names = [c.strip() for c in _RECORDING_COLUMNS.split(",")]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def expired_recordings(self, now: float, default_days: float) -> list[dict[str, object]]:
+        """Finished recordings past their retention (their own days, else `default_days`;
+        0 keeps for ever)."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE deleted IS NULL "
+            "AND ended IS NOT NULL AND "
+            "(CASE WHEN retention_days > 0 THEN retention_days ELSE ? END) > 0 AND "
+            "started + 86400 * (CASE WHEN retention_days > 0 THEN retention_days ELSE ? END) < ?",
+            (default_days, default_days, now),
+        )
+        names = [c.strip() for c in _RECORDING_COLUMNS.split(",")]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def mark_recording_deleted(self, recording_id: str, now: float) -> None:
+        await self._write([("UPDATE recordings SET deleted = ? WHERE id = ?", (now, recording_id))])
 
     # bindings
 

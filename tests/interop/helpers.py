@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
+from tests.support.audio import strongest
 from tests.support.baresip import baresip_binary
 from tests.support.pbxproc import PbxProcess
 
@@ -101,5 +102,4 @@ def dominant_hz(samples: np.ndarray, rate: int, what: str, min_seconds: float = 
     """The strongest frequency of `samples`, which must be `min_seconds` of sound."""
     assert len(samples) >= min_seconds * rate, f"{what}: only {len(samples) / rate:.2f} s"
     assert np.abs(samples).max() > 1000, f"{what}: silence"
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+    return strongest(samples, 1, rate)[0]

@@ -7,18 +7,7 @@ import pytest
 
 from media.tones import COUNTRIES, Tone, parse_tone, tone_plan
 from pbx.errors import ConfigError
-
-
-def strongest(samples: np.ndarray, count: int = 2) -> list[float]:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    freqs = np.fft.rfftfreq(len(samples), 1 / 8000)
-    peaks = []
-    for index in np.argsort(spectrum)[::-1]:
-        if all(abs(freqs[index] - p) > 30 for p in peaks):
-            peaks.append(float(freqs[index]))
-        if len(peaks) == count:
-            break
-    return sorted(peaks)
+from tests.support.audio import strongest
 
 
 def test_us_busy_cadence_and_frequencies() -> None:

@@ -1,0 +1,234 @@
+"""Media features of calls between loopback phones, measured on the audio: recording
+(which party is in which channel, by tone frequency), its feature codes, index and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from media.g711 import ulaw_encode
+from pbx import config as pbx_config
+from pbx.events import Event
+from pbx.server import Exchange
+from tests.aio.test_call_features import FEATURES, USERS
+from tests.aio.test_register_flow import server_of
+from tests.conftest import add_users
+from tests.support.audio import sine, strongest
+from tests.support.pbxproc import write_config
+from tests.support.phone import Call, Phone, rtp_packet
+from tests.support.ports import free_port
+
+PhoneFactory = Callable[..., Awaitable[list[Phone]]]
+RECORD_ALL = """
+[recording]
+record = "all"
+"""
+
+
+class Events:
+    """The exchange's events as they come, and a way to await the next of a type."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.seen: list[Event] = []
+        self._waiters: list[tuple[str, asyncio.Future[Event]]] = []
+        exchange.events.subscribe(self._on)
+
+    def _on(self, event: Event) -> None:
+        self.seen.append(event)
+        for kind, future in list(self._waiters):
+            if event.type == kind and not future.done():
+                future.set_result(event)
+                self._waiters.remove((kind, future))
+
+    async def next(self, kind: str, timeout: float = 5.0) -> dict[str, object]:
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiters.append((kind, future))
+        return (await asyncio.wait_for(future, timeout)).to_json()
+
+    def of(self, kind: str) -> list[dict[str, object]]:
+        return [e.to_json() for e in self.seen if e.type == kind]
+
+
+async def exchange_with(tmp_path: Path, extra: str) -> Exchange:
+    config = FEATURES.format(park_timeout=30) + extra
+    exchange = Exchange(pbx_config.load(write_config(tmp_path, free_port(), config)))
+    await exchange.start()
+    await add_users(exchange, USERS)
+    return exchange
+
+
+@contextlib.asynccontextmanager
+async def phones_on(exchange: Exchange) -> AsyncIterator[PhoneFactory]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(*extensions: str) -> list[Phone]:
+            made = []
+            for ext in extensions:
+                phone = await Phone(server_of(exchange), ext, USERS[ext]).start()
+                stack.push_async_callback(phone.stop)
+                made.append(phone)
+            return made
+
+        yield make
+        assert exchange.calls is not None
+        await exchange.calls.stop()
+
+
+async def talk(phone: Phone, port: int, samples: np.ndarray) -> None:
+    """Send `samples` as PCMU in real time (20 ms packets): a phone's microphone."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for seq in range(len(samples) // 160):
+        payload = ulaw_encode(samples[seq * 160 : (seq + 1) * 160])
+        phone.rtp.sendto(rtp_packet(seq, payload), ("127.0.0.1", port))
+        await asyncio.sleep(max(0.0, start + (seq + 1) * 0.02 - loop.time()))
+
+
+async def pbx_command(tmp_path: Path, *args: str) -> str:
+    """Run `pbx -c CONFIG ARGS...` as the operator would; its standard output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pbx", "-c", str(tmp_path / "pbx.toml"), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def connected(alice: Phone, bob: Phone) -> tuple[Call, Call]:
+    invite = await alice.dial("1002")
+    bob_call = await bob.answer(await bob.incoming())
+    return await alice.answered(invite), bob_call
+
+
+async def test_record_all_puts_the_caller_left_and_the_callee_right(tmp_path: Path) -> None:
+    exchange = await exchange_with(tmp_path, RECORD_ALL)
+    events = Events(exchange)
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            alice_call, bob_call = await connected(alice, bob)
+            started = events.of("recording_started")
+            assert len(started) == 1 and started[0]["by"] == "policy"
+            await asyncio.gather(
+                talk(alice, alice_call.media_port, sine(500, 1.5)),
+                talk(bob, bob_call.media_port, sine(1200, 1.5)),
+            )
+            await alice.bye(alice_call)
+            stopped = await events.next("recording_stopped")
+        path = Path(str(stopped["path"]))
+        assert path.is_relative_to(tmp_path) and path.suffix == ".wav"
+        data, rate = soundfile.read(path, dtype="int16")
+        assert rate == 8000 and data.shape[1] == 2
+        assert 1.4 <= float(stopped["duration"]) <= 3.0  # type: ignore[arg-type]
+        sound = np.flatnonzero(np.abs(data).max(axis=1))
+        talking = data[sound[0] : sound[-1] + 1]
+        assert len(talking) >= 8000  # over a second where both talked
+        middle = talking[len(talking) // 4 : 3 * len(talking) // 4]
+        assert strongest(middle[:, 0], 1) == pytest.approx([500.0], abs=10)
+        assert strongest(middle[:, 1], 1) == pytest.approx([1200.0], abs=10)
+        assert exchange.store is not None
+        [row] = await exchange.store.recordings()
+        assert row["call_id"] == stopped["call_id"] and row["path"] == str(path)
+    finally:
+        await exchange.stop()
+    listed = await pbx_command(tmp_path, "recordings", "--json")
+    [entry] = json.loads(listed)
+    assert entry["path"] == str(path) and entry["call_id"] == stopped["call_id"]
+    assert entry["duration"] == pytest.approx(stopped["duration"], abs=0.01)
+    await pbx_command(tmp_path, "recordings", "export", str(entry["call_id"]), f"{tmp_path}/out/")
+    assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
+
+
+async def test_feature_codes_start_pause_and_stop_a_recording(tmp_path: Path) -> None:
+    exchange = await exchange_with(tmp_path, "")
+    events = Events(exchange)
+    relay = [("Content-Type", "application/dtmf-relay")]
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            alice_call, bob_call = await connected(alice, bob)
+            assert events.of("recording_started") == []  # record = "none" by default
+
+            async def press(keys: str) -> None:
+                for key in keys:
+                    body = f"Signal={key}\r\nDuration=100\r\n".encode()
+                    assert (await bob.request(bob_call, "INFO", relay, body)).status == 200
+
+            await press("*1")
+            started = events.of("recording_started")
+            assert [s["by"] for s in started] == ["1002"]
+            await press("*2")
+            paused = events.of("recording_paused")
+            assert [(p["paused"], p["by"]) for p in paused] == [(True, "1002")]
+            await press("*2")
+            assert [p["paused"] for p in events.of("recording_paused")] == [True, False]
+            await press("*1")
+            [stopped] = events.of("recording_stopped")
+            assert stopped["recording_id"] == started[0]["recording_id"]
+            await alice.bye(alice_call)
+            await bob.next("BYE")
+            assert len(events.of("recording_started")) == 1  # not started again
+    finally:
+        await exchange.stop()
+
+
+async def test_a_recording_left_unfinished_is_repaired_on_start(tmp_path: Path) -> None:
+    exchange = await exchange_with(tmp_path, RECORD_ALL)
+    events = Events(exchange)
+    async with phones_on(exchange) as phones:
+        alice, bob = await phones("1001", "1002")
+        alice_call, _ = await connected(alice, bob)
+        started = events.of("recording_started")[0]
+        await talk(alice, alice_call.media_port, sine(700, 1.3))
+        assert exchange.calls is not None
+        # A crash: the process dies with the file open (nothing closes or indexes it).
+        exchange.calls.recordings.active.clear()
+        exchange.calls.media_clock.stop()
+    await exchange.stop()
+    path = Path(str(started["path"]))
+    with open(path, "ab") as file:
+        file.write(b"\x00\x01" * 1001)  # a write the header never heard of
+    again = Exchange(pbx_config.load(tmp_path / "pbx.toml"))
+    await again.start()
+    try:
+        assert again.store is not None
+        [row] = await again.store.recordings()
+        assert row["ended"] is not None and float(row["duration"]) >= 1.0  # type: ignore[arg-type]
+        data, _ = soundfile.read(path, dtype="int16")
+        assert len(data) / 8000 == pytest.approx(float(row["duration"]), abs=0.01)  # type: ignore[arg-type]
+    finally:
+        await again.stop()
+
+
+async def test_recordings_past_their_retention_are_deleted(tmp_path: Path) -> None:
+    rule = RECORD_ALL + 'retention_days = 30\n\n[[recording_rule]]\nextension = "1002"\n'
+    rule += "retention_days = 1\n"
+    exchange = await exchange_with(tmp_path, rule)
+    events = Events(exchange)
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            alice_call, _ = await connected(alice, bob)
+            await alice.bye(alice_call)
+            stopped = await events.next("recording_stopped")
+        assert events.of("recording_started")[0]["retention_days"] == 1.0  # the rule's
+        path = Path(str(stopped["path"]))
+        assert exchange.store is not None
+        await exchange.store.recordings()  # the rows are written by now (one writer, FIFO)
+        assert await exchange.purge_recordings(time.time() + 3600) == 0
+        assert await exchange.purge_recordings(time.time() + 2 * 86400) == 1
+        assert not path.exists()
+        assert await exchange.store.recordings() == []
+        assert len(await exchange.store.recordings(deleted=True)) == 1
+    finally:
+        await exchange.stop()

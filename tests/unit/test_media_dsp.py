@@ -1,0 +1,213 @@
+"""Conference mixing, prompts, voice activity and recording files, measured on real audio
+(tones by their frequency, speech made by espeak-ng)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile
+
+from media.mix import mix_minus
+from media.prompts import Clip, PromptCache, load_audio, music_files, playlist
+from media.recording import FRAME, Recorder, WavWriter, audio_duration, repair_wav
+from media.vad import VoiceDetector, speech_bounds
+from pbx.errors import MediaError
+from tests.support.audio import sine, strongest
+
+TONES = (440.0, 700.0, 1100.0)
+
+
+def frames_of(*hz: float, seconds: float = 0.2) -> np.ndarray:
+    return np.stack([sine(f, seconds, amplitude=6000) for f in hz])
+
+
+# --- mix-minus ---------------------------------------------------------------
+
+
+def test_each_party_hears_the_others_and_not_itself() -> None:
+    mixed = mix_minus(frames_of(*TONES))
+    for i, own in enumerate(TONES):
+        heard = strongest(mixed[i], 2)
+        others = sorted(f for f in TONES if f != own)
+        assert heard == pytest.approx(others, abs=10), (own, heard)
+
+
+def test_mute_gain_and_saturation() -> None:
+    frames = frames_of(*TONES)
+    muted = mix_minus(frames, talking=np.array([True, False, True]))
+    assert strongest(muted[0], 1) == pytest.approx([1100.0], abs=10)  # 700 Hz is muted
+    assert strongest(muted[1], 2) == pytest.approx([440.0, 1100.0], abs=10)  # still hears
+    quiet = mix_minus(frames, gains=np.array([0.5, 1.0, 1.0], dtype=np.float32))
+    assert np.abs(quiet[1]).max() < np.abs(mix_minus(frames)[1]).max()
+    loud = np.full((30, FRAME), 20000, dtype=np.int16)
+    assert mix_minus(loud).max() == 32767  # saturated, not wrapped around
+    assert mix_minus(-loud).min() == -32768
+
+
+def test_an_extra_sound_reaches_everyone() -> None:
+    frames = np.zeros((3, 1600), dtype=np.int16)
+    mixed = mix_minus(frames, extra=sine(1000, 0.2).astype(np.int16))
+    assert all(strongest(row, 1) == pytest.approx([1000.0], abs=10) for row in mixed)
+
+
+# --- prompts -----------------------------------------------------------------
+
+
+def test_any_rate_and_channel_count_becomes_8k_mono(tmp_path: Path) -> None:
+    rate = 44100
+    t = np.arange(rate) / rate
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 600 * t)] * 2, axis=1)
+    soundfile.write(tmp_path / "a.flac", stereo, rate)
+    soundfile.write(tmp_path / "b.ogg", stereo[:, 0], rate)
+    for name in ("a.flac", "b.ogg"):
+        samples = load_audio(tmp_path / name)
+        assert samples.dtype == np.int16
+        assert len(samples) == pytest.approx(8000, abs=2)
+        assert strongest(samples, 1) == pytest.approx([600.0], abs=5)
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    with pytest.raises(MediaError, match="cannot read"):
+        load_audio(tmp_path / "bad.wav")
+
+
+def test_cache_reloads_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.wav"
+    soundfile.write(path, sine(500, 0.5), 8000, subtype="PCM_16")
+    cache = PromptCache()
+    first = cache.get(path)
+    assert cache.get(path) is first
+    soundfile.write(path, sine(900, 0.5, rate=16000), 16000, subtype="PCM_16")
+    os.utime(path, (1, 1))  # a different modification time, whatever the clock's grain
+    assert strongest(cache.get(path), 1) == pytest.approx([900.0], abs=5)
+    with pytest.raises(MediaError, match="no sound file"):
+        cache.get(tmp_path / "missing.wav")
+
+
+def test_clips_pad_the_last_frame_and_loop() -> None:
+    clip = Clip(np.arange(1, 251, dtype=np.int16))
+    first, second = clip.read(160), clip.read(160)
+    assert first is not None and second is not None
+    assert list(second[:90]) == list(range(161, 251)) and not second[90:].any()
+    assert clip.read(160) is None
+    looped = Clip(np.arange(1, 101, dtype=np.int16), loop=True)
+    chunk = looped.read(160)
+    assert chunk is not None and chunk[100] == 1 and chunk[159] == 60
+
+
+def test_music_playlist_skips_broken_files(tmp_path: Path) -> None:
+    soundfile.write(tmp_path / "1.wav", sine(300, 0.1), 8000)
+    (tmp_path / "2.wav").write_bytes(b"broken")
+    (tmp_path / "notes.txt").write_text("not music")
+    files = music_files(tmp_path)
+    assert [p.name for p in files] == ["1.wav", "2.wav"]
+    clip = playlist(PromptCache(), files)
+    assert clip is not None and clip.read(2000) is not None  # looped past its 800 samples
+    assert playlist(PromptCache(), [tmp_path / "2.wav"]) is None
+    assert music_files(tmp_path / "none") == []
+
+
+# --- voice activity ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: `make test` installs it")
+    path = tmp_path_factory.mktemp("vad") / "speech.wav"
+    subprocess.run(
+        ["espeak-ng", "-w", str(path), "Please leave your message after the tone."],
+        check=True, timeout=30,
+    )  # fmt: skip
+    return load_audio(path)
+
+
+def test_speech_is_found_between_silences(speech: np.ndarray) -> None:
+    silence = np.zeros(8000, dtype=np.int16)
+    samples = np.concatenate([silence, speech, silence])
+    own = speech_bounds(speech, margin=0.0)
+    bounds = speech_bounds(samples, margin=0.0)
+    assert own is not None and bounds is not None
+    assert own[1] - own[0] > 8000  # over a second of the sentence is speech
+    # A second of silence before moves the speech by that second, and only it.
+    assert abs(bounds[0] - (own[0] + 8000)) <= FRAME and abs(bounds[1] - (own[1] + 8000)) <= FRAME
+    assert speech_bounds(samples)[0] == bounds[0] - 1600  # type: ignore[index]
+    assert speech_bounds(silence) is None
+
+
+def test_silence_after_speech_is_measured(speech: np.ndarray) -> None:
+    detector = VoiceDetector()
+    for i in range(len(speech) // FRAME):
+        detector.is_speech(speech[i * FRAME : (i + 1) * FRAME])
+    assert detector.speech_frames > 20
+    detector.silent_frames = 0
+    for _ in range(100):
+        detector.is_speech(np.zeros(FRAME, dtype=np.int16))
+    assert detector.silence == pytest.approx(2.0)
+
+
+# --- recording ---------------------------------------------------------------
+
+
+def listener(hz: float) -> SimpleNamespace:
+    """Stands in for a media clock Listener: `frame` is this tick's audio."""
+    return SimpleNamespace(frame=np.zeros(FRAME, dtype=np.int16), tone=sine(hz, 10.0), n=0)
+
+
+def run(recorder: Recorder, parties: list[SimpleNamespace], ticks: int) -> None:
+    for _ in range(ticks):
+        for party in parties:
+            party.frame = party.tone[party.n * FRAME : (party.n + 1) * FRAME]
+            party.n += 1
+        recorder.tick(0.0)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_caller_left_callee_right_and_pause_is_silence(tmp_path: Path, fmt: str) -> None:
+    caller, callee = listener(500), listener(1200)
+    path = tmp_path / f"call.{fmt}"
+    recorder = Recorder(path, fmt, caller, callee)  # type: ignore[arg-type]
+    run(recorder, [caller, callee], 100)  # 2 s
+    recorder.paused = True
+    run(recorder, [caller, callee], 50)
+    recorder.paused = False
+    run(recorder, [caller, callee], 25)
+    recorder.close()
+    data, rate = soundfile.read(path, dtype="int16")
+    assert rate == 8000 and data.shape == (175 * FRAME, 2)
+    assert strongest(data[:16000, 0], 1) == pytest.approx([500.0], abs=5)
+    assert strongest(data[:16000, 1], 1) == pytest.approx([1200.0], abs=5)
+    assert not data[16000:24000].any()  # paused
+    assert np.abs(data[24000:, 0]).max() > 4000
+    assert (recorder.duration, recorder.paused_seconds) == (3.5, 1.0)
+    assert audio_duration(path) == pytest.approx(3.5)
+
+
+def test_a_wav_in_progress_plays_up_to_the_last_second(tmp_path: Path) -> None:
+    caller = listener(500)
+    path = tmp_path / "live.wav"
+    recorder = Recorder(path, "wav", caller, None)  # type: ignore[arg-type]
+    run(recorder, [caller], 130)  # 2.6 s: two whole seconds written so far
+    data, _ = soundfile.read(path, dtype="int16")  # read while the call goes on
+    assert data.shape == (16000, 2) and not data[:, 1].any()
+    recorder.close()
+    assert audio_duration(path) == pytest.approx(2.6)
+
+
+def test_repair_of_a_cut_off_wav(tmp_path: Path) -> None:
+    path = tmp_path / "cut.wav"
+    writer = WavWriter(path)
+    writer.write(np.zeros((8000, 2), dtype=np.int16))
+    writer.close()
+    with open(path, "ab") as file:  # written after the last header update, then a crash
+        file.write(b"\x01\x00" * 8001)
+    assert audio_duration(path) == pytest.approx(1.0)  # the header says one second
+    assert repair_wav(path) == pytest.approx(1.5)
+    data, _ = soundfile.read(path, dtype="int16")
+    assert data.shape == (12000, 2)
+    (tmp_path / "x.wav").write_bytes(b"nonsense")
+    assert repair_wav(tmp_path / "x.wav") is None
