@@ -363,6 +363,10 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self._rtcp_muxed = False
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def remote(self) -> Address | None:
         """Where RTP goes now: the latched source, else the SDP address."""
         return self._send_to

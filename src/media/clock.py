@@ -166,6 +166,7 @@ class MediaClock:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: dict[int, Listener] = {}  # by id(endpoint)
         self._players: list[Player] = []
+        self._player_of: dict[int, Player] = {}  # by id(endpoint)
         self._jobs: list[Job] = []
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
@@ -193,6 +194,25 @@ class MediaClock:
 
     def listener_of(self, endpoint: MediaEndpoint) -> Listener | None:
         return self._listeners.get(id(endpoint))
+
+    def player(self, endpoint: MediaEndpoint, codec: str) -> Player:
+        """The one player of `endpoint` (made on first use), set to `codec`."""
+        player = self._player_of.get(id(endpoint))
+        if player is None or player.endpoint is not endpoint:
+            player = self._player_of[id(endpoint)] = Player(self, endpoint, codec)
+        else:
+            player.set_codec(codec)
+        return player
+
+    def release(self, endpoint: MediaEndpoint) -> None:
+        """The endpoint is closing: stop what plays to it and stop listening to it."""
+        player = self._player_of.pop(id(endpoint), None)
+        if player is not None and player.endpoint is endpoint:
+            player.stop()
+        listener = self._listeners.get(id(endpoint))
+        if listener is not None and listener.endpoint is endpoint:
+            del self._listeners[id(endpoint)]
+            listener.close()
 
     def add_player(self, player: Player) -> None:
         if player not in self._players:

@@ -42,9 +42,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from media.aio import Bridge, MediaEndpoint
-from media.clock import MediaClock
-from media.dtmf import Digit, digit_from_info
+from media.clock import Listener, MediaClock, decodable
+from media.dtmf import Digit, digit_from_info, dtmf_samples, event_packets
 from media.ports import PortPool
+from media.prompts import Clip
 from pbx.config import Config, TrunkConfig
 from pbx.dialplan import CallRequest, Dialplan, Route, RouteKind
 from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
@@ -171,6 +172,7 @@ class Leg:
     dtmf_pt: int | None = None  # the telephone-event payload type watched for digits
     offers: asyncio.Lock = field(default_factory=asyncio.Lock)  # one re-INVITE of ours at once
     acks: dict[int, asyncio.Future[Request]] = field(default_factory=dict)  # CSeq -> ACK
+    inband: Listener | None = None  # its decoded audio, while DTMF tones are detected in it
     keyed: str = ""  # the digits its phone pressed lately, for feature codes (*1...)
     keyed_at: float = 0.0
 
@@ -929,19 +931,73 @@ class CallManager:
         return True
 
     def _watch_dtmf(self, leg: Leg) -> None:
-        """Report the RFC 4733 digits of the leg's phone (its telephone-event from SDP)."""
-        payload_type = leg.params.telephone_event if leg.params is not None else None
-        if payload_type == leg.dtmf_pt:
+        """Report the digits of the leg's phone: RFC 4733 telephone-events when its SDP
+        agreed them, else (in-band fallback) DTMF tones detected in its G.711 audio."""
+        params = leg.params
+        payload_type = params.telephone_event if params is not None else None
+        if payload_type != leg.dtmf_pt:
+            leg.dtmf_pt = payload_type
+            leg.media.watch_dtmf(payload_type, lambda d: self._leg_digit(leg, d, "rfc4733"))
+        inband = (
+            params is not None and payload_type is None and leg.peer is not None
+            and self.config.media.inband_dtmf and decodable(params.codec)
+        )  # fmt: skip
+        if inband and params is not None:
+            if leg.inband is None:
+                leg.inband = self.media_clock.listen(leg.media, params.codec)
+                leg.inband.detect_inband(lambda d: self._leg_digit(leg, d, "inband"))
+            else:
+                leg.inband.set_codec(params.codec)
+        elif leg.inband is not None:
+            self._stop_inband(leg)
+
+    def _stop_inband(self, leg: Leg) -> None:
+        if leg.inband is not None:
+            leg.inband.detect_inband(None)
+            self.media_clock.unlisten(leg.inband)
+            leg.inband = None
+
+    def _leg_digit(self, leg: Leg, digit: Digit, source: str) -> None:
+        # The leg's call of the moment: an attended transfer moves a leg to another.
+        current = self.calls.get(leg.owner)
+        if current is not None:
+            self._dtmf(current, leg, digit.digit, digit.duration, source)
+
+    def _pass_digit(self, other: Leg, digit: str, duration: float, source: str) -> None:
+        """A digit toward the other phone in the way it understands: RFC 4733 events it
+        agreed are relayed by the bridge (and made here from INFO); without them it gets
+        the tone in its audio (in-band audio reaches it through the bridge as it is)."""
+        params = other.params
+        if params is None or other.peer is None or other.media.closed:
             return
-        leg.dtmf_pt = payload_type
+        if params.telephone_event is None:
+            if source != "inband" and decodable(params.codec):
+                tone_ms = max(60, min(500, round(duration * 1000) or 100))
+                player = self.media_clock.player(other.media, params.codec)
+                player.play(Clip(dtmf_samples(digit, tone_ms=tone_ms, pause_ms=40)))
+        elif source == "info":
+            self._spawn(self._send_events(other, params.telephone_event, digit, duration))
 
-        def on_digit(digit: Digit) -> None:
-            # The leg's call of the moment: an attended transfer moves a leg to another.
-            current = self.calls.get(leg.owner)
-            if current is not None:
-                self._dtmf(current, leg, digit.digit, digit.duration, "rfc4733")
-
-        leg.media.watch_dtmf(payload_type, on_digit)
+    async def _send_events(self, leg: Leg, payload_type: int, digit: str, duration: float) -> None:
+        """One key press as RFC 4733 packets (20 ms apart, the end sent three times)."""
+        media = leg.media
+        loop = asyncio.get_running_loop()
+        packets = event_packets(digit, duration or 0.1)
+        samples = round(max(duration, 0.1) * media.clock_rate)
+        start: int | None = None
+        media.local = True  # the audio relayed meanwhile would cut into the event
+        try:
+            for packet in packets:
+                data, timestamp = media.outgoing.emit(
+                    payload_type, packet.payload, samples, loop.time(), timestamp=start,
+                    marker=packet.marker,
+                )  # fmt: skip
+                start = timestamp if start is None else start
+                media.send_local(data)
+                if not packet.end:
+                    await asyncio.sleep(0.02)  # the event's own pacing
+        finally:
+            media.local = False
 
     def _dtmf(self, call: Call, leg: Leg, digit: str, duration: float, source: str) -> None:
         if call.ended or leg not in call.legs():
@@ -955,6 +1011,7 @@ class CallManager:
         )  # fmt: skip
         if leg.trunk is None and call.answered:
             self._feature_code(call, leg, digit, now)
+        self._pass_digit(call.other(leg), digit, duration, source)
 
     def _feature_code(self, call: Call, leg: Leg, digit: str, now: float) -> None:
         """In-call feature codes of an extension's phone: the recording toggle (start or
@@ -1774,6 +1831,8 @@ class CallManager:
         replaced_dialog, replaced_peer = replaced.dialog, replaced.peer
         if leg.timer_handle is not None:
             leg.timer_handle.cancel()
+        self._stop_inband(leg)
+        self.media_clock.release(leg.media)
         leg.media.close()  # the referrer's side of `call`; the consultation's goes below
         was_held = call.held or consultation.held
         call.held = False
@@ -1974,6 +2033,8 @@ class CallManager:
             if leg.timer_handle is not None:
                 leg.timer_handle.cancel()
             if leg.owner == call.id:
+                self._stop_inband(leg)
+                self.media_clock.release(leg.media)
                 leg.media.close()
         self.calls.pop(call.id, None)
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)

@@ -80,6 +80,7 @@ async def phones(pbx: Exchange) -> AsyncIterator[PhoneFactory]:
     assert pbx.calls._by_dialog == {} and pbx.calls._by_branch == {}
     assert pbx.calls.parking.parked() == {}
     assert pbx.calls.pool.free == free, "media ports not given back"
+    assert not pbx.calls.media_clock.busy, "the media clock still runs for a call"
 
 
 class Recorder:
@@ -550,3 +551,12 @@ async def test_info_dtmf_is_reported(pbx: Exchange, phones: PhoneFactory) -> Non
         "callee",
         "info",
     )
+    # Alice's phone agreed telephone-event: the INFO digit reaches it as RFC 4733 events.
+    events = []
+    while not events or not events[-1][12 + 1] & 0x80:
+        packet = await alice.recv_rtp()
+        if packet[1] & 0x7F == 101:
+            events.append(packet)
+    assert {p[12] for p in events} == {7}
+    assert int.from_bytes(events[-1][14:16], "big") == 2000  # 250 ms at 8 kHz
+    assert len({p[4:8] for p in events}) == 1  # one event: one timestamp

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from media.g711 import ulaw_encode
+from media.dtmf import InbandDetector, dtmf_samples
+from media.g711 import ULAW_DECODE, ulaw_encode
 from pbx import config as pbx_config
 from pbx.events import Event
 from pbx.server import Exchange
-from tests.aio.test_call_features import FEATURES, USERS
+from tests.aio.test_call_features import FEATURES, USERS, key_press
 from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
 from tests.support.audio import sine, strongest
@@ -230,5 +231,43 @@ async def test_recordings_past_their_retention_are_deleted(tmp_path: Path) -> No
         assert not path.exists()
         assert await exchange.store.recordings() == []
         assert len(await exchange.store.recordings(deleted=True)) == 1
+    finally:
+        await exchange.stop()
+
+
+async def test_inband_digits_of_a_phone_without_telephone_event(tmp_path: Path) -> None:
+    """Alice's SDP has no telephone-event: her key presses are tones in her audio, which
+    pbx detects (exactly) and reports; Bob's RFC 4733 press reaches her as a tone."""
+    exchange = await exchange_with(tmp_path, "")
+    events = Events(exchange)
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            invite = await alice.dial("1002", body=alice.offer(formats=(0,)))
+            bob_call = await bob.answer(await bob.incoming())
+            alice_call = await alice.answered(invite)
+            assert "telephone-event" not in alice_call.remote_sdp.decode()
+            silence = np.zeros(1600, dtype=np.int16)
+            keyed = np.concatenate([silence, dtmf_samples("159#", 80, 80), silence])
+            await talk(alice, alice_call.media_port, keyed)
+            digits = [e for e in events.of("dtmf") if e["party"] == "1001"]
+            assert "".join(str(e["digit"]) for e in digits) == "159#"
+            assert {e["source"] for e in digits} == {"inband"}
+
+            # Bob presses 7 as RFC 4733 events: Alice hears the 7 tone.
+            base = 20000
+            for seq, (duration, end) in enumerate(((400, False), (800, False), (1200, True))):
+                bob.rtp.sendto(key_press(seq + 500, base, 7, duration, end, 101),
+                               ("127.0.0.1", bob_call.media_port))  # fmt: skip
+            detector = InbandDetector()
+            heard: list[str] = []
+            with contextlib.suppress(TimeoutError):  # until the tone is over
+                while True:
+                    packet = await alice.recv_rtp(timeout=0.5)
+                    frame = ULAW_DECODE[np.frombuffer(packet[12:], dtype=np.uint8)]
+                    heard += [d.digit for d in detector.feed(frame)]
+            for _ in range(5):
+                heard += [d.digit for d in detector.feed(np.zeros(160, dtype=np.int16))]
+            assert heard == ["7"]
     finally:
         await exchange.stop()
