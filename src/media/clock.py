@@ -251,7 +251,8 @@ class MediaClock:
             self._handle = None
 
     def _tick(self) -> None:
-        self._handle = None
+        # `_handle` stays set while the tick runs: what it starts (a digit's callback that
+        # plays a tone) must not arm a second timer beside the one re-armed below.
         assert self._loop is not None
         now = self._loop.time()
         try:
@@ -259,6 +260,7 @@ class MediaClock:
         except Exception:  # one broken job must not stop every call's media
             log.exception("media tick failed")
         if not self.busy:
+            self._handle = None
             return
         self._next += TICK
         if now - self._next > 5 * TICK:

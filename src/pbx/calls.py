@@ -41,12 +41,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from media.aio import Bridge, MediaEndpoint
 from media.clock import Listener, MediaClock, decodable
 from media.dtmf import Digit, digit_from_info, dtmf_samples, event_packets
 from media.ports import PortPool
 from media.prompts import Clip
-from pbx.config import Config, TrunkConfig
+from media.tones import Tone, tone_plan
+from pbx.conferences import ConferenceManager
+from pbx.config import ConferenceConfig, Config, TrunkConfig
 from pbx.dialplan import CallRequest, Dialplan, Route, RouteKind
 from pbx.errors import MediaError, PbxError, RemoteProtocolError, SipStatus
 from pbx.events import (
@@ -254,6 +259,9 @@ class Call:
     parked_leg: Leg | None = None  # the side whose phone left when the call was parked
     parked_by: str = ""
     park_handle: asyncio.TimerHandle | None = None
+    conference: str | None = None  # the room this call's member is (to be) in
+    member: Leg | None = None  # the conference member's leg (the other has no phone)
+    digits: asyncio.Queue[str] | None = None  # keys of the member collected by us (PIN)
 
     def other(self, leg: Leg) -> Leg:
         return self.b if leg is self.a else self.a
@@ -285,6 +293,8 @@ class CallManager:
         self.parking = ParkingLot(config.dialplan.slots)
         self.media_clock = MediaClock()
         self.recordings = RecordingManager(config, self.media_clock, self.events, clock)
+        self.conferences = ConferenceManager(config, self.media_clock, self.events, clock)
+        self.tones = tone_plan(config.tones.country, config.tones.overrides())
         self.glare_delay: Callable[[bool], float] = glare_delay
         self.timer_unit = 1.0  # real seconds per session-timer second (tests shrink it)
         self.calls: dict[str, Call] = {}
@@ -425,6 +435,16 @@ class CallManager:
             self._reply(request, SipStatus.TRYING)
             self._spawn(self._retrieve(parked, request, peer, caller, offer, timer))
             return
+        if kind is RouteKind.CONFERENCE:
+            if self.conferences.full(route.number):
+                self._reply(request, SipStatus.BUSY_HERE, reason="Conference Full")
+                return
+            self._reply(request, SipStatus.TRYING)
+            self._spawn(
+                self._dial_conference(request, peer, caller, caller_name, dialled, route,
+                                      trunk, offer, timer)
+            )  # fmt: skip
+            return
         if kind is RouteKind.PARK:
             # Parking takes a call to park: a blind transfer to this number does it.
             self._reply(request, SipStatus.FORBIDDEN, reason="Transfer A Call Here To Park It")
@@ -481,9 +501,48 @@ class CallManager:
         offer: SessionDescription | None,
         timer: SessionTimer | None,
     ) -> None:
+        call = await self._start_call(
+            request, peer, caller, caller_name, dialled, route, from_trunk, offer, timer
+        )
+        if call is None:
+            return
+        timeout = asyncio.get_running_loop().call_later(
+            self.config.calls.ring_timeout, self._ring_timeout, call
+        )
+        try:
+            statuses = await self._ring(
+                call, call.ringing, _waves(route), caller, caller_name, dialled,
+                on_provisional=lambda _fork, response: self._provisional(call, response),
+                on_won=lambda fork, response: self._callee_won(call, fork, response),
+            )  # fmt: skip
+        finally:
+            timeout.cancel()
+        if call.ringing.winner is None and not call.ended:
+            status = _outcome(call.ringing, statuses)
+            if call.cause == "ring timeout" or status == SipStatus.TEMPORARILY_UNAVAILABLE:
+                status = SipStatus.TEMPORARILY_UNAVAILABLE
+                call.cause = call.cause or "no answer"
+            self._reply(call.a_request, status, tag=call.a_tag)
+            call.status, call.cause = status, call.cause or f"callee answered {status}"
+            await self._release(call)
+
+    async def _start_call(
+        self,
+        request: Request,
+        peer: Peer,
+        caller: str,
+        caller_name: str,
+        dialled: str,
+        route: Route,
+        from_trunk: TrunkConfig | None,
+        offer: SessionDescription | None,
+        timer: SessionTimer | None,
+    ) -> Call | None:
+        """The call's state, media and CallStarted event; None (the caller got 503) if
+        there are no media ports."""
         media = await self._open_legs(request)
         if media is None:
-            return
+            return None
         address = self.config.rtp.address
         call_id = os.urandom(6).hex()
         a = Leg("caller", media[0], _session(address, media[0]), owns_call_id=False,
@@ -518,25 +577,137 @@ class CallManager:
         )  # fmt: skip
         self._by_branch[request.vias[0].branch or ""] = call
         log.info("call %s: %s -> %s (%s)", call.id, caller, call.callee, route.reason)
-        timeout = asyncio.get_running_loop().call_later(
-            self.config.calls.ring_timeout, self._ring_timeout, call
+        return call
+
+    # conferences
+
+    async def _dial_conference(
+        self,
+        request: Request,
+        peer: Peer,
+        caller: str,
+        caller_name: str,
+        dialled: str,
+        route: Route,
+        from_trunk: TrunkConfig | None,
+        offer: SessionDescription | None,
+        timer: SessionTimer | None,
+    ) -> None:
+        """The caller dialled a room: we answer (no phone on the other side), collect the
+        PIN if the room has one, and put it in."""
+        conference = self.conferences.config_of(route.number)
+        call = await self._start_call(
+            request, peer, caller, caller_name, dialled, route, from_trunk, offer, timer
         )
+        if call is None or conference is None:
+            return
+        call.conference, call.member = conference.number, call.a
+        call.answered_by = conference.number
+        if conference.pin:
+            call.digits = asyncio.Queue()  # keys pressed before the beep count too
+        await self._complete_a(call)
+        if call.answered and not call.ended:
+            await self._enter_room(call, conference)
+
+    async def _enter_room(self, call: Call, conference: ConferenceConfig) -> None:
+        leg = call.member
+        assert leg is not None
+        if leg.params is None or not decodable(leg.params.codec):
+            await self._hang_up(call, "no G.711 for the conference")
+            return
+        if conference.pin and not await self._pin_entered(call, leg, conference.pin):
+            if not call.ended:
+                log.info("call %s: wrong PIN for conference %s", call.id, conference.number)
+                await self._hang_up(call, "wrong conference PIN")
+            return
+        if call.ended:
+            return
+        params = leg.params
         try:
-            statuses = await self._ring(
-                call, call.ringing, _waves(route), caller, caller_name, dialled,
-                on_provisional=lambda _fork, response: self._provisional(call, response),
-                on_won=lambda fork, response: self._callee_won(call, fork, response),
-            )  # fmt: skip
+            self.conferences.join(call.id, conference.number, leg.party, call.caller,
+                                  call.callee, leg.media, params.codec)  # fmt: skip
+        except ValueError as exc:
+            log.info("call %s: %s", call.id, exc)
+            player = self.media_clock.player(leg.media, params.codec)
+            await _finished(player.play(Clip(_tone_seconds(self.tones["busy"], 2.0))))
+            await self._hang_up(call, "conference full")
+
+    async def _to_conference(
+        self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, route: Route
+    ) -> None:
+        """Blind transfer to a room: the referrer's party joins it (after its PIN, if the
+        room has one), and the referrer is told and let go, as for park."""
+        conference = self.conferences.config_of(route.number)
+        await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
+        if call.ended or conference is None:
+            return
+        member = call.other(leg)
+        if call.bridge is not None:
+            call.bridge.close()
+            call.bridge = None
+        self.recordings.stop(call.id)  # the bridged call is over; the room is not recorded
+        by = leg.party
+        self._by_dialog[referrer.id] = (call, None)
+        leg.dialog = leg.peer = None
+        leg.party, leg.timer, leg.params = "", None, None
+        if leg.timer_handle is not None:
+            leg.timer_handle.cancel()
+            leg.timer_handle = None
+        self._stop_inband(leg)
+        leg.media.set_inactivity(None)
+        leg.media.set_remote(None)
+        call.conference, call.member = conference.number, member
+        self.events.publish(
+            CallTransferred(self.clock(), call.id, call.caller, call.callee,
+                            to=conference.number, by=by)
+        )  # fmt: skip
+        log.info("call %s: %s sent %s to conference %s", call.id, by, member.party,
+                 conference.number)  # fmt: skip
+        await self._notify(referrer, referrer_peer, "SIP/2.0 200 OK", final=True)
+        if referrer.state is not DialogState.TERMINATED:
+            await self._bye(referrer, referrer_peer)
+        if call.ended:
+            return
+        if call.held or member.params is None or not decodable(member.params.codec):
+            # Off hold (the referrer held its party first), and in G.711 for the mix.
+            if call.held:
+                self._set_held(call, False, member.role)
+                self._watch(call, member)
+            await self._offer(call, member, codecs=G711)
+        await self._enter_room(call, conference)
+
+    async def kick(self, room: str, who: str) -> list[str]:
+        """Hang up the members of `room` that `who` names (a party, a call id or "all")."""
+        kicked = [
+            a.call_id for a in self.conferences.attendees.values()
+            if a.room == room and who in ("all", a.call_id, a.party)
+        ]  # fmt: skip
+        for call_id in kicked:
+            call = self.calls.get(call_id)
+            if call is not None:
+                await self._hang_up(call, "kicked from the conference")
+        return kicked
+
+    async def _pin_entered(self, call: Call, leg: Leg, pin: str, tries: int = 3) -> bool:
+        """Up to `tries` times: a beep, then digits until # or a pause; True once they
+        are `pin`. A wrong entry gets the congestion tone."""
+        assert leg.params is not None
+        player = self.media_clock.player(leg.media, leg.params.codec)
+        keys = call.digits = call.digits or asyncio.Queue()
+        try:
+            for _ in range(tries):
+                player.play(Tone(self.tones["beep"]))
+                entered = await _collect(keys, len(pin) + 8, first=10.0, gap=3.0)
+                if entered is None or call.ended:
+                    return False  # the call ended
+                if entered == pin:
+                    player.stop()
+                    return True
+                player.stop()
+                await _finished(player.play(Clip(_tone_seconds(self.tones["congestion"], 1.0))))
+            return False
         finally:
-            timeout.cancel()
-        if call.ringing.winner is None and not call.ended:
-            status = _outcome(call.ringing, statuses)
-            if call.cause == "ring timeout" or status == SipStatus.TEMPORARILY_UNAVAILABLE:
-                status = SipStatus.TEMPORARILY_UNAVAILABLE
-                call.cause = call.cause or "no answer"
-            self._reply(call.a_request, status, tag=call.a_tag)
-            call.status, call.cause = status, call.cause or f"callee answered {status}"
-            await self._release(call)
+            call.digits = None
 
     def _authenticate(self, request: Request, peer: Peer) -> str | None:
         """Digest as a proxy would (407, RFC 3261 §22.3); the caller's extension or None."""
@@ -829,8 +1000,8 @@ class CallManager:
         """RTP inactivity on the leg's media hangs `call` up: a phone that vanished (power
         cut, lost network) sends no BYE, and silence on its RTP is how the call learns."""
         timeout = self.config.rtp.inactivity_timeout
-        if timeout <= 0:
-            return
+        if timeout <= 0 or leg.peer is None:
+            return  # no phone there (a conference call's other side): no RTP to miss
 
         def inactive(_media: MediaEndpoint) -> None:
             self._spawn(self._hang_up(call, "no RTP (inactivity timeout)"))
@@ -894,6 +1065,11 @@ class CallManager:
         it): that leg is re-offered G.711 and the bridge is built once it agrees."""
         for leg in call.legs():
             self._watch_dtmf(leg)
+        if call.conference is not None:
+            member = call.member
+            if member is not None and member.params is not None:
+                self.conferences.set_codec(call.id, member.params.codec)
+            return True
         a, b = call.a.params, call.b.params
         if a is None or b is None or call.slot is not None:
             return True
@@ -1009,6 +1185,11 @@ class CallManager:
                          duration_ms=round(duration * 1000), leg=leg.role, party=leg.party,
                          source=source)
         )  # fmt: skip
+        if call.digits is not None:
+            call.digits.put_nowait(digit)
+            return
+        if call.conference is not None:
+            return
         if leg.trunk is None and call.answered:
             self._feature_code(call, leg, digit, now)
         self._pass_digit(call.other(leg), digit, duration, source)
@@ -1043,6 +1224,8 @@ class CallManager:
         a transfer brought in a party whose calls are recorded); follow the parties of one
         being recorded."""
         recordings = self.recordings
+        if call.conference is not None:
+            return  # a member alone on its call: nothing bridged to record
         if call.id in recordings.active:
             recordings.sync(call.id, *self.sides(call))
             return
@@ -1464,6 +1647,8 @@ class CallManager:
 
     def _set_held(self, call: Call, held: bool, by: str) -> None:
         call.held = held
+        if call.conference is not None:
+            self.conferences.hold(call.id, held)
         # On hold a phone may send nothing at all: that is not a dead call.
         timeout = self.config.rtp.inactivity_timeout
         for leg in call.legs():
@@ -1629,6 +1814,9 @@ class CallManager:
         if not call.answered or peer is None or call.slot is not None:
             self._reply(request, SipStatus.FORBIDDEN, reason="Call Not Answered")
             return
+        if call.conference is not None:
+            self._reply(request, SipStatus.FORBIDDEN, reason="Cannot Transfer A Conference")
+            return
         if call.attempts or call.transferring is not None:
             # One transfer at a time: a second one would race the first for the leg.
             self._reply(request, SipStatus.REQUEST_PENDING, reason="Transfer In Progress")
@@ -1653,6 +1841,13 @@ class CallManager:
                 return
             self._reply(request, SipStatus.ACCEPTED)
             self._spawn_transfer(call, leg, self._park(call, leg, dialog, peer, slot))
+            return
+        if route.kind is RouteKind.CONFERENCE:
+            if self.conferences.full(route.number):
+                self._reply(request, SipStatus.BUSY_HERE, reason="Conference Full")
+                return
+            self._reply(request, SipStatus.ACCEPTED)
+            self._spawn_transfer(call, leg, self._to_conference(call, leg, dialog, peer, route))
             return
         if route.kind not in _CALL_ROUTES:
             self._reply(request, SipStatus.NOT_FOUND if route.kind is RouteKind.UNKNOWN
@@ -2025,6 +2220,9 @@ class CallManager:
             if dialog.state is not DialogState.TERMINATED:
                 self._spawn(self._bye(dialog, peer))
         self._unpark(call)
+        if call.digits is not None:
+            call.digits.put_nowait("")  # whatever waits for a key: the call is over
+        self.conferences.leave(call.id)
         self.recordings.ended(call.id)
         self.events.publish(self._ended(call))
         if call.bridge is not None:
@@ -2073,6 +2271,8 @@ class CallManager:
             state = "answered" if c.answered_at is not None else "ringing"
             if c.slot is not None:
                 state = "parked"
+            elif c.conference is not None and c.id in self.conferences.attendees:
+                state = "conference"
             out.append({
                 "call_id": c.id, "caller": c.caller, "callee": c.callee, "state": state,
                 "started": c.started, "duration": round(now - c.started, 1),
@@ -2150,6 +2350,37 @@ def _codecs_like(offer: SessionDescription | None) -> tuple[str, ...] | None:
         return None
     names = [n for n in common_codecs(offer) if n != "telephone-event"]
     return _codecs_after(names[0] if names else None, names)
+
+
+async def _collect(
+    keys: asyncio.Queue[str], max_digits: int, first: float, gap: float
+) -> str | None:
+    """Digits from `keys` until #, `max_digits`, or a pause (`first` seconds for the first
+    key, `gap` between keys); None if the call ended (an empty key)."""
+    entered = ""
+    while len(entered) < max_digits:
+        try:
+            key = await asyncio.wait_for(keys.get(), first if not entered else gap)
+        except TimeoutError:
+            break
+        if not key:
+            return None
+        if key == "#":
+            break
+        entered += key
+    return entered
+
+
+async def _finished(playing: asyncio.Future[None]) -> None:
+    """Wait for a sound to end, or be stopped (its future cancelled), without raising."""
+    await asyncio.wait([playing])
+
+
+def _tone_seconds(plan: str, seconds: float) -> npt.NDArray[np.int16]:
+    """`seconds` of a tone (a cadence that repeats, or a finite one padded with silence)."""
+    count = round(seconds * 8000)
+    samples = Tone(plan).read(count) if plan else None
+    return samples if samples is not None else np.zeros(count, dtype=np.int16)
 
 
 def _codecs_after(first: str | None, names: list[str] | None = None) -> tuple[str, ...]:

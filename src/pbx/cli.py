@@ -403,6 +403,50 @@ for _action in ("start", "stop", "pause", "resume"):
     recordings.add_command(_recording_action(_action))
 
 
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@click.pass_context
+def conferences(ctx: click.Context, as_json: bool) -> None:
+    """Conference rooms of the running server and who is in them (and, as subcommands,
+    mute, unmute and kick)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = _ask(ctx.ensure_object(_Context), "conferences")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        members = row.pop("members")
+        row["members"] = (
+            ", ".join(m["party"] + (" (muted)" if m["muted"] else "") for m in members) or "-"
+        )
+    _table(rows, ["number", "name", "pin", "max_members", "members"])
+
+
+def _conference_action(action: str) -> click.Command:
+    @click.argument("room")
+    @click.argument("who")
+    @pass_ctx
+    def command(ctx: _Context, room: str, who: str) -> None:
+        try:
+            result = control.call(ctx.config.control_socket, "conference", action=action,
+                                  room=room, who=who)  # fmt: skip
+        except PbxError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(json.dumps(result))
+
+    command.__doc__ = {
+        "mute": "Mute WHO (an extension, a call id, or all) in conference ROOM.",
+        "unmute": "Let WHO be heard again in conference ROOM.",
+        "kick": "Hang up WHO's call in conference ROOM.",
+    }[action]
+    return click.command(action)(command)
+
+
+for _action in ("mute", "unmute", "kick"):
+    conferences.add_command(_conference_action(_action))
+
+
 def _parse_since(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:

@@ -48,6 +48,8 @@ class RouteKind(Enum):
     """Park the call (normally reached by a blind transfer)."""
     PARK_SLOT = "park slot"
     """Retrieve the call parked in slot `number`."""
+    CONFERENCE = "conference"
+    """Join the conference room `number`."""
     UNKNOWN = "unknown"
     """Nowhere to go; `reason` says why (404, or 503 for an emergency call with no trunk)."""
 
@@ -97,6 +99,7 @@ class Dialplan:
         self._is_extension = is_extension
         self._hook = hook
         self._groups = {g.number: g for g in config.ring_groups}
+        self._rooms = {c.number: c for c in config.conferences}
         self._slots = frozenset(self._plan.slots)
         self.warnings: tuple[str, ...] = ()
         """Things that load but will not work, for the server to log at start."""
@@ -244,6 +247,11 @@ class Dialplan:
             return Route(RouteKind.PARK, number, reason=f"{prefix}{number} parks the call")
         if number in self._slots:
             return Route(RouteKind.PARK_SLOT, number, reason=f"{prefix}{number} is a park slot")
+        room = self._rooms.get(number)
+        if room is not None:
+            name = f" ({room.name})" if room.name else ""
+            why = f"{prefix}{number} is a conference{name}"
+            return Route(RouteKind.CONFERENCE, number, reason=why)
         group = self._groups.get(number)
         if group is not None:
             return _ring_group(group, f"{prefix}{number} is ring group {group.name or number}")

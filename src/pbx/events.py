@@ -108,6 +108,25 @@ class CallParked(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ConferenceJoined(CallEvent):
+    """`party` (the caller of `call_id`) joined conference `room`; `members` now there."""
+
+    type: ClassVar[str] = "conference_joined"
+    room: str = ""
+    party: str = ""
+    members: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceLeft(CallEvent):
+    type: ClassVar[str] = "conference_left"
+    room: str = ""
+    party: str = ""
+    members: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class CallRetrieved(CallEvent):
     """The parked call left `slot`: `by` dialled it, or the park timed out and `by` is
     the phone that parked it, rung again."""
@@ -121,7 +140,7 @@ class CallRetrieved(CallEvent):
 @dataclass(frozen=True, slots=True)
 class DtmfReceived(CallEvent):
     """A phone on the call pressed a key: `leg` (caller or callee) is its side, `party`
-    who it is, `source` how the digit came (rfc4733, info)."""
+    who it is, `source` how the digit came (rfc4733, info, inband)."""
 
     type: ClassVar[str] = "dtmf"
     digit: str = ""

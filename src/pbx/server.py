@@ -87,6 +87,8 @@ class Exchange:
                 "calls": self._live_calls,
                 "trunks": self._trunks,
                 "recording": self._recording_control,
+                "conferences": self._conferences,
+                "conference": self._conference_control,
             },
             {"events": self._follow_events},
         )
@@ -254,6 +256,28 @@ class Exchange:
                 raise PbxError(f"call {call_id} is not being recorded")
             return {"call_id": call_id, "path": str(stopped.path)}
         raise PbxError(f"unknown recording action {action!r}: start, stop, pause or resume")
+
+    async def _conferences(self, _request: dict[str, Any]) -> list[dict[str, object]]:
+        return self.calls.conferences.live() if self.calls is not None else []
+
+    async def _conference_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`pbx conferences mute|unmute|kick ROOM WHO` (WHO: a party, call id or "all")."""
+        if self.calls is None:
+            raise PbxError("the exchange is not running calls")
+        action, room = str(request.get("action", "")), str(request.get("room", ""))
+        who = str(request.get("who", ""))
+        conferences = self.calls.conferences
+        if conferences.config_of(room) is None:
+            raise PbxError(f"no conference {room!r} (see `pbx conferences`)")
+        if action in ("mute", "unmute"):
+            changed = conferences.mute(room, who, action == "mute")
+        elif action == "kick":
+            changed = await self.calls.kick(room, who)
+        else:
+            raise PbxError(f"unknown conference action {action!r}: mute, unmute or kick")
+        if not changed:
+            raise PbxError(f"nobody in conference {room} is {who!r}")
+        return {"room": room, "action": action, "call_ids": changed}
 
     async def _follow_events(self, _request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         async for event in self.events.follow():

@@ -70,15 +70,16 @@ def log_line(proc: PbxProcess, needle: str, start: int = 0) -> str | None:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_in_namespace(driver: str, work: Path) -> dict[str, Any]:
-    """Run `python -m <driver> work` in fresh network and PID namespaces (as root); its
+def run_in_namespace(driver: str, work: Path, *args: str) -> dict[str, Any]:
+    """Run `python -m <driver> work *args` in fresh network and PID namespaces (as root); its
     result.json. baresip refuses loopback media, so such tests use a veth address there."""
     baresip_binary()
     for tool in ("unshare", "ip"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: `make test-deps` installs it")
     run = subprocess.run(
-        ["unshare", "-n", "-p", "-f", "--kill-child", sys.executable, "-m", driver, str(work)],
+        ["unshare", "-n", "-p", "-f", "--kill-child", sys.executable, "-m", driver, str(work),
+         *args],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     result_file = work / "result.json"

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 
+from media.clock import MediaClock
+from media.conference import Room
 from media.mix import mix_minus
 from media.prompts import Clip, PromptCache, load_audio, music_files, playlist
 from media.recording import FRAME, Recorder, WavWriter, audio_duration, repair_wav
@@ -211,3 +215,70 @@ def test_repair_of_a_cut_off_wav(tmp_path: Path) -> None:
     assert data.shape == (12000, 2)
     (tmp_path / "x.wav").write_bytes(b"nonsense")
     assert repair_wav(tmp_path / "x.wav") is None
+
+
+class _Heard:
+    """A room member's ends, without sockets: what it says, and what the room plays it."""
+
+    def __init__(self, frame: np.ndarray) -> None:
+        self.frame = frame
+        self.feed: Any = None
+
+    def play(self, source: Any) -> None:
+        self.feed = source
+
+    def stop(self) -> None:
+        self.feed = None
+
+    def heard(self) -> np.ndarray:
+        return self.feed.read(160)
+
+
+async def test_room_mixes_minus_self_with_gain_mute_and_join_tones() -> None:
+    clock = MediaClock()
+    room = Room(clock, capacity=3, join_tone="!800/40", leave_tone="!1200/40")
+    a, b, c = (_Heard(np.full(160, level, dtype=np.int16)) for level in (1000, 2000, 4000))
+    for key, member in zip("abc", (a, b, c), strict=True):
+        room.join(key, member, member)  # type: ignore[arg-type]
+    assert room.full
+    with pytest.raises(ValueError, match="full"):
+        room.join("d", a, a)  # type: ignore[arg-type]
+    for _ in range(4):  # two join tones of 40 ms (b's and c's) in everyone's mix
+        room.tick(0.0)
+        assert len(set(a.heard().tolist())) > 1
+    room.tick(0.0)
+    assert [set(m.heard().tolist()) for m in (a, b, c)] == [{6000}, {5000}, {3000}]
+    room.mute("c", True)
+    room.set_gain("a", 0.5)
+    room.tick(0.0)
+    assert [set(m.heard().tolist()) for m in (a, b, c)] == [{2000}, {500}, {2500}]
+    room.leave("b")
+    assert b.feed is None
+    room.tick(0.0)
+    assert np.abs(a.heard()).max() > 1000  # the leave tone (c is muted: nothing else)
+    room.leave("a")
+    room.leave("c")
+    assert not clock.busy
+
+
+async def test_work_started_during_a_tick_does_not_double_the_clock() -> None:
+    """A job that registers more work mid-tick (as a digit callback playing a tone does)
+    must not arm a second timer: ten ticks still take nine 20 ms steps at least."""
+    clock = MediaClock()
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    class Spawner:
+        ticks = 0
+
+        def tick(self, now: float) -> None:
+            self.ticks += 1
+            clock.add_job(SimpleNamespace(tick=lambda now: None))  # type: ignore[arg-type]
+            if self.ticks == 10 and not done.done():
+                done.set_result(loop.time())
+
+    started = loop.time()
+    clock.add_job(Spawner())
+    finished = await asyncio.wait_for(done, 5)
+    clock.stop()
+    assert finished - started >= 9 * 0.02
