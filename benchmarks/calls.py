@@ -26,6 +26,7 @@ a large RTP port range, no qualify pings, a long RTP inactivity timeout):
     .venv/bin/python benchmarks/calls.py --only media --levels 100,200,300 --media-seconds 10
     .venv/bin/python benchmarks/calls.py --only setup --rates 300 --step-seconds 30
     .venv/bin/python benchmarks/calls.py --only media --levels 300 --py-spy /tmp/spy
+    .venv/bin/python benchmarks/calls.py --only media --levels 100,200 --record wav
 
 Results: benchmarks/results/calls.json (calls-quick.json with --quick; --json PATH).
 """
@@ -278,6 +279,21 @@ UAS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <timewait milliseconds="1000"/>
 </scenario>
 """
+
+
+def server_config(port: int, record: str | None = None) -> str:
+    """The pbx.toml of the benchmark server; `record` ("wav" or "flac"): every answered
+    call recorded in that format ([recording] record = "all", under data/recordings)."""
+    text = (
+        f'data_dir = "data"\nlog_level = "warning"\n\n'
+        f'[sip]\nlisten = ["udp:{HOST}:{port}"]\n\n'
+        f'[rtp]\naddress = "{HOST}"\nport_range = [{RTP_RANGE[0]}, {RTP_RANGE[1]}]\n'
+        "inactivity_timeout = 3600\n\n"
+        "[registrar]\nqualify_interval = 0\n"
+    )
+    if record is not None:
+        text += f'\n[recording]\nrecord = "all"\nformat = "{record}"\n'
+    return text
 
 
 # --- part 1: set-up rate ------------------------------------------------------------------
@@ -784,10 +800,20 @@ class MediaLevel:
     generator_cpu_pct: float
     generator_late_p99_ms: float
     generator: str
+    host_cpu_pct: float = 0.0
+    """The whole machine's busy CPU (all cores, steal included; 100 = one core): what is
+    more than the server and the generator is something else on the machine."""
 
     @property
     def clean(self) -> bool:
         return self.sent > 0 and self.loss_pct < 0.1 and self.transit_p99_ms < 5.0
+
+
+def host_cpu_seconds() -> float:
+    """Busy CPU seconds of the machine, all cores: /proc/stat's first line less idle and
+    iowait (user nice system idle iowait irq softirq steal, in clock ticks)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def build_generator(directory: Path) -> list[str] | None:
@@ -846,12 +872,13 @@ async def run_level(
         if line.strip() != b"started":
             raise RuntimeError(f"load generator said {line!r}")
         loop0 = cpu_seconds(server.pid, server.pid)
-        cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+        cpu0, host0, wall0 = cpu_seconds(server.pid), host_cpu_seconds(), time.monotonic()
         if spy is not None:
             spy_proc = start_py_spy(server.pid, seconds, spy / f"level-{target}.txt")
         line = await asyncio.wait_for(process.stdout.readline(), seconds + 60)
         wall = time.monotonic() - wall0
         server_cpu = cpu_seconds(server.pid) - cpu0
+        host_cpu = host_cpu_seconds() - host0
         loop_cpu = cpu_seconds(server.pid, server.pid) - loop0
         if line.strip() != b"stopped":
             raise RuntimeError(f"load generator said {line!r}")
@@ -895,6 +922,7 @@ async def run_level(
         generator_cpu_pct=100 * report["cpu_s"] / (wall + 1.0),
         generator_late_p99_ms=report["send_late_us"]["p99"] / 1000,
         generator=Path(generator[-1]).name,
+        host_cpu_pct=100 * host_cpu / wall,
     )
 
 
@@ -1111,6 +1139,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--python-generator", action="store_true", help="use the Python RTP generator, not C"
     )
+    parser.add_argument(
+        "--record",
+        choices=("wav", "flac"),
+        help='record every call in this format ([recording] record = "all")',
+    )
     parser.add_argument("--py-spy", type=Path, help="profile the server per media level here")
     parser.add_argument("--json", "--output", dest="output", type=Path, help="JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stats)")
@@ -1145,13 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         port = free_port()
         config = directory / "pbx.toml"
-        config.write_text(
-            f'data_dir = "data"\nlog_level = "warning"\n\n'
-            f'[sip]\nlisten = ["udp:{HOST}:{port}"]\n\n'
-            f'[rtp]\naddress = "{HOST}"\nport_range = [{RTP_RANGE[0]}, {RTP_RANGE[1]}]\n'
-            "inactivity_timeout = 3600\n\n"
-            "[registrar]\nqualify_interval = 0\n"
-        )
+        config.write_text(server_config(port, args.record))
         write_users(config, 2, directory)  # CALLEE and CALLER
         server = Server(config, port, directory / "pbx.log", None)
         server.start()
@@ -1166,7 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
             generator = built or [sys.executable, str(Path(__file__).resolve()), "--generate"]
             print(
                 f"media: levels {levels} calls, {media_seconds:g} s of RTP each, generator "
-                f"{'rtpload (C)' if built else 'Python'}",
+                f"{'rtpload (C)' if built else 'Python'}"
+                + (f", every call recorded ({args.record})" if args.record else ""),
                 flush=True,
             )
             media_levels, hung_up = asyncio.run(
@@ -1259,6 +1287,7 @@ def main(argv: list[str] | None = None) -> int:
             "levels": levels if do_media else None,
             "media_seconds": media_seconds,
             "ptime_ms": PTIME_MS,
+            "record": args.record,
             "quick": args.quick,
         },
         "setup_steps": [{**asdict(s), "clean": s.clean} for s in setup_steps],

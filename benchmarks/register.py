@@ -204,7 +204,9 @@ class Server:
 
     def start(self, timeout: float = 20.0) -> None:
         prefix = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
-        command = [sys.executable, *prefix, "-m", "pbx", "-c", str(self.config), "serve"]
+        # -P: the working directory stays off sys.path, or benchmarks/media.py, when run from
+        # benchmarks/, would hide the server's `media` package.
+        command = [sys.executable, "-P", *prefix, "-m", "pbx", "-c", str(self.config), "serve"]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -204,6 +204,10 @@ class MediaClock:
             player.set_codec(codec)
         return player
 
+    def player_of(self, endpoint: MediaEndpoint) -> Player | None:
+        player = self._player_of.get(id(endpoint))
+        return player if player is not None and player.endpoint is endpoint else None
+
     def release(self, endpoint: MediaEndpoint) -> None:
         """The endpoint is closing: stop what plays to it and stop listening to it."""
         player = self._player_of.pop(id(endpoint), None)

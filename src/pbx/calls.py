@@ -45,10 +45,10 @@ import numpy as np
 import numpy.typing as npt
 
 from media.aio import Bridge, MediaEndpoint
-from media.clock import Listener, MediaClock, decodable
+from media.clock import Listener, MediaClock, Source, decodable
 from media.dtmf import Digit, digit_from_info, dtmf_samples, event_packets
 from media.ports import PortPool
-from media.prompts import Clip
+from media.prompts import Clip, PromptCache, music_files, playlist
 from media.tones import Tone, tone_plan
 from pbx.conferences import ConferenceManager
 from pbx.config import ConferenceConfig, Config, TrunkConfig
@@ -119,6 +119,8 @@ _CALL_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
 
 
 FEATURE_GAP = 2.0  # seconds between the digits of one in-call feature code
+MOH_CHIME = "523/300,659/300,784/300,0/2100"  # on hold without music files: C, E, G, a pause
+MOH_CHIME_LEVEL = -24.0  # dBm0: quieter than the call-progress tones
 
 
 def glare_delay(owns_call_id: bool) -> float:
@@ -178,6 +180,7 @@ class Leg:
     offers: asyncio.Lock = field(default_factory=asyncio.Lock)  # one re-INVITE of ours at once
     acks: dict[int, asyncio.Future[Request]] = field(default_factory=dict)  # CSeq -> ACK
     inband: Listener | None = None  # its decoded audio, while DTMF tones are detected in it
+    music: asyncio.Future[None] | None = None  # music on hold playing to its phone
     keyed: str = ""  # the digits its phone pressed lately, for feature codes (*1...)
     keyed_at: float = 0.0
 
@@ -295,6 +298,7 @@ class CallManager:
         self.recordings = RecordingManager(config, self.media_clock, self.events, clock)
         self.conferences = ConferenceManager(config, self.media_clock, self.events, clock)
         self.tones = tone_plan(config.tones.country, config.tones.overrides())
+        self.prompts = PromptCache()
         self.glare_delay: Callable[[bool], float] = glare_delay
         self.timer_unit = 1.0  # real seconds per session-timer second (tests shrink it)
         self.calls: dict[str, Call] = {}
@@ -612,6 +616,7 @@ class CallManager:
     async def _enter_room(self, call: Call, conference: ConferenceConfig) -> None:
         leg = call.member
         assert leg is not None
+        self._stop_music(leg)
         if leg.params is None or not decodable(leg.params.codec):
             await self._hang_up(call, "no G.711 for the conference")
             return
@@ -1065,6 +1070,8 @@ class CallManager:
         it): that leg is re-offered G.711 and the bridge is built once it agrees."""
         for leg in call.legs():
             self._watch_dtmf(leg)
+            if leg.music is not None:
+                self._start_music(leg)  # in the codec it has now (or stopped if none fits)
         if call.conference is not None:
             member = call.member
             if member is not None and member.params is not None:
@@ -1105,6 +1112,43 @@ class CallManager:
         if call.answered:
             self._record_if_wanted(call)
         return True
+
+    def _music(self) -> Source | None:
+        """Music on hold: the files of [media] music_on_hold, looped; the built-in chime
+        without any; None when it is "" (silence)."""
+        setting = self.config.media.music_on_hold
+        if not setting:
+            return None
+        files = music_files(self.config.data_dir / setting)
+        music = playlist(self.prompts, files) if files else None
+        if files and music is None:
+            log.warning("music on hold: none of the %d files in %s can be read", len(files),
+                        self.config.data_dir / setting)  # fmt: skip
+        return music or Tone(MOH_CHIME, level=MOH_CHIME_LEVEL)
+
+    def _start_music(self, leg: Leg) -> None:
+        """Play music on hold to the leg's phone (what the bridge relays to it is dropped
+        meanwhile); if it plays already, only follow the phone's codec."""
+        params = leg.params
+        if params is None or leg.peer is None or leg.media.closed:
+            return
+        if not decodable(params.codec):
+            self._stop_music(leg)  # G.722 is relayed, never made here: the phone's silence
+            return
+        player = self.media_clock.player(leg.media, params.codec)
+        if leg.music is not None and not leg.music.done():
+            return
+        music = self._music()
+        if music is not None:
+            leg.music = player.play(music)
+
+    def _stop_music(self, leg: Leg) -> None:
+        if leg.music is None:
+            return
+        leg.music = None
+        player = self.media_clock.player_of(leg.media)
+        if player is not None:
+            player.stop()
 
     def _watch_dtmf(self, leg: Leg) -> None:
         """Report the digits of the leg's phone: RFC 4733 telephone-events when its SDP
@@ -1383,9 +1427,13 @@ class CallManager:
             call.held = False
             self._watch(call, parked_party)
             await self._offer(call, parked_party)
+        if call.slot == slot and not call.ended:
+            self._start_music(parked_party)
 
     def _unpark(self, call: Call) -> Leg | None:
         """Take the call out of its slot; the leg to put a phone on again."""
+        if call.parked_leg is not None:
+            self._stop_music(call.other(call.parked_leg))
         if call.park_handle is not None:
             call.park_handle.cancel()
             call.park_handle = None
@@ -1649,6 +1697,11 @@ class CallManager:
         call.held = held
         if call.conference is not None:
             self.conferences.hold(call.id, held)
+        elif held:
+            self._start_music(call.b if by == "caller" else call.a)  # the party left waiting
+        else:
+            for leg in call.legs():
+                self._stop_music(leg)
         # On hold a phone may send nothing at all: that is not a dead call.
         timeout = self.config.rtp.inactivity_timeout
         for leg in call.legs():
@@ -2031,6 +2084,8 @@ class CallManager:
         leg.media.close()  # the referrer's side of `call`; the consultation's goes below
         was_held = call.held or consultation.held
         call.held = False
+        for joined in call.legs():
+            self._stop_music(joined)  # whoever waited on hold now talks
         self._connect(call)
         for joined in call.legs():
             self._watch(call, joined)

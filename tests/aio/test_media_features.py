@@ -271,3 +271,50 @@ async def test_inband_digits_of_a_phone_without_telephone_event(tmp_path: Path) 
             assert heard == ["7"]
     finally:
         await exchange.stop()
+
+
+async def received(phone: Phone, packets: int = 50) -> np.ndarray:
+    """The next `packets` RTP packets the phone receives, decoded (PCMU)."""
+    frames = [ULAW_DECODE[np.frombuffer((await phone.recv_rtp())[12:], dtype=np.uint8)]
+              for _ in range(packets)]  # fmt: skip
+    return np.concatenate(frames)
+
+
+async def test_the_held_party_hears_the_chime_and_then_the_caller_again(tmp_path: Path) -> None:
+    exchange = await exchange_with(tmp_path, "")
+    events = Events(exchange)
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            alice_call, _ = await connected(alice, bob)
+            assert (await alice.hold(alice_call)).status == 200
+            assert [e["held"] for e in events.of("call_held")] == [True]
+            # No music files in data_dir/moh: the built-in chime (C5, E5, G5, a pause).
+            chime = await received(bob, 150)
+            notes = strongest(chime, 3)
+            assert notes == pytest.approx([523.0, 659.0, 784.0], abs=10)
+            resume = await alice.request(alice_call, "INVITE", body=alice.offer())
+            assert resume.status == 200
+            await bob.hears(alice, alice_call.media_port, b"\x33")  # relayed again
+    finally:
+        await exchange.stop()
+
+
+async def test_music_files_play_to_a_parked_caller(tmp_path: Path) -> None:
+    music = tmp_path / "data" / "moh"
+    music.mkdir(parents=True)
+    stereo = np.stack([sine(700, 2.0, rate=16000)] * 2, axis=1)
+    soundfile.write(music / "01-theme.wav", stereo, 16000)  # any rate and channels
+    exchange = await exchange_with(tmp_path, "")
+    assert exchange.config.data_dir == tmp_path / "data"
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            _, bob_call = await connected(alice, bob)
+            assert (await bob.refer(bob_call, "700")).status == 202
+            await bob.next("BYE")
+            heard = await received(alice, 50)
+            assert strongest(heard[800:], 1) == pytest.approx([700.0], abs=10)
+            assert np.abs(heard[800:]).max() > 2000
+    finally:
+        await exchange.stop()
