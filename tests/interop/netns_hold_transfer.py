@@ -14,6 +14,7 @@ logs) go to DIR/result.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -165,6 +166,17 @@ class EventLog:
             time.sleep(0.05)
         raise TimeoutError(f"no event {fields} within {timeout} s (seen: {self.events})")
 
+    def confirm(self, again: Callable[[], object], tries: int = 5, **fields: Any) -> None:
+        """Wait for an event with `fields`, calling `again` (which makes pbx publish one
+        anew) whenever none comes within 2 s. The follower takes a moment to start and
+        subscribe, and pbx replays nothing it missed: once this returns, it is following."""
+        for _ in range(tries):
+            with contextlib.suppress(TimeoutError):
+                self.wait(timeout=2, **fields)
+                return
+            again()
+        raise AssertionError(f"`pbx events` never reported {fields} ({tries} tries)")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -173,6 +185,22 @@ class EventLog:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(3)
+
+
+def reregister(p: Baresip) -> None:
+    """Delete `p`'s user agent (it unregisters) and create it again (it registers)."""
+    assert p.ctrl is not None
+    p.ctrl.cmd("uadel", p.account.partition(">")[0].lstrip("<"))
+    p.add_account()
+    event = p.ctrl.wait_event("REGISTER_OK", "REGISTER_FAIL", timeout=10)
+    assert event["type"] == "REGISTER_OK", event
+
+
+def registered(phones: list[Baresip], events: EventLog) -> None:
+    """Start and register `phones`, then make sure `events` is following: register the
+    first phone again until the follower reports a registration."""
+    register(phones)
+    events.confirm(lambda: reregister(phones[0]), type="registration")
 
 
 Calls = Callable[[Path, dict[str, Any], list[Baresip], PbxProcess, "EventLog"], None]
@@ -217,10 +245,9 @@ def _calls(
             phone(work, user, sip_port, ctrl_port, hz, "manual" if user == "1001" else "auto")
         )
     a, b, c = phones
-    register(phones)
-    assert a.ctrl is not None and b.ctrl is not None and c.ctrl is not None
     # The events client must be subscribed before anything worth seeing happens.
-    events.wait(type="registration")
+    registered(phones, events)
+    assert a.ctrl is not None and b.ctrl is not None and c.ctrl is not None
     a.ctrl.cmd("dial", f"sip:1002@{HOST}")
     for p in (a, b):
         assert p.ctrl is not None

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.interop.netns_call import HOST, collect, phone, register, run
-from tests.interop.netns_hold_transfer import EventLog, rtp_low, tapped
+from tests.interop.netns_call import HOST, collect, phone, run
+from tests.interop.netns_hold_transfer import EventLog, registered, rtp_low, tapped
 from tests.support.baresip import Baresip
 from tests.support.pbxproc import PbxProcess
 
@@ -35,9 +35,8 @@ def _calls(
         sip_port, ctrl_port = PORTS[user]
         phones.append(phone(work, user, sip_port, ctrl_port, hz, "manual"))
     a, b, c = phones
-    register(phones)
+    registered(phones, events)
     assert a.ctrl is not None and b.ctrl is not None and c.ctrl is not None
-    events.wait(type="registration")
 
     # 1001 calls 1003, which rings; 1002 picks it up with *8.
     a.ctrl.cmd("dial", f"sip:1003@{HOST}")
