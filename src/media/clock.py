@@ -29,7 +29,7 @@ import numpy.typing as npt
 from media.aio import MediaEndpoint
 from media.dtmf import Digit, InbandDetector, feed_many
 from media.g711 import ALAW_DECODE, ULAW_DECODE, alaw_encode, ulaw_encode
-from media.jitter import JitterBuffer
+from media.jitter import JitterBuffer, pop_many
 from pbx.errors import MediaError
 
 log = logging.getLogger("media.clock")
@@ -40,6 +40,9 @@ Samples = npt.NDArray[np.int16]
 _DECODE = {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
 _ENCODE = {"PCMU": ulaw_encode, "PCMA": alaw_encode}
 _PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
+_SKIP_AHEAD = 6 * TICK  # `_tick` skips ahead when a tick comes later than this
+_COUNT_TICKS = 50  # the audio dropped is counted once a second
+_WARN_EVERY = 60.0  # seconds between warnings of it
 
 
 def decodable(codec: str) -> bool:
@@ -58,24 +61,40 @@ class Job(Protocol):
 
 class Listener:
     """One phone's audio, decoded: the endpoint's packets of `codec` go through a jitter
-    buffer, and `frame` is this tick's 20 ms (`real` False when concealed or silence)."""
+    buffer, and `frame` is this tick's 20 ms (`real` False when concealed or silence).
+
+    The packets' code bytes wait in the jitter buffer as they came; the clock decodes every
+    listener's frame of a tick in one numpy operation (a packet decoded on its own costs
+    several times as much)."""
+
+    __slots__ = (
+        "_clock", "_detector", "_dropped_counted", "_payload_type", "endpoint", "frame",
+        "jitter", "on_digit", "real", "users",
+    )  # fmt: skip
 
     def __init__(self, clock: MediaClock, endpoint: MediaEndpoint, codec: str) -> None:
         self._clock, self.endpoint = clock, endpoint
-        self.jitter = JitterBuffer()
+        self.jitter = JitterBuffer(decode=_DECODE[_decodable_name(codec)])
         self.frame: Samples = np.zeros(FRAME, dtype=np.int16)
         self.real = False
         self.users = 0
         self._detector: InbandDetector | None = None
         self.on_digit: Callable[[Digit], None] | None = None
+        self._dropped_counted = 0  # of jitter.stats.dropped_samples, in the clock's total
         self.set_codec(codec)
         endpoint.audio_tap = self._packet
 
     def set_codec(self, codec: str) -> None:
-        name = codec.upper()
-        if name not in _DECODE:
-            raise MediaError(f"cannot decode {codec}: only PCMU and PCMA")
-        self._table, self._payload_type = _DECODE[name], _PAYLOAD_TYPES[name]
+        name = _decodable_name(codec)
+        self._payload_type = _PAYLOAD_TYPES[name]
+        if self.jitter.decode is not _DECODE[name]:
+            self.jitter.set_decode(_DECODE[name])
+
+    @property
+    def dropped_samples(self) -> int:
+        """Samples of this phone's audio the jitter buffer dropped to catch up: a sender
+        whose clock runs fast, or ticks of ours that came late (an overloaded server)."""
+        return self.jitter.stats.dropped_samples
 
     def detect_inband(self, on_digit: Callable[[Digit], None] | None) -> None:
         """Run the in-band DTMF detector on this phone's audio (None: stop)."""
@@ -83,27 +102,35 @@ class Listener:
         self._detector = InbandDetector() if on_digit is not None else None
 
     def _packet(self, data: bytes, now: float) -> None:
+        # Every packet of every decoded phone comes here: the usual header (version 2, no
+        # padding, extension or CSRCs) is taken first, with no numpy call at all.
         if data[1] & 0x7F != self._payload_type:
             return  # telephone-events, comfort noise...
         b0 = data[0]
-        start = 12 + 4 * (b0 & 0x0F)
-        if b0 & 0x10:
-            if len(data) < start + 4:
-                return
-            start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
-        end = len(data) - data[-1] if b0 & 0x20 else len(data)
+        if b0 == 0x80:
+            start, end = 12, len(data)
+        else:
+            start = 12 + 4 * (b0 & 0x0F)
+            if b0 & 0x10:
+                if len(data) < start + 4:
+                    return
+                start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
+            end = len(data) - data[-1] if b0 & 0x20 else len(data)
         if end <= start:
             return
-        timestamp = int.from_bytes(data[4:8], "big")
-        codes = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
-        self.jitter.push(timestamp, self._table[codes], now)
-
-    def _pop(self) -> None:
-        self.frame, self.real = self.jitter.pop()
+        self.jitter.push_bytes(int.from_bytes(data[4:8], "big"), data, start, end, now)
 
     def close(self) -> None:
+        self._clock._count_dropped(self)
         if self.endpoint.audio_tap == self._packet:
             self.endpoint.audio_tap = None
+
+
+def _decodable_name(codec: str) -> str:
+    name = codec.upper()
+    if name not in _DECODE:
+        raise MediaError(f"cannot decode {codec}: only PCMU and PCMA")
+    return name
 
 
 class Player:
@@ -172,6 +199,16 @@ class MediaClock:
         self._next = 0.0
         self.ticks = 0
         self.late = 0  # ticks that came more than a tick late
+        self.skipped = 0
+        """Ticks never run: the loop was more than 100 ms behind and skipped ahead."""
+        self.dropped_samples = 0
+        """Samples of decoded audio the listeners' jitter buffers dropped to catch up
+        (counted once a second, and as a listener closes): after late or skipped ticks,
+        and from senders whose clocks run fast."""
+        self._dropped_new = 0  # since the last count, once a second
+        self._behind_at = -_WARN_EVERY  # when a tick last came more than a tick late
+        self._skipped_unreported = self._dropped_unreported = 0  # since the last warning
+        self._warn_after = 0.0
 
     # registration
 
@@ -276,10 +313,17 @@ class MediaClock:
     def run_tick(self, now: float) -> None:
         """One tick's work (the loop calls it; tests and benchmarks may call it directly)."""
         self.ticks += 1
+        if self._handle is not None:  # run by `_tick`, which due at `_next`
+            behind = now - self._next
+            if behind > 2 * TICK:
+                self._behind_at = now
+                if behind > _SKIP_AHEAD:  # `_tick` skips the ticks due until now
+                    self.skipped += int(behind / TICK)
+                    self._skipped_unreported += int(behind / TICK)
         listeners = list(self._listeners.values())
-        for listener in listeners:
-            listener._pop()
-        detecting = [lst for lst in listeners if lst._detector is not None]
+        detecting = self._take_frames(listeners) if listeners else []
+        if self.ticks % _COUNT_TICKS == 0:
+            self._count_loss(now, listeners)
         if detecting:
             frames = np.stack([lst.frame for lst in detecting])
             detectors = [lst._detector for lst in detecting if lst._detector is not None]
@@ -291,3 +335,39 @@ class MediaClock:
             job.tick(now)
         for player in list(self._players):
             player._tick(now)
+
+    def _take_frames(self, listeners: list[Listener]) -> list[Listener]:
+        """Every listener's frame of this tick (decoded together); those that detect DTMF."""
+        frames, real = pop_many([listener.jitter for listener in listeners])
+        detecting = []
+        for listener, frame, got in zip(listeners, frames, real, strict=True):
+            listener.frame, listener.real = frame, got
+            if listener._detector is not None:
+                detecting.append(listener)
+        return detecting
+
+    def _count_dropped(self, listener: Listener) -> None:
+        """Add what `listener`'s jitter buffer dropped since it was last counted."""
+        dropped = listener.jitter.stats.dropped_samples
+        self.dropped_samples += dropped - listener._dropped_counted
+        self._dropped_new += dropped - listener._dropped_counted
+        listener._dropped_counted = dropped
+
+    def _count_loss(self, now: float, listeners: list[Listener]) -> None:
+        """Once a second: the audio dropped to catch up. A server too busy to tick on time
+        makes gaps in every recording and conference; say so, at most once a minute."""
+        for listener in listeners:
+            self._count_dropped(listener)
+        dropped, self._dropped_new = self._dropped_new, 0
+        if now - self._behind_at < 2 * _COUNT_TICKS * TICK:
+            self._dropped_unreported += dropped  # not a fast sender's: the clock was behind
+        skipped, lost = self._skipped_unreported, self._dropped_unreported
+        if (skipped or lost) and now >= self._warn_after:
+            log.warning(
+                "media clock behind (server overloaded?): %d ticks skipped, %.0f ms of "
+                "decoded audio dropped to catch up (over %d streams); recordings, "
+                "conferences and in-band DTMF lose that audio",
+                skipped, lost * 1000 / 8000, len(listeners),
+            )  # fmt: skip
+            self._skipped_unreported = self._dropped_unreported = 0
+            self._warn_after = now + _WARN_EVERY

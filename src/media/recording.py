@@ -73,8 +73,10 @@ class FlacWriter:
         )
 
     def write(self, frames: npt.NDArray[np.int16]) -> None:
+        # libsndfile writes each FLAC frame to the OS as the encoder makes it; its flush
+        # (sf_write_sync) is an fsync, a disk sync a second per recording, which the WAV
+        # writer does not do either.
         self._file.write(frames)
-        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -95,12 +97,21 @@ def open_writer(path: Path, fmt: str, channels: int = 2) -> Writer:
 class Recorder:
     """Stereo recording of two listeners (None for a side with nobody on it: silence)."""
 
+    __slots__ = (
+        "_buffer", "_filled", "_lefts", "_rights", "_writer", "closed", "format", "frames",
+        "left", "path", "paused", "paused_frames", "right",
+    )  # fmt: skip
+
     def __init__(self, path: Path, fmt: str, left: Listener | None, right: Listener | None) -> None:
         self.path, self.format = path, fmt
         self.left, self.right = left, right
         self._writer = open_writer(path, fmt)
         self._buffer = np.zeros((_WRITE_TICKS * FRAME, 2), dtype=np.int16)
-        self._filled = 0
+        # Each party's frames of the second so far, a row a tick (one contiguous copy while
+        # the frame is fresh in the cache), interleaved into `_buffer` once, at the write.
+        self._lefts = np.zeros((_WRITE_TICKS, FRAME), dtype=np.int16)
+        self._rights = np.zeros((_WRITE_TICKS, FRAME), dtype=np.int16)
+        self._filled = 0  # ticks
         self.frames = 0
         self.paused_frames = 0
         self.paused = False
@@ -117,21 +128,25 @@ class Recorder:
     def tick(self, now: float) -> None:
         if self.closed:
             return
-        rows = self._buffer[self._filled : self._filled + FRAME]
+        filled = self._filled
         if self.paused:
-            rows[:] = 0
+            self._lefts[filled] = self._rights[filled] = 0
             self.paused_frames += 1
         else:
-            rows[:, 0] = self.left.frame if self.left is not None else 0
-            rows[:, 1] = self.right.frame if self.right is not None else 0
-        self._filled += FRAME
+            self._lefts[filled] = self.left.frame if self.left is not None else 0
+            self._rights[filled] = self.right.frame if self.right is not None else 0
+        self._filled = filled + 1
         self.frames += 1
-        if self._filled == len(self._buffer):
+        if self._filled == _WRITE_TICKS:
             self._flush()
 
     def _flush(self) -> None:
-        if self._filled:
-            self._writer.write(self._buffer[: self._filled])
+        filled = self._filled
+        if filled:
+            rows = self._buffer[: filled * FRAME]
+            rows[:, 0] = self._lefts[:filled].ravel()
+            rows[:, 1] = self._rights[:filled].ravel()
+            self._writer.write(rows)
             self._filled = 0
 
     def close(self) -> None:
