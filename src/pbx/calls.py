@@ -296,8 +296,10 @@ class CallManager:
         self.parking = ParkingLot(config.dialplan.slots)
         self.media_clock = MediaClock()
         self.recordings = RecordingManager(config, self.media_clock, self.events, clock)
-        self.conferences = ConferenceManager(config, self.media_clock, self.events, clock)
         self.tones = tone_plan(config.tones.country, config.tones.overrides())
+        self.conferences = ConferenceManager(
+            config, self.media_clock, self.events, self.tones, clock
+        )
         self.prompts = PromptCache()
         self.glare_delay: Callable[[bool], float] = glare_delay
         self.timer_unit = 1.0  # real seconds per session-timer second (tests shrink it)
@@ -445,8 +447,8 @@ class CallManager:
                 return
             self._reply(request, SipStatus.TRYING)
             self._spawn(
-                self._dial_conference(request, peer, caller, caller_name, dialled, route,
-                                      trunk, offer, timer)
+                self._place_call(request, peer, caller, caller_name, dialled, route, trunk,
+                                 offer, timer)
             )  # fmt: skip
             return
         if kind is RouteKind.PARK:
@@ -505,48 +507,9 @@ class CallManager:
         offer: SessionDescription | None,
         timer: SessionTimer | None,
     ) -> None:
-        call = await self._start_call(
-            request, peer, caller, caller_name, dialled, route, from_trunk, offer, timer
-        )
-        if call is None:
-            return
-        timeout = asyncio.get_running_loop().call_later(
-            self.config.calls.ring_timeout, self._ring_timeout, call
-        )
-        try:
-            statuses = await self._ring(
-                call, call.ringing, _waves(route), caller, caller_name, dialled,
-                on_provisional=lambda _fork, response: self._provisional(call, response),
-                on_won=lambda fork, response: self._callee_won(call, fork, response),
-            )  # fmt: skip
-        finally:
-            timeout.cancel()
-        if call.ringing.winner is None and not call.ended:
-            status = _outcome(call.ringing, statuses)
-            if call.cause == "ring timeout" or status == SipStatus.TEMPORARILY_UNAVAILABLE:
-                status = SipStatus.TEMPORARILY_UNAVAILABLE
-                call.cause = call.cause or "no answer"
-            self._reply(call.a_request, status, tag=call.a_tag)
-            call.status, call.cause = status, call.cause or f"callee answered {status}"
-            await self._release(call)
-
-    async def _start_call(
-        self,
-        request: Request,
-        peer: Peer,
-        caller: str,
-        caller_name: str,
-        dialled: str,
-        route: Route,
-        from_trunk: TrunkConfig | None,
-        offer: SessionDescription | None,
-        timer: SessionTimer | None,
-    ) -> Call | None:
-        """The call's state, media and CallStarted event; None (the caller got 503) if
-        there are no media ports."""
         media = await self._open_legs(request)
         if media is None:
-            return None
+            return
         address = self.config.rtp.address
         call_id = os.urandom(6).hex()
         a = Leg("caller", media[0], _session(address, media[0]), owns_call_id=False,
@@ -581,29 +544,36 @@ class CallManager:
         )  # fmt: skip
         self._by_branch[request.vias[0].branch or ""] = call
         log.info("call %s: %s -> %s (%s)", call.id, caller, call.callee, route.reason)
-        return call
+        if route.kind is RouteKind.CONFERENCE:
+            await self._dial_conference(call)
+            return
+        timeout = asyncio.get_running_loop().call_later(
+            self.config.calls.ring_timeout, self._ring_timeout, call
+        )
+        try:
+            statuses = await self._ring(
+                call, call.ringing, _waves(route), caller, caller_name, dialled,
+                on_provisional=lambda _fork, response: self._provisional(call, response),
+                on_won=lambda fork, response: self._callee_won(call, fork, response),
+            )  # fmt: skip
+        finally:
+            timeout.cancel()
+        if call.ringing.winner is None and not call.ended:
+            status = _outcome(call.ringing, statuses)
+            if call.cause == "ring timeout" or status == SipStatus.TEMPORARILY_UNAVAILABLE:
+                status = SipStatus.TEMPORARILY_UNAVAILABLE
+                call.cause = call.cause or "no answer"
+            self._reply(call.a_request, status, tag=call.a_tag)
+            call.status, call.cause = status, call.cause or f"callee answered {status}"
+            await self._release(call)
 
     # conferences
 
-    async def _dial_conference(
-        self,
-        request: Request,
-        peer: Peer,
-        caller: str,
-        caller_name: str,
-        dialled: str,
-        route: Route,
-        from_trunk: TrunkConfig | None,
-        offer: SessionDescription | None,
-        timer: SessionTimer | None,
-    ) -> None:
+    async def _dial_conference(self, call: Call) -> None:
         """The caller dialled a room: we answer (no phone on the other side), collect the
         PIN if the room has one, and put it in."""
-        conference = self.conferences.config_of(route.number)
-        call = await self._start_call(
-            request, peer, caller, caller_name, dialled, route, from_trunk, offer, timer
-        )
-        if call is None or conference is None:
+        conference = self.conferences.config_of(call.route.number)
+        if conference is None:
             return
         call.conference, call.member = conference.number, call.a
         call.answered_by = conference.number

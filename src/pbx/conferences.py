@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from media.aio import MediaEndpoint
 from media.clock import Listener, MediaClock
 from media.conference import Room
-from media.tones import tone_plan
 from pbx.config import ConferenceConfig, Config
 from pbx.events import ConferenceJoined, ConferenceLeft, EventBus
 
@@ -43,12 +42,13 @@ class ConferenceManager:
         config: Config,
         clock: MediaClock,
         events: EventBus,
+        tones: Mapping[str, str],
         now: Callable[[], float] = time.time,
     ) -> None:
+        """`tones` is the site's tone plan (`media.tones.tone_plan`): its join and leave."""
         self.clock, self.events, self.now = clock, events, now
         self.configs = {c.number: c for c in config.conferences}
-        plan = tone_plan(config.tones.country, config.tones.overrides())
-        self._join_tone, self._leave_tone = plan["join"], plan["leave"]
+        self._join_tone, self._leave_tone = tones["join"], tones["leave"]
         self.rooms: dict[str, Room] = {}
         self.attendees: dict[str, Attendee] = {}  # by call id
 
