@@ -379,28 +379,33 @@ def recordings_export(ctx: _Context, which: str, destination: str) -> None:
         click.echo(str(dest))
 
 
-def _recording_action(action: str) -> click.Command:
-    @click.argument("call_id")
+def _control_action(command: str, action: str, doc: str, *arguments: str) -> click.Command:
+    """A subcommand `action ARGUMENTS...` that sends `command` with them to the running
+    server and prints its JSON reply."""
+
     @pass_ctx
-    def command(ctx: _Context, call_id: str) -> None:
+    def run(ctx: _Context, /, **values: str) -> None:
+        params: dict[str, Any] = {"action": action, **values}
         try:
-            result = control.call(ctx.config.control_socket, "recording", action=action,
-                                  call_id=call_id)  # fmt: skip
+            result = control.call(ctx.config.control_socket, command, **params)
         except PbxError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(json.dumps(result))
 
-    command.__doc__ = {
-        "start": "Start recording a live call (as the toggle feature code does).",
-        "stop": "Stop recording a live call; the policy does not start it again.",
-        "pause": "Pause a live call's recording: silence until resumed (card numbers...).",
-        "resume": "Resume a paused recording.",
-    }[action]
-    return click.command(action)(command)
+    run.__doc__ = doc
+    for name in reversed(arguments):
+        run = click.argument(name)(run)
+    return click.command(action)(run)
 
 
-for _action in ("start", "stop", "pause", "resume"):
-    recordings.add_command(_recording_action(_action))
+_RECORDING_ACTIONS = {
+    "start": "Start recording a live call (as the toggle feature code does).",
+    "stop": "Stop recording a live call; the policy does not start it again.",
+    "pause": "Pause a live call's recording: silence until resumed (card numbers...).",
+    "resume": "Resume a paused recording.",
+}
+for _action, _doc in _RECORDING_ACTIONS.items():
+    recordings.add_command(_control_action("recording", _action, _doc, "call_id"))
 
 
 @main.group(invoke_without_command=True)
@@ -423,28 +428,13 @@ def conferences(ctx: click.Context, as_json: bool) -> None:
     _table(rows, ["number", "name", "pin", "max_members", "members"])
 
 
-def _conference_action(action: str) -> click.Command:
-    @click.argument("room")
-    @click.argument("who")
-    @pass_ctx
-    def command(ctx: _Context, room: str, who: str) -> None:
-        try:
-            result = control.call(ctx.config.control_socket, "conference", action=action,
-                                  room=room, who=who)  # fmt: skip
-        except PbxError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(json.dumps(result))
-
-    command.__doc__ = {
-        "mute": "Mute WHO (an extension, a call id, or all) in conference ROOM.",
-        "unmute": "Let WHO be heard again in conference ROOM.",
-        "kick": "Hang up WHO's call in conference ROOM.",
-    }[action]
-    return click.command(action)(command)
-
-
-for _action in ("mute", "unmute", "kick"):
-    conferences.add_command(_conference_action(_action))
+_CONFERENCE_ACTIONS = {
+    "mute": "Mute WHO (an extension, a call id, or all) in conference ROOM.",
+    "unmute": "Let WHO be heard again in conference ROOM.",
+    "kick": "Hang up WHO's call in conference ROOM.",
+}
+for _action, _doc in _CONFERENCE_ACTIONS.items():
+    conferences.add_command(_control_action("conference", _action, _doc, "room", "who"))
 
 
 def _parse_since(text: str) -> float:
