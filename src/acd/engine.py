@@ -106,6 +106,7 @@ class _Call:
     epoch: int = 0  # changes whenever the call moves or ends: stale timers are ignored
     ring_round: int = 0
     history: list[str] = field(default_factory=list)
+    visited: set[str] = field(default_factory=set)  # queues it was in: overflow never cycles
 
 
 @dataclass(slots=True, eq=False)
@@ -220,12 +221,14 @@ class Engine:
     def login(self, agent_id: str, queues: Iterable[str], now: float) -> list[Output]:
         """Join queues; an agent who was logged out becomes Ready."""
         agent = self._agent(agent_id)
-        names = [name for name in queues if name not in agent.queues]
+        names = list(dict.fromkeys(name for name in queues if name not in agent.queues))
         for name in names:
             self._queue(name)  # unknown queue: an error before anything changes
         if not names and agent.state is not AgentState.LOGGED_OUT:
             return []
         out: list[Output] = []
+        if agent.after_call is not None and agent.after_call[0] is AgentState.LOGGED_OUT:
+            agent.after_call = None  # logged out during a call, and back in before its end
         agent.queues = (*agent.queues, *names)
         for name in names:
             queue = self._queues[name]
@@ -263,8 +266,10 @@ class Engine:
         if state is AgentState.LOGGED_OUT:
             raise AcdError(f"agent {agent_id} is logged out; log in to a queue first")
         if state in (AgentState.ON_CALL, AgentState.RESERVED):
-            # Ready after this call: cancels a pause or logout asked for during it.
-            agent.after_call = None
+            # Ready after this call: cancels a pause asked for during it (not a logout:
+            # the agent left every queue, and is ready for none).
+            if agent.after_call is not None and agent.after_call[0] is AgentState.NOT_READY:
+                agent.after_call = None
             return out
         if state is AgentState.READY:
             return out
@@ -386,6 +391,9 @@ class Engine:
         if call.state is CallState.RINGING:
             freed = self._stop_ringing(call, "callback requested", now, out)
             self._requeue(call, now, out, route=False)
+            if call.id not in self._calls:  # it had waited too long: it left meanwhile
+                self._route_agents(freed, now, out)
+                return out
         call.callback = number
         out.append(CallbackRequested(now, call.queue.spec.name, call.id, number,
                                      self._position(call)))  # fmt: skip
@@ -567,8 +575,8 @@ class Engine:
             self._exit(call, ExitReason.EMPTY, now, out)
             return
         epoch = call.epoch
-        if spec.overflow:
-            self._timer(now + spec.overflow[0].after, _Timer.RULE, call, epoch)
+        call.visited.add(spec.name)
+        self._arm_rule(call)
         if spec.max_wait > 0:
             self._timer(call.entered + spec.max_wait, _Timer.MAX_WAIT, call, epoch)
         if spec.announce_every > 0:
@@ -624,25 +632,32 @@ class Engine:
         call.tier += 1
         name, wait = spec.name, now - call.entered
         if rule.action is OverflowAction.VOICEMAIL and call.callback:
-            return True  # the caller is not on the line: their callback stays queued
-        if rule.action is OverflowAction.VOICEMAIL:
+            # The caller is not on the line: their callback stays queued.
+            call.history.append(f"{wait:.0f} s: voicemail skipped for a callback")
+        elif rule.action is OverflowAction.VOICEMAIL:
             self._exit(call, ExitReason.OVERFLOW, now, out, rule.target)
             return False
-        if rule.action is OverflowAction.QUEUE:
+        elif rule.action is OverflowAction.QUEUE:
             target = self._queues.get(rule.target)
-            if target is None or target is call.queue:
-                call.history.append(f"overflow to queue {rule.target!r} skipped: no such queue")
-                return True
+            if target is not None and target.spec.name not in call.visited:
+                out.append(Overflowed(now, name, call.id, rule.action, rule.target, wait))
+                self._remove(call)
+                self._join(call, target, now, out)
+                return False
+            # No such queue, or one the call was in already (rules must not cycle).
+            why = "no such queue" if target is None else "the call was there before"
+            call.history.append(f"{wait:.0f} s: overflow to {rule.target!r} skipped: {why}")
+        else:
+            call.skills, call.pools = self._tier_rules(spec, call.tier)
             out.append(Overflowed(now, name, call.id, rule.action, rule.target, wait))
-            self._remove(call)
-            self._join(call, target, now, out)
-            return False
-        call.skills, call.pools = self._tier_rules(spec, call.tier)
-        out.append(Overflowed(now, name, call.id, rule.action, rule.target, wait))
-        call.history.append(f"{wait:.0f} s: {rule.action.value} {rule.target}".rstrip())
-        if call.tier < len(spec.overflow):
-            self._timer(call.joined + spec.overflow[call.tier].after, _Timer.RULE, call, call.epoch)
+            call.history.append(f"{wait:.0f} s: {rule.action.value} {rule.target}".rstrip())
+        self._arm_rule(call)
         return True
+
+    def _arm_rule(self, call: _Call) -> None:
+        rules = call.queue.spec.overflow
+        if call.tier < len(rules):
+            self._timer(call.joined + rules[call.tier].after, _Timer.RULE, call, call.epoch)
 
     # ---- internals: routing
 
@@ -1011,6 +1026,8 @@ class Engine:
             self._ring_timeout(call, now, out)
         elif kind is _Timer.RETRY:
             self._requeue(call, now, out)
+            if call.state is CallState.WAITING:
+                self._arm_rule(call)  # its timers died with the attempt
         elif kind is _Timer.ANNOUNCE:
             if call.state is CallState.WAITING and not call.callback:
                 position = self._position(call)

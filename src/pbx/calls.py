@@ -39,7 +39,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +49,7 @@ from media.clock import Listener, MediaClock, Source, decodable
 from media.dtmf import Digit, digit_from_info, dtmf_samples, event_packets
 from media.ports import PortPool
 from media.prompts import Clip, PromptCache, music_files, playlist
+from media.speech import duration_words, number_words, sequence
 from media.tones import Tone, tone_plan
 from pbx.conferences import ConferenceManager
 from pbx.config import ConferenceConfig, Config, TrunkConfig
@@ -105,6 +106,10 @@ from pbx.sip.session_timer import (
 from pbx.sip.uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri, quote
 from pbx.trunk import TrunkManager, answer_challenge, request_uri, uri_user
 
+if TYPE_CHECKING:
+    from acd.model import Announce, CallbackAttempt, CancelOffer, Exit, Offer
+    from pbx.queues import QueueManager
+
 log = logging.getLogger("pbx.calls")
 
 SDP = "application/sdp"
@@ -121,6 +126,12 @@ _CALL_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
 FEATURE_GAP = 2.0  # seconds between the digits of one in-call feature code
 MOH_CHIME = "523/300,659/300,784/300,0/2100"  # on hold without music files: C, E, G, a pause
 MOH_CHIME_LEVEL = -24.0  # dBm0: quieter than the call-progress tones
+# An agent's phone rings this much longer than its queue's ring timeout: the ACD cancels
+# it at the timeout itself, and this only catches an offer the ACD forgot.
+AGENT_RING_GRACE = 5.0
+# How an agent's phone turning an offer down reads in the agent's Not Ready reason.
+_OFFER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 480: "unavailable",
+                   404: "unavailable", 408: "no answer", 487: "no answer"}  # fmt: skip
 
 
 def glare_delay(owns_call_id: bool) -> float:
@@ -265,6 +276,10 @@ class Call:
     conference: str | None = None  # the room this call's member is (to be) in
     member: Leg | None = None  # the conference member's leg (the other has no phone)
     digits: asyncio.Queue[str] | None = None  # keys of the member collected by us (PIN)
+    queue: str | None = None  # the ACD queue the caller waits in (or was answered from)
+    priority: int = 0  # the caller's priority in that queue
+    agent: str = ""  # the ACD agent who took the call
+    agent_offers: dict[str, Ringing] = field(default_factory=dict)  # agent -> its ringing
 
     def other(self, leg: Leg) -> Leg:
         return self.b if leg is self.a else self.a
@@ -307,6 +322,7 @@ class CallManager:
         self._by_dialog: dict[DialogId, tuple[Call, Leg | None]] = {}  # None: transferred away
         self._by_branch: dict[str, Call] = {}  # the caller's INVITE branch, for CANCEL
         self._tasks: set[asyncio.Task[object]] = set()
+        self.acd: QueueManager | None = None  # set by the exchange: the queues' engine
 
     @property
     def session_expires(self) -> int:
@@ -451,6 +467,21 @@ class CallManager:
                                  offer, timer)
             )  # fmt: skip
             return
+        if kind in (RouteKind.QUEUE, RouteKind.AGENT_LOGIN, RouteKind.AGENT_PAUSE):
+            if self.acd is None:
+                self._reply(request, SipStatus.NOT_FOUND)
+                return
+            if kind is not RouteKind.QUEUE and (
+                trunk is not None or self.acd.agent_of(caller) is None
+            ):
+                self._reply(request, SipStatus.FORBIDDEN, reason="Not An Agent")
+                return
+            self._reply(request, SipStatus.TRYING)
+            self._spawn(
+                self._place_call(request, peer, caller, caller_name, dialled, route, trunk,
+                                 offer, timer)
+            )  # fmt: skip
+            return
         if kind is RouteKind.PARK:
             # Parking takes a call to park: a blind transfer to this number does it.
             self._reply(request, SipStatus.FORBIDDEN, reason="Transfer A Call Here To Park It")
@@ -547,6 +578,12 @@ class CallManager:
         if route.kind is RouteKind.CONFERENCE:
             await self._dial_conference(call)
             return
+        if route.kind is RouteKind.QUEUE:
+            await self._dial_queue(call)
+            return
+        if route.kind in (RouteKind.AGENT_LOGIN, RouteKind.AGENT_PAUSE):
+            await self._agent_feature(call)
+            return
         timeout = asyncio.get_running_loop().call_later(
             self.config.calls.ring_timeout, self._ring_timeout, call
         )
@@ -566,6 +603,231 @@ class CallManager:
             self._reply(call.a_request, status, tag=call.a_tag)
             call.status, call.cause = status, call.cause or f"callee answered {status}"
             await self._release(call)
+
+    # ACD queues
+
+    async def _dial_queue(self, call: Call) -> None:
+        """The caller dialled a queue: we answer and play music while the ACD offers the
+        call to agents (ring_agent); the agent who answers takes the callee's side."""
+        acd = self.acd
+        if acd is None or not acd.has_queue(call.route.number):
+            return
+        name = call.queue = call.route.number
+        call.priority = call.route.priority
+        call.answered_by = f"queue:{name}"
+        await self._complete_a(call)
+        if not call.answered or call.ended:
+            return
+        self._start_music(call.a, acd.engine.queue_spec(name).music)
+        acd.enter(call.id, name, call.caller, call.priority)
+
+    def ring_agent(self, offer: Offer) -> None:
+        """The ACD offers a waiting call to an agent: ring the agent's phone."""
+        call = self.calls.get(offer.call_id)
+        if call is not None and not call.ended and call.queue is not None:
+            self._spawn(self._ring_agent(call, offer))
+        elif self.acd is not None:
+            self.acd.forget(offer.call_id)  # a callback whose call is gone (shutdown)
+
+    async def _ring_agent(self, call: Call, offer: Offer) -> None:
+        acd = self.acd
+        assert acd is not None
+        leg = call.b
+        ringing = self._attempt_for(call, leg)
+        call.agent_offers[offer.agent] = ringing
+        route = Route(RouteKind.EXTENSION, offer.extension, members=(offer.extension,),
+                      reason=f"queue {offer.queue} offers the call to {offer.agent}")  # fmt: skip
+
+        def claim() -> bool:
+            # Ring-all: two agents may answer at once; the leg goes to the first.
+            if call.agent or call.agent_offers.get(offer.agent) is not ringing:
+                return False
+            call.agent = offer.agent
+            return True
+
+        ring_timeout = acd.engine.queue_spec(offer.queue).ring_timeout + AGENT_RING_GRACE
+        result = await self._bring_in(call, leg, route, by="", attempt=ringing,
+                                      ring_timeout=ring_timeout, claim=claim)  # fmt: skip
+        ours = call.agent_offers.get(offer.agent) is ringing
+        if ours:
+            del call.agent_offers[offer.agent]
+        if result is True:
+            call.answered_by = offer.extension
+            acd.answered(call.id, offer.agent)
+            self._record_if_wanted(call)
+            return
+        if call.agent == offer.agent:
+            call.agent = ""  # claimed, but the answer was unusable
+        if ours and not call.ended:
+            # The phone turned the offer down (busy, declined, gone): RONA for the ACD.
+            acd.offer_failed(call.id, offer.agent, _OFFER_REFUSALS.get(int(result), "no answer"))
+
+    def stop_ringing_agent(self, cancel: CancelOffer) -> None:
+        call = self.calls.get(cancel.call_id)
+        ringing = call.agent_offers.pop(cancel.agent, None) if call is not None else None
+        if ringing is not None:
+            self._give_up(ringing)
+
+    def announce(self, announce: Announce) -> None:
+        """A caller's position (and wait) in the queue, between the music."""
+        call = self.calls.get(announce.call_id)
+        if call is not None and not call.ended and not call.agent:
+            self._spawn(self._announce(call, announce))
+
+    async def _announce(self, call: Call, announce: Announce) -> None:
+        leg = call.a
+        params = leg.params
+        if params is None or not decodable(params.codec):
+            return
+        words = announcement(announce.position, announce.estimated_wait)
+        clip = self._spoken(words)
+        if clip is None:
+            return
+        queue = call.queue or ""
+        self._stop_music(leg)
+        player = self.media_clock.player(leg.media, params.codec)
+        await _finished(player.play(clip))
+        if not call.ended and not call.agent and self.acd is not None:
+            music = self.acd.engine.queue_spec(queue).music if self.acd.has_queue(queue) else ""
+            self._start_music(leg, music)
+
+    def _spoken(self, words: list[str]) -> Clip | None:
+        try:
+            return sequence(words, self.prompts)
+        except (MediaError, OSError) as exc:
+            log.warning("cannot say %s: %s", words, exc)
+            return None
+
+    def leave_queue(self, exit: Exit) -> None:
+        """The ACD sends the caller on (overflow to `target`) or away (full, timeout...)."""
+        call = self.calls.get(exit.call_id)
+        if call is not None and not call.ended:
+            self._spawn(self._queue_exit(call, exit))
+
+    async def _queue_exit(self, call: Call, exit: Exit) -> None:
+        log.info("call %s leaves queue %s: %s", call.id, exit.queue, exit.reason.value)
+        if exit.target:
+            route = self.dialplan.route(CallRequest(call.caller, exit.target, None))
+            if route.kind in _CALL_ROUTES and route.kind is not RouteKind.TRUNK:
+                if await self._bring_in(call, call.b, route, by=f"queue:{exit.queue}") is True:
+                    return
+            else:
+                log.warning("call %s: queue %s sends it to %s, which is %s", call.id,
+                            exit.queue, exit.target, route.reason)  # fmt: skip
+        if call.ended:
+            return
+        leg = call.a
+        self._stop_music(leg)
+        if leg.dialog is not None and leg.params is not None and decodable(leg.params.codec):
+            player = self.media_clock.player(leg.media, leg.params.codec)
+            await _finished(player.play(Clip(_tone_seconds(self.tones["busy"], 3.0))))
+        call.cause = f"queue {exit.queue}: {exit.reason.value}"
+        await self._hang_up(call, call.cause)
+
+    async def _leave_for_callback(self, call: Call) -> None:
+        """The waiting caller asked to be called back: the call keeps its place in the
+        queue (and this Call its legs), the caller is told so and let go. When the ACD
+        offers it, the agent's phone rings on the callee's side as for any call; once
+        the agent answers, `call_back` rings the caller's number on the caller's side."""
+        acd, leg = self.acd, call.a
+        if acd is None or leg.dialog is None or leg.peer is None or not acd.in_queue(call.id):
+            return
+        acd.request_callback(call.id, call.caller)
+        if not acd.in_queue(call.id):
+            return  # the ACD did not take it (the call left the queue meanwhile)
+        self._stop_music(leg)
+        if leg.params is not None and decodable(leg.params.codec):
+            clip = self._spoken(["callback-confirmed"])
+            if clip is not None:
+                await _finished(self.media_clock.player(leg.media, leg.params.codec).play(clip))
+        dialog, peer = leg.dialog, leg.peer
+        if call.ended or dialog is None or peer is None:
+            return
+        self._vacate(call, leg)
+        log.info("call %s: %s will be called back from queue %s", call.id, call.caller,
+                 call.queue)  # fmt: skip
+        await self._bye(dialog, peer)
+
+    def _vacate(self, call: Call, leg: Leg) -> None:
+        """The leg's phone leaves (we BYE it), the call goes on without it for now."""
+        if leg.dialog is not None:
+            self._by_dialog[leg.dialog.id] = (call, None)
+        leg.dialog = None
+        leg.peer = None
+        if leg.timer_handle is not None:
+            leg.timer_handle.cancel()
+            leg.timer_handle = None
+        self._stop_inband(leg)
+        leg.media.set_inactivity(None)
+        leg.media.set_remote(None)
+
+    def call_back(self, attempt: CallbackAttempt) -> None:
+        call = self.calls.get(attempt.call_id)
+        if call is not None and not call.ended:
+            self._spawn(self._call_back(call, attempt))
+
+    async def _call_back(self, call: Call, attempt: CallbackAttempt) -> None:
+        """The agent answered a callback: ring the customer for the caller's side."""
+        acd = self.acd
+        assert acd is not None
+        leg, agent_leg = call.a, call.b
+        if leg.trunk is not None:
+            trunk = leg.trunk
+            route = Route(RouteKind.TRUNK, attempt.number, trunk=trunk,
+                          caller_id=trunk.caller_id or None,
+                          reason=f"callback from queue {attempt.queue}")  # fmt: skip
+        else:
+            route = Route(RouteKind.EXTENSION, attempt.number, members=(attempt.number,),
+                          reason=f"callback from queue {attempt.queue}")  # fmt: skip
+        if agent_leg.params is not None and decodable(agent_leg.params.codec):
+            # The agent hears ringback, as music: it stops when the customer answers.
+            player = self.media_clock.player(agent_leg.media, agent_leg.params.codec)
+            agent_leg.music = player.play(Tone(self.tones["ringback"]))
+        log.info("call %s: calling %s back (attempt %d)", call.id, attempt.number,
+                 attempt.attempt)  # fmt: skip
+        status = await self._bring_in(call, leg, route, by="")
+        if status is True or call.ended:
+            return
+        self._stop_music(agent_leg)
+        log.info("call %s: %s did not answer the callback (%s)", call.id, attempt.number,
+                 status)  # fmt: skip
+        dialog, peer = agent_leg.dialog, agent_leg.peer
+        call.agent = ""
+        self._vacate(call, agent_leg)
+        if call.bridge is not None:
+            call.bridge.close()
+            call.bridge = None
+        acd.callback_failed(call.id)
+        if dialog is not None and peer is not None:
+            await self._bye(dialog, peer)
+
+    def reachable(self, extension: str) -> bool:
+        return bool(self.registrar.contacts(extension))
+
+    async def _agent_feature(self, call: Call) -> None:
+        """*45 logs the calling agent in or out, *46 pauses or readies them: we answer,
+        say what happened (a beep for yes, the congestion tone for a refusal), hang up."""
+        acd = self.acd
+        assert acd is not None
+        call.answered_by = call.route.kind.value
+        await self._complete_a(call)
+        if not call.answered or call.ended or call.a.params is None:
+            return
+        try:
+            state = acd.phone_feature(call.caller, call.route.kind is RouteKind.AGENT_LOGIN,
+                                      call.route.number)  # fmt: skip
+        except PbxError as exc:
+            log.info("call %s: agent feature refused: %s", call.id, exc)
+            clip = Clip(_tone_seconds(self.tones["congestion"], 1.5))
+        else:
+            log.info("call %s: agent %s is now %s", call.id, call.caller, state)
+            clip = self._spoken([f"agent-{state.replace('_', '-')}"]) or Clip(
+                _tone_seconds(self.tones["beep"], 0.5)
+            )
+        if decodable(call.a.params.codec):
+            player = self.media_clock.player(call.a.media, call.a.params.codec)
+            await _finished(player.play(clip))
+        await self._hang_up(call, "agent feature done")
 
     # conferences
 
@@ -1083,10 +1345,11 @@ class CallManager:
             self._record_if_wanted(call)
         return True
 
-    def _music(self) -> Source | None:
-        """Music on hold: the files of [media] music_on_hold, looped; the built-in chime
-        without any; None when it is "" (silence)."""
-        setting = self.config.media.music_on_hold
+    def _music(self, folder: str = "") -> Source | None:
+        """Music on hold: the files of [media] music_on_hold (or of `folder` under the data
+        directory: a queue's own music), looped; the built-in chime without any; None when
+        it is "" (silence)."""
+        setting = folder or self.config.media.music_on_hold
         if not setting:
             return None
         files = music_files(self.config.data_dir / setting)
@@ -1096,7 +1359,7 @@ class CallManager:
                         self.config.data_dir / setting)  # fmt: skip
         return music or Tone(MOH_CHIME, level=MOH_CHIME_LEVEL)
 
-    def _start_music(self, leg: Leg) -> None:
+    def _start_music(self, leg: Leg, folder: str = "") -> None:
         """Play music on hold to the leg's phone (what the bridge relays to it is dropped
         meanwhile); if it plays already, only follow the phone's codec."""
         params = leg.params
@@ -1108,7 +1371,7 @@ class CallManager:
         player = self.media_clock.player(leg.media, params.codec)
         if leg.music is not None and not leg.music.done():
             return
-        music = self._music()
+        music = self._music(folder)
         if music is not None:
             leg.music = player.play(music)
 
@@ -1204,6 +1467,12 @@ class CallManager:
             return
         if call.conference is not None:
             return
+        if call.queue is not None and not call.agent:
+            # Waiting in a queue: nobody on the other side to pass keys to.
+            key = self.config.dialplan.queue_callback
+            if key and digit == key and call.a.dialog is not None and self.acd is not None:
+                self._spawn(self._leave_for_callback(call))
+            return
         if leg.trunk is None and call.answered:
             self._feature_code(call, leg, digit, now)
         self._pass_digit(call.other(leg), digit, duration, source)
@@ -1245,9 +1514,12 @@ class CallManager:
             return
         if call.id in recordings.declined:
             return
+        if call.queue is not None and not call.agent:
+            return  # a caller waiting in a queue: recorded from the moment an agent answers
         parties = [*call.parties, call.a.party, call.b.party]
-        decision = recordings.decide(parties, call.trunk)
-        if decision.record:
+        queue = call.queue or ""
+        decision = recordings.decide(parties, call.trunk, queue)
+        if decision.record or (queue and self.acd is not None and self.acd.records(queue)):
             recordings.start(call.id, call.caller, call.callee, *self.sides(call),
                              retention_days=decision.retention_days)  # fmt: skip
 
@@ -1926,24 +2198,33 @@ class CallManager:
             # The referrer is gone and nobody took its place: the party is left alone.
             await self._hang_up(call, "transfer failed after the referrer left")
 
-    async def _bring_in(
-        self, call: Call, leg: Leg, route: Route, by: str, referrer: Dialog | None = None
-    ) -> bool | int:
-        """Ring `route` for `leg`'s side of the call; when it answers, the new phone takes
-        the leg (its dialog and our media endpoint toward it). True when it did, else the
-        final status it gave (0 if the call ended meanwhile)."""
+    def _attempt_for(self, call: Call, leg: Leg) -> Ringing:
+        """A new ringing for `leg`'s side, offering the codec of the party on the other."""
         party = call.other(leg)
         codec = party.params.codec if party.params is not None else None
-        ringing = Ringing(leg.session.offer(codecs=_codecs_after(codec)))
+        return Ringing(leg.session.offer(codecs=_codecs_after(codec)))
+
+    def _give_up(self, ringing: Ringing) -> None:
+        ringing.over = True
+        for fork in ringing.pending():
+            self._spawn(self._cancel(fork))
+
+    async def _bring_in(
+        self, call: Call, leg: Leg, route: Route, by: str, referrer: Dialog | None = None,
+        attempt: Ringing | None = None, ring_timeout: float | None = None,
+        claim: Callable[[], bool] | None = None,
+    ) -> bool | int:  # fmt: skip
+        """Ring `route` for `leg`'s side of the call; when it answers, the new phone takes
+        the leg (its dialog and our media endpoint toward it). True when it did, else the
+        final status it gave (0 if the call ended meanwhile). `by` is who transferred
+        the call ("" for the ACD's offers: no transfer); `claim`, if given, must say yes
+        before the answer may take the leg."""
+        party = call.other(leg)
+        ringing = attempt or self._attempt_for(call, leg)
         call.attempts.append(ringing)
         loop = asyncio.get_running_loop()
-
-        def give_up() -> None:
-            ringing.over = True
-            for fork in ringing.pending():
-                self._spawn(self._cancel(fork))
-
-        timeout = loop.call_later(self.config.calls.ring_timeout, give_up)
+        timeout = loop.call_later(ring_timeout or self.config.calls.ring_timeout,
+                                  self._give_up, ringing)  # fmt: skip
         won: asyncio.Future[None] = loop.create_future()
 
         def on_won(_fork: Fork, _response: Response) -> None:
@@ -1966,7 +2247,10 @@ class CallManager:
         finally:
             timeout.cancel()
         fork, final = ringing.winner, ringing.answer
-        if fork is None or final is None or fork.dialog is None or call.ended:
+        unclaimed = fork is not None and claim is not None and not claim()
+        if fork is None or final is None or fork.dialog is None or call.ended or unclaimed:
+            if unclaimed and not ringing_task.done():
+                self._give_up(ringing)
             if fork is not None and fork.dialog is not None:
                 self._spawn(self._bye(fork.dialog, fork.peer))  # answered too late
             if call.ended or not ringing_task.done():
@@ -1993,13 +2277,16 @@ class CallManager:
         except RemoteProtocolError:
             leg.timer = None
         self._arm(call, leg)
+        if not call.held:
+            self._stop_music(party)  # waiting in a queue or for a transfer: over
         self._connect(call)
         self._watch(call, leg)
         call.parties.append(leg.party)
-        self.events.publish(
-            CallTransferred(self.clock(), call.id, call.caller, call.callee, to=leg.party,
-                            by=by)
-        )  # fmt: skip
+        if by:
+            self.events.publish(
+                CallTransferred(self.clock(), call.id, call.caller, call.callee,
+                                to=leg.party, by=by)
+            )  # fmt: skip
         log.info("call %s: %s now talks to %s", call.id, party.party, leg.party)
         if call.held:  # the referrer usually held its party before transferring
             self._set_held(call, False, leg.role)
@@ -2249,6 +2536,8 @@ class CallManager:
             call.digits.put_nowait("")  # whatever waits for a key: the call is over
         self.conferences.leave(call.id)
         self.recordings.ended(call.id)
+        if call.queue is not None and self.acd is not None:
+            self.acd.ended(call.id, by="agent" if call.hangup_by == "callee" else "caller")
         self.events.publish(self._ended(call))
         if call.bridge is not None:
             call.bridge.close()
@@ -2320,6 +2609,14 @@ class CallManager:
             request, status, reason, headers=headers or [], to_tag=tag or new_tag()
         )
         self.endpoint.respond(request, response)
+
+
+def announcement(position: int, wait: float | None) -> list[str]:
+    """What a caller waiting in a queue hears: position, then the estimated wait."""
+    words = ["you-are-caller-number", *number_words(position)]
+    if wait is not None:
+        words += ["estimated-wait", *duration_words(wait)]
+    return words
 
 
 def _waves(route: Route) -> list[Wave]:

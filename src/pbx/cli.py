@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -18,12 +19,26 @@ from typing import Any, TypeVar
 
 import click
 
+from acd.model import (
+    AcdError,
+    AgentSpec,
+    AgentState,
+    OverflowAction,
+    OverflowRule,
+    QueueSpec,
+    Skills,
+    Strategy,
+    format_skills,
+    parse_skills,
+)
+from acd.stats import Statistics
 from media.recording import audio_duration
 from pbx import __version__, control
 from pbx.config import Config, load
+from pbx.control import ControlError
 from pbx.errors import PbxError
 from pbx.sip.digest import ha1
-from pbx.store import Binding, Store, User
+from pbx.store import AgentRecord, Binding, Store, User
 
 T = TypeVar("T")
 _PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -480,3 +495,623 @@ def check_config(ctx: _Context) -> None:
     click.echo(f"data_dir: {config.data_dir}")
     click.echo("sip.listen: " + ", ".join(str(a) for a in config.sip.listen))
     click.echo(f"realm: {config.realm}")
+
+
+# ---- the ACD: `pbx queue ...` and `pbx agent ...`
+#
+# Definitions (add, set, remove) always go to the database; a running server picks them up
+# within a second, as it does for users. Presence and figures come from the running server
+# when there is one; without one, from what the database remembers (`_ask_or_offline`).
+
+_NOT_RUNNING = "pbx is not running"  # how control.call says that no server listens
+
+
+def _ask_or_offline(
+    ctx: _Context, command: str, offline: Callable[[], T], **params: Any
+) -> tuple[Any, bool]:
+    """Ask the running server; when none runs, `offline()` answers instead. Returns the
+    answer and whether the server gave it. Any other failure is an error."""
+    try:
+        return control.call(ctx.config.control_socket, command, **params), True
+    except ControlError as exc:
+        if not str(exc).startswith(_NOT_RUNNING):
+            raise click.ClickException(str(exc)) from None
+    return offline(), False
+
+
+def _check_name(value: str, hint: str) -> str:
+    """Queue and agent names: they appear in targets like "queue:NAME", so no colons."""
+    if not value or not all(c.isalnum() or c in "-_." for c in value):
+        raise click.BadParameter("use letters, digits and - _ . only", param_hint=hint)
+    return value
+
+
+def _check_number(value: str, hint: str) -> str:
+    if not value or not all(c.isalnum() or c in "*#+._-" for c in value):
+        raise click.BadParameter(
+            f"{value!r} is not a dialable number (digits, letters, * # + . _ -)", param_hint=hint
+        )
+    return value
+
+
+def _skills_option(text: str, hint: str = "--skills") -> Skills:
+    try:
+        return parse_skills(text)
+    except AcdError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+def _parse_overflow(text: str) -> OverflowRule:
+    """`AFTER:ACTION[:TARGET[:SKILLS]]`, e.g. `30:relax::spanish:3`, `60:add-agents:billing`,
+    `120:voicemail:refills`, `90:queue:nurse` (SKILLS may hold colons and commas)."""
+    after_text, _, rest = text.partition(":")
+    action_text, _, rest = rest.partition(":")
+    target, _, skills_text = rest.partition(":")
+    actions = ", ".join(a.value for a in OverflowAction)
+
+    def bad(why: str) -> click.BadParameter:
+        return click.BadParameter(
+            f"{text!r}: {why} (AFTER:ACTION[:TARGET[:SKILLS]], ACTION one of {actions})",
+            param_hint="--overflow",
+        )
+
+    try:
+        after = float(after_text)
+    except ValueError:
+        raise bad(f"{after_text!r} is not a number of seconds") from None
+    if not 0 <= after < float("inf"):
+        raise bad("AFTER must be 0 or more seconds")
+    try:
+        action = OverflowAction(action_text)
+    except ValueError:
+        raise bad(f"no action {action_text!r}") from None
+    if action is OverflowAction.RELAX_SKILLS:
+        if target:
+            raise bad("relax takes no target: write 30:relax::skill:level")
+    elif not target:
+        raise bad(f"{action.value} needs a target")
+    elif skills_text:
+        raise bad(f"only relax takes skills, not {action.value}")
+    elif action is not OverflowAction.VOICEMAIL:
+        _check_name(target, "--overflow")
+    return OverflowRule(after, action, target, _skills_option(skills_text, "--overflow"))
+
+
+def _format_overflow(rule: dict[str, Any]) -> str:
+    """A rule as --overflow takes it (from its JSON form, live or offline)."""
+    skills = format_skills(rule.get("skills") or {})
+    parts = [f"{float(rule['after']):g}", str(rule["action"]), str(rule.get("target") or "")]
+    return ":".join([*parts, skills] if skills else parts).rstrip(":")
+
+
+def _numbers_in_use(config: Config) -> tuple[dict[str, str], dict[str, str]]:
+    """What the configuration itself answers: {number: what}, {prefix: what}. A queue
+    number among them would be shadowed by it, or shadow it (see pbx.dialplan)."""
+    plan, recording = config.dialplan, config.recording
+    numbers = {
+        n: "an emergency number (dialplan.emergency_numbers)" for n in plan.emergency_numbers
+    }
+    for key in ("pickup", "park", "agent_login"):
+        if getattr(plan, key):
+            numbers[getattr(plan, key)] = f"dialplan.{key}"
+    for key in ("toggle_code", "pause_code"):
+        if getattr(recording, key):
+            numbers[getattr(recording, key)] = f"recording.{key}"
+    numbers.update({slot: "a park slot (dialplan.park_slots)" for slot in plan.slots})
+    for group in config.ring_groups:
+        numbers[group.number] = f"ring group {group.name or group.number}"
+    for room in config.conferences:
+        numbers[room.number] = f"conference room {room.name or room.number}"
+    prefixes = {
+        plan.directed_pickup: "dialplan.directed_pickup",
+        plan.agent_pause: "dialplan.agent_pause",
+    }
+    return numbers, {p: what for p, what in prefixes.items() if p}
+
+
+async def _check_queue(
+    store: Store, config: Config, spec: QueueSpec, new_number: bool = True
+) -> None:
+    """Refuse a number something else answers; warn of overflow to queues not (yet) there."""
+    if spec.number and new_number:
+        numbers, prefixes = _numbers_in_use(config)
+        number, problem = spec.number, None
+        if number in numbers:
+            problem = f"{number} is already {numbers[number]} in {config.path.name}"
+        elif number in {u.extension for u in await store.users()}:
+            problem = f"{number} is already the extension of user {number}"
+        for other in await store.queues():
+            if problem is None and other.number == number and other.name != spec.name:
+                problem = f"{number} is already the number of queue {other.name}"
+        for prefix, what in prefixes.items():
+            if problem is None and number.startswith(prefix):
+                problem = f"{number} starts with {prefix!r} ({what} in {config.path.name})"
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--number")
+    names = {q.name for q in await store.queues()}
+    for rule in spec.overflow:
+        if rule.action not in (OverflowAction.ADD_AGENTS, OverflowAction.QUEUE):
+            continue
+        if rule.target == spec.name:
+            raise click.BadParameter(
+                f"queue {spec.name} cannot overflow to itself", param_hint="--overflow"
+            )
+        if rule.target not in names:
+            click.echo(
+                f"warning: overflow to queue {rule.target}, which does not exist yet", err=True
+            )
+
+
+_SECONDS = click.FloatRange(min=0)
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+_COUNT = click.IntRange(min=0)
+# (option, type, help); every one defaults to None: "not given" (queue set keeps the value).
+_QUEUE_OPTIONS: list[tuple[str, Any, str]] = [
+    ("--number", None, "What callers dial ('' for a queue reached only by the IVR or a hook)."),
+    ("--skills", None, "Required skills with minimum levels: spanish:5,pharmacy:1 ('' none)."),
+    ("--strategy", click.Choice([s.value for s in Strategy]), "How an agent is chosen."),
+    ("--ring-timeout", _POSITIVE, "Seconds an offer rings an agent."),
+    ("--wrap-up", _SECONDS, "Seconds after a call before the agent gets another."),
+    ("--max-wait", _SECONDS, "Seconds before a caller leaves the queue (0: no limit)."),
+    ("--max-length", _COUNT, "Callers beyond this many are refused (0: no limit)."),
+    ("--announce-every", _SECONDS, "Seconds between position announcements (0: never)."),
+    ("--ageing", _SECONDS, "Seconds of waiting one priority level is worth."),
+    ("--service-level", _POSITIVE, "T of 'answered within T seconds', for statistics."),
+    ("--join-empty/--no-join-empty", None, "Take callers while no agent could answer."),
+    ("--leave-empty/--no-leave-empty", None, "Callers leave when the last agent goes."),
+    ("--music", None, "Music-on-hold class: a directory under data_dir/moh ('' default)."),
+    ("--record/--no-record", None, "Record the calls agents answer from this queue."),
+    ("--callback-retries", _COUNT, "Tries to reach a caller who asked for a callback."),
+    ("--callback-retry-delay", _SECONDS, "Seconds between callback tries."),
+]
+
+
+def _queue_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option("--no-overflow", is_flag=True, help="Remove every overflow rule.")(
+        command
+    )
+    command = click.option(
+        "--overflow",
+        multiple=True,
+        metavar="AFTER:ACTION[:TARGET[:SKILLS]]",
+        help="An overflow rule; repeat for several (they replace the queue's rules): "
+        "30:relax::spanish:3, 60:add-agents:billing, 120:voicemail:refills, 90:queue:nurse.",
+    )(command)
+    for name, kind, text in reversed(_QUEUE_OPTIONS):
+        command = click.option(name, type=kind, default=None, help=text)(command)
+    return command
+
+
+def _queue_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The QueueSpec fields the options given change, parsed and checked."""
+    overflow, no_overflow = options.pop("overflow"), options.pop("no_overflow")
+    changes = {k: v for k, v in options.items() if v is not None}
+    if changes.get("number"):
+        _check_number(changes["number"], "--number")
+    if "skills" in changes:
+        changes["skills"] = _skills_option(changes["skills"])
+    if "strategy" in changes:
+        changes["strategy"] = Strategy(changes["strategy"])
+    if "music" in changes and (
+        Path(changes["music"]).is_absolute() or ".." in Path(changes["music"]).parts
+    ):
+        raise click.BadParameter("a directory under data_dir/moh", param_hint="--music")
+    if overflow and no_overflow:
+        raise click.UsageError("--overflow and --no-overflow together")
+    if overflow or no_overflow:
+        changes["overflow"] = tuple(_parse_overflow(text) for text in overflow)
+    return changes
+
+
+def _queue_json(spec: QueueSpec) -> dict[str, Any]:
+    """A queue's settings as the running server shows them too."""
+    row = dataclasses.asdict(spec)
+    row["strategy"] = spec.strategy.value
+    row["overflow"] = [{**dataclasses.asdict(r), "action": r.action.value} for r in spec.overflow]
+    return row
+
+
+@main.group()
+def queue() -> None:
+    """Manage call-center queues (and, when the server runs, see them live)."""
+
+
+@queue.command("add")
+@click.argument("name")
+@_queue_options
+@pass_ctx
+def queue_add(ctx: _Context, /, name: str, **options: Any) -> None:
+    """Add a queue. Unset options keep their defaults (see README)."""
+    _check_name(name, "NAME")
+    spec = dataclasses.replace(QueueSpec(name), **_queue_changes(options))
+    config = ctx.config
+
+    async def work(store: Store) -> None:
+        await _check_queue(store, config, spec)
+        await store.add_queue(spec, time.time())
+
+    _run(work, config)
+    click.echo(f"added queue {name}" + (f" (number {spec.number})" if spec.number else ""))
+
+
+@queue.command("set")
+@click.argument("name")
+@_queue_options
+@pass_ctx
+def queue_set(ctx: _Context, /, name: str, **options: Any) -> None:
+    """Change a queue's settings: only the options given change."""
+    changes = _queue_changes(options)
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option (see --help)")
+    config = ctx.config
+
+    async def work(store: Store) -> None:
+        current = next((q for q in await store.queues() if q.name == name), None)
+        if current is None:
+            raise click.ClickException(f"no queue {name} (see `pbx queue list`)")
+        spec = dataclasses.replace(current, **changes)
+        await _check_queue(store, config, spec, new_number=spec.number != current.number)
+        await store.update_queue(spec)
+
+    _run(work, config)
+    click.echo(f"changed queue {name}")
+
+
+@queue.command("remove")
+@click.argument("name")
+@pass_ctx
+def queue_remove(ctx: _Context, name: str) -> None:
+    """Remove a queue (agents logged into it stay logged into their other queues)."""
+    _run(lambda s: s.remove_queue(name), ctx.config)
+    click.echo(f"removed queue {name}")
+
+
+def _queue_table_row(row: dict[str, Any]) -> dict[str, Any]:
+    stats = row.get("stats") or {}
+    level = stats.get("service_level")
+    return {
+        "name": row["name"],
+        "number": row["number"] or None,
+        "strategy": row["strategy"],
+        "skills": format_skills(row["skills"]) or None,
+        "overflow": ", ".join(_format_overflow(r) for r in row["overflow"]) or None,
+        "waiting": stats.get("waiting"),
+        "agents": len(row["agents"]) if "agents" in row else None,
+        "answered": stats.get("answered"),
+        "abandoned": stats.get("abandoned"),
+        "sl%": None if level is None else round(level, 1),
+    }
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def queue_list(ctx: _Context, as_json: bool) -> None:
+    """List queues: with the running server's figures when it runs."""
+    config = ctx.config
+
+    def offline() -> list[dict[str, Any]]:
+        return [_queue_json(spec) for spec in _run(lambda s: s.queues(), config)]
+
+    rows, live = _ask_or_offline(ctx, "queues", offline)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    columns = ["name", "number", "strategy", "skills", "overflow"]
+    if live:
+        columns += ["waiting", "agents", "answered", "abandoned", "sl%"]
+    _table([_queue_table_row(r) for r in rows], columns)
+
+
+def _midnight(now: float) -> float:
+    day = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+def _queue_from_log(config: Config, name: str, since: float) -> dict[str, Any]:
+    """A queue's settings and figures as the database has them: statistics folded from the
+    queue log since `since`, the agents whose remembered presence is in it."""
+
+    async def work(store: Store) -> dict[str, Any]:
+        specs = await store.queues()
+        spec = next((q for q in specs if q.name == name), None)
+        if spec is None:
+            raise click.ClickException(f"no queue {name} (see `pbx queue list`)")
+        stats = Statistics({q.name: q.service_level for q in specs})
+        stats.feed_all(await store.queue_log(since=since))
+        agents = [
+            r.spec.id
+            for r in await store.agents()
+            if name in r.queues and r.state is not AgentState.LOGGED_OUT
+        ]
+        figures = stats.queue_stats(name, time.time()).to_json()
+        return {**_queue_json(spec), "stats": figures, "waiting": [], "agents": agents}
+
+    return _run(work, config)
+
+
+def _shown(value: Any) -> str:
+    """A figure for people: floats to one decimal, None as "-", counts by kind inline."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+@queue.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option(
+    "--since",
+    default=None,
+    help="Figures from the queue log since this (as cdr --since), live server or not; "
+    "by default the running server's, else the log since midnight.",
+)
+@pass_ctx
+def queue_show(ctx: _Context, name: str, as_json: bool, since: str | None) -> None:
+    """A queue's settings and statistics, who waits and which agents serve it."""
+    config = ctx.config
+    start = _parse_since(since) if since is not None else _midnight(time.time())
+    if since is not None:
+        row, live = _queue_from_log(config, name, start), False
+    else:
+        row, live = _ask_or_offline(
+            ctx, "queue", lambda: _queue_from_log(config, name, start), name=name
+        )
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    stats, waiting = row.pop("stats"), row.pop("waiting")
+    row["skills"] = format_skills(row["skills"]) or "-"
+    row["overflow"] = ", ".join(_format_overflow(r) for r in row["overflow"]) or "-"
+    row["agents"] = ", ".join(row["agents"]) or "-"
+    for key, value in row.items():
+        click.echo(f"{key}: {_shown(value)}")
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(start))
+    click.echo(f"statistics ({'live' if live else 'from the queue log since ' + stamp}):")
+    for key, value in stats.items():
+        click.echo(f"  {key}: {_shown(value)}")
+    if waiting:
+        click.echo("waiting:")
+        rows = [{**w, "agents": ", ".join(w.get("agents") or []) or None} for w in waiting]
+        _table(rows, ["position", "call_id", "caller", "priority", "wait", "state", "agents"])
+
+
+@queue.command("explain")
+@click.argument("call_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def queue_explain(ctx: _Context, call_id: str, as_json: bool) -> None:
+    """Why a call in a queue went where it went, and why it waits if it does."""
+
+    def offline() -> list[Any]:
+        raise click.ClickException(
+            f"{_NOT_RUNNING}: explain asks the running server's queues (pbx serve)"
+        )
+
+    lines, _ = _ask_or_offline(ctx, "explain", offline, call_id=call_id)
+    if as_json:
+        click.echo(json.dumps(lines, indent=2))
+        return
+    for line in lines:
+        click.echo(line if isinstance(line, str) else json.dumps(line))
+
+
+@main.group()
+def agent() -> None:
+    """Manage call-center agents and their presence (login, ready, pause, logout)."""
+
+
+async def _check_agent(store: Store, spec: AgentSpec) -> None:
+    """One agent per phone; a phone not (yet) a user is only a warning."""
+    other = next(
+        (r.spec.id for r in await store.agents()
+         if r.spec.extension == spec.extension and r.spec.id != spec.id),
+        None,
+    )  # fmt: skip
+    if other is not None:
+        raise click.BadParameter(
+            f"{spec.extension} is already the phone of agent {other}", param_hint="--extension"
+        )
+    if spec.extension not in {u.extension for u in await store.users()}:
+        click.echo(
+            f"warning: {spec.extension} is not a user yet; the agent's phone must be one "
+            f"(pbx user add {spec.extension})",
+            err=True,
+        )
+
+
+@agent.command("add")
+@click.argument("agent_id", metavar="ID")
+@click.option("--extension", required=True, help="The agent's phone (a user's extension).")
+@click.option("--skills", default="", help="Skills with levels 1-10, e.g. spanish:7,pharmacy:5.")
+@click.option("--name", default="", help="Display name.")
+@pass_ctx
+def agent_add(ctx: _Context, agent_id: str, extension: str, skills: str, name: str) -> None:
+    """Add an agent (logged out)."""
+    _check_name(agent_id, "ID")
+    spec = AgentSpec(
+        agent_id, _check_number(extension, "--extension"), name, _skills_option(skills)
+    )
+
+    async def work(store: Store) -> None:
+        await _check_agent(store, spec)
+        await store.add_agent(spec, time.time())
+
+    _run(work, ctx.config)
+    click.echo(f"added agent {agent_id} at {extension}")
+
+
+async def _agent_record(store: Store, agent_id: str) -> AgentRecord:
+    record = next((r for r in await store.agents() if r.spec.id == agent_id), None)
+    if record is None:
+        raise click.ClickException(f"no agent {agent_id} (see `pbx agent list`)")
+    return record
+
+
+@agent.command("set")
+@click.argument("agent_id", metavar="ID")
+@click.option("--extension", default=None, help="The agent's phone.")
+@click.option("--skills", default=None, help="Skills with levels (replaces them all; '' none).")
+@click.option("--name", default=None, help="Display name.")
+@pass_ctx
+def agent_set(
+    ctx: _Context, agent_id: str, extension: str | None, skills: str | None, name: str | None
+) -> None:
+    """Change an agent's phone, skills or name (their presence stays)."""
+    changes: dict[str, Any] = {}
+    if extension is not None:
+        changes["extension"] = _check_number(extension, "--extension")
+    if skills is not None:
+        changes["skills"] = _skills_option(skills)
+    if name is not None:
+        changes["name"] = name
+    if not changes:
+        raise click.UsageError("nothing to change: give --extension, --skills or --name")
+
+    async def work(store: Store) -> None:
+        spec = dataclasses.replace((await _agent_record(store, agent_id)).spec, **changes)
+        if extension is not None:
+            await _check_agent(store, spec)
+        await store.update_agent(spec)
+
+    _run(work, ctx.config)
+    click.echo(f"changed agent {agent_id}")
+
+
+@agent.command("remove")
+@click.argument("agent_id", metavar="ID")
+@pass_ctx
+def agent_remove(ctx: _Context, agent_id: str) -> None:
+    """Remove an agent."""
+    _run(lambda s: s.remove_agent(agent_id), ctx.config)
+    click.echo(f"removed agent {agent_id}")
+
+
+def _agent_json(record: AgentRecord) -> dict[str, Any]:
+    spec = record.spec
+    return {
+        "id": spec.id, "extension": spec.extension, "name": spec.name, "skills": spec.skills,
+        "state": record.state.value, "reason": record.reason, "queues": list(record.queues),
+    }  # fmt: skip
+
+
+def _presence(
+    record: AgentRecord, action: str, queues: tuple[str, ...], reason: str
+) -> tuple[AgentState, str, tuple[str, ...]]:
+    """What an action makes of an agent's remembered presence, by the engine's rules."""
+    agent_id, state, current = record.spec.id, record.state, record.queues
+    logged_out = state is AgentState.LOGGED_OUT
+    if action == "login":
+        joined = (*current, *(q for q in queues if q not in current))
+        return (AgentState.READY if logged_out else state), record.reason, joined
+    if action == "logout":
+        for name in queues:
+            if name not in current:
+                raise click.ClickException(f"agent {agent_id} is not logged in to queue {name}")
+        left = tuple(q for q in current if q not in queues) if queues else ()
+        return (AgentState.LOGGED_OUT, "", ()) if not left else (state, record.reason, left)
+    if logged_out:
+        raise click.ClickException(f"agent {agent_id} is logged out; log in to a queue first")
+    if action == "ready":
+        return AgentState.READY, "", current
+    return AgentState.NOT_READY, reason or "paused", current
+
+
+def _agent_action(ctx: _Context, action: str, agent_id: str, queues: tuple[str, ...] = (),
+                  reason: str = "") -> None:  # fmt: skip
+    """Log in, log out, ready or pause: live through the server, else remembered in the
+    database for the server to apply when it starts."""
+    config = ctx.config
+
+    async def check(store: Store) -> AgentRecord:
+        record = await _agent_record(store, agent_id)
+        known = {q.name for q in await store.queues()}
+        for name in queues:
+            if action == "login" and name not in known:
+                raise click.ClickException(f"no queue {name} (see `pbx queue list`)")
+        return record
+
+    record = _run(check, config)
+
+    def offline() -> dict[str, Any]:
+        state, why, joined = _presence(record, action, queues, reason)
+        _run(lambda s: s.set_agent_presence(agent_id, state, why, joined), config)
+        return _agent_json(dataclasses.replace(record, state=state, reason=why, queues=joined))
+
+    row, live = _ask_or_offline(ctx, "agent", offline, action=action, agent=agent_id,
+                                queues=list(queues), reason=reason)  # fmt: skip
+    where = f" in {', '.join(row['queues'])}" if row["queues"] else ""
+    why = f" ({row['reason']})" if row.get("reason") else ""
+    click.echo(f"agent {agent_id}: {row['state']}{why}{where}")
+    if not live:
+        click.echo(f"{_NOT_RUNNING}: this applies when it starts")
+
+
+@agent.command("login")
+@click.argument("agent_id", metavar="ID")
+@click.option(
+    "--queue", "queues", multiple=True, required=True, help="A queue to join (repeat for several)."
+)
+@pass_ctx
+def agent_login(ctx: _Context, agent_id: str, queues: tuple[str, ...]) -> None:
+    """Log an agent in to queues (Ready if they were logged out)."""
+    _agent_action(ctx, "login", agent_id, queues)
+
+
+@agent.command("logout")
+@click.argument("agent_id", metavar="ID")
+@click.option(
+    "--queue", "queues", multiple=True, help="Leave only this queue (repeatable); default all."
+)
+@pass_ctx
+def agent_logout(ctx: _Context, agent_id: str, queues: tuple[str, ...]) -> None:
+    """Log an agent out of some queues, or of all (once a call in progress ends)."""
+    _agent_action(ctx, "logout", agent_id, queues)
+
+
+@agent.command("ready")
+@click.argument("agent_id", metavar="ID")
+@pass_ctx
+def agent_ready(ctx: _Context, agent_id: str) -> None:
+    """Make a logged-in agent Ready for calls."""
+    _agent_action(ctx, "ready", agent_id)
+
+
+@agent.command("pause")
+@click.argument("agent_id", metavar="ID")
+@click.option(
+    "--reason", default="paused", show_default=True, help="Why: break, lunch, training..."
+)
+@pass_ctx
+def agent_pause(ctx: _Context, agent_id: str, reason: str) -> None:
+    """Make a logged-in agent Not Ready (after the call in progress, if any)."""
+    _agent_action(ctx, "pause", agent_id, reason=reason)
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def agent_list(ctx: _Context, as_json: bool) -> None:
+    """List agents with their state: live when the server runs, else as remembered."""
+    config = ctx.config
+
+    def offline() -> list[dict[str, Any]]:
+        return [_agent_json(r) for r in _run(lambda s: s.agents(), config)]
+
+    rows, _ = _ask_or_offline(ctx, "agents", offline)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    shown = [
+        {**row, "skills": format_skills(row["skills"]) or None,
+         "queues": ",".join(row["queues"]) or None, "name": row["name"] or None,
+         "reason": row["reason"] or None}
+        for row in rows
+    ]  # fmt: skip
+    _table(shown, ["id", "extension", "name", "skills", "state", "reason", "queues"])

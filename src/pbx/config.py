@@ -133,6 +133,15 @@ class DialplanConfig:
     """Inclusive range of slots parked calls wait in; dialling a slot retrieves its call."""
     park_timeout: float = 120.0
     """Seconds a call stays parked before it rings the phone that parked it again."""
+    agent_login: str = "*45"
+    """An agent's phone dialling this logs the agent in (to the queues they were last in,
+    else every queue whose skills they have), or out if they are logged in."""
+    queue_callback: str = "*"
+    """A caller waiting in a queue who presses this key keeps their place, hangs up and is
+    called back at their number when an agent is free; "" turns callbacks off."""
+    agent_pause: str = "*46"
+    """Pauses the agent dialling it (Not Ready), or makes them Ready if paused. Digits
+    after it are the reason: "*462" pauses with reason "2"."""
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -476,6 +485,13 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 _HOOK = re.compile(r"(?P<module>[^:]+):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
 
 
+def _optional_key(value: Any) -> str:
+    text = _string(value)
+    if len(text) > 1 or (text and text not in "0123456789*#"):
+        raise ValueError('expected one key ("0"-"9", "*" or "#") or ""')
+    return text
+
+
 def _number(value: Any) -> str:
     """A dialled number: digits, letters, * # + . _ -."""
     if not isinstance(value, str):
@@ -719,6 +735,9 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "park": _optional_number,
             "park_slots": _park_slots,
             "park_timeout": _seconds,
+            "agent_login": _optional_number,
+            "agent_pause": _optional_number,
+            "queue_callback": _optional_key,
         },
     ),
 }
@@ -918,7 +937,11 @@ def _check_dialplan(config: Config, fail: Callable[[str, str], ConfigError]) -> 
             raise fail(f"ring_group[{i}].members", "an extension is listed twice")
     # Every number the dialplan answers itself, with the key that defines it.
     numbers = [("dialplan.emergency_numbers", n) for n in plan.emergency_numbers]
-    numbers += [(f"dialplan.{k}", getattr(plan, k)) for k in ("pickup", "park") if getattr(plan, k)]
+    numbers += [
+        (f"dialplan.{k}", getattr(plan, k))
+        for k in ("pickup", "park", "agent_login", "agent_pause")
+        if getattr(plan, k)
+    ]
     numbers += [(f"ring_group[{i}].number", g.number) for i, g in enumerate(config.ring_groups)]
     numbers += [(f"conference[{i}].number", c.number) for i, c in enumerate(config.conferences)]
     recording = config.recording

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from pbx.config import Config, DidConfig, RingGroupConfig, RingStrategy, TrunkConfig
 from pbx.errors import ConfigError
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 TRUNK_TARGET = "trunk:"
 """Hook targets "trunk:NAME:NUMBER" place an outbound call through trunk NAME."""
+QUEUE_TARGET = "queue:"
+"""Targets "queue:NAME" (or "queue:NAME:PRIORITY") put the caller in ACD queue NAME."""
+
+
+class QueueDirectory(Protocol):
+    """The ACD queues that exist now (they change at run time: `pbx queue add`)."""
+
+    def queue_of_number(self, number: str) -> str | None: ...
+    def has_queue(self, name: str) -> bool: ...
 
 
 class RouteKind(Enum):
@@ -50,6 +60,12 @@ class RouteKind(Enum):
     """Retrieve the call parked in slot `number`."""
     CONFERENCE = "conference"
     """Join the conference room `number`."""
+    QUEUE = "queue"
+    """Wait in the ACD queue named `number` (at `priority`) for an agent."""
+    AGENT_LOGIN = "agent login"
+    """The calling agent logs in or out (a feature code)."""
+    AGENT_PAUSE = "agent pause"
+    """The calling agent pauses (with reason `number`) or becomes ready (a feature code)."""
     UNKNOWN = "unknown"
     """Nowhere to go; `reason` says why (404, or 503 for an emergency call with no trunk)."""
 
@@ -71,6 +87,8 @@ class Route:
     caller_id: str | None = None
     """Outbound caller ID for a TRUNK route; None: the trunk's default, i.e. none."""
     emergency: bool = False
+    priority: int = 0
+    """For a QUEUE route: the caller's priority there (higher is served first)."""
     reason: str = ""
     """Which rule matched, for logs and `explain`."""
 
@@ -92,9 +110,14 @@ class Dialplan:
     """Routes calls by the configuration. `is_extension` answers whether a user exists."""
 
     def __init__(
-        self, config: Config, is_extension: Callable[[str], bool], hook: Hook | None = None
+        self,
+        config: Config,
+        is_extension: Callable[[str], bool],
+        hook: Hook | None = None,
+        queues: QueueDirectory | None = None,
     ) -> None:
         self._config = config
+        self._queues = queues
         self._plan = config.dialplan
         self._is_extension = is_extension
         self._hook = hook
@@ -108,11 +131,16 @@ class Dialplan:
             self.warnings = (f"no [[trunk]] is configured: emergency calls ({numbers}) get 503",)
 
     @classmethod
-    def from_config(cls, config: Config, is_extension: Callable[[str], bool]) -> Dialplan:
+    def from_config(
+        cls,
+        config: Config,
+        is_extension: Callable[[str], bool],
+        queues: QueueDirectory | None = None,
+    ) -> Dialplan:
         """A dialplan with the configured hook loaded (ConfigError if it cannot be)."""
         spec = config.dialplan.hook
         hook = load_hook(spec, config.path.parent) if spec else None
-        return cls(config, is_extension, hook)
+        return cls(config, is_extension, hook, queues)
 
     def route(self, request: CallRequest) -> Route:
         if request.from_trunk is None:
@@ -229,6 +257,13 @@ class Dialplan:
         """Feature codes, ring groups and extensions; None if `number` is none of them."""
         plan = self._plan
         prefix = f"{reason}: " if reason else ""
+        if number.startswith(QUEUE_TARGET):
+            return self._queue_target(number, prefix)
+        if plan.agent_login and number == plan.agent_login:
+            return Route(RouteKind.AGENT_LOGIN, reason=f"{prefix}{number} is agent login")
+        if plan.agent_pause and number.startswith(plan.agent_pause):
+            code = number[len(plan.agent_pause) :]
+            return Route(RouteKind.AGENT_PAUSE, code, reason=f"{prefix}{number} is agent pause")
         if plan.pickup and number == plan.pickup:
             return Route(RouteKind.PICKUP, reason=f"{prefix}{number} is group pickup")
         if plan.directed_pickup and number.startswith(plan.directed_pickup):
@@ -252,6 +287,9 @@ class Dialplan:
             name = f" ({room.name})" if room.name else ""
             why = f"{prefix}{number} is a conference{name}"
             return Route(RouteKind.CONFERENCE, number, reason=why)
+        queue = self._queues.queue_of_number(number) if self._queues is not None else None
+        if queue is not None:
+            return Route(RouteKind.QUEUE, queue, reason=f"{prefix}{number} is queue {queue}")
         group = self._groups.get(number)
         if group is not None:
             return _ring_group(group, f"{prefix}{number} is ring group {group.name or number}")
@@ -263,6 +301,17 @@ class Dialplan:
                 reason=f"{prefix}{number} is an extension",
             )
         return None
+
+    def _queue_target(self, target: str, prefix: str) -> Route:
+        name, _, priority = target[len(QUEUE_TARGET) :].partition(":")
+        if self._queues is None or not self._queues.has_queue(name):
+            return Route(RouteKind.UNKNOWN, target, reason=f"{prefix}no queue named {name!r}")
+        try:
+            level = int(priority) if priority else 0
+        except ValueError:
+            return Route(RouteKind.UNKNOWN, target, reason=f"{prefix}bad priority {priority!r}")
+        why = f"{prefix}queue {name}" + (f" at priority {level}" if level else "")
+        return Route(RouteKind.QUEUE, name, priority=level, reason=why)
 
     def _outbound(self, dialled: str) -> Route:
         best = None

@@ -28,6 +28,7 @@ from pbx.errors import (
     TransportError,
 )
 from pbx.events import CallEnded, Event, EventBus, RecordingStarted, RecordingStopped
+from pbx.queues import QueueManager
 from pbx.recordings import finished_duration
 from pbx.registrar import Registrar, peer_for_binding
 from pbx.sip.aio import Peer, SipEndpoint
@@ -75,6 +76,7 @@ class Exchange:
         )
         self.registrar: Registrar | None = None
         self.calls: CallManager | None = None
+        self.queues: QueueManager | None = None
         # Registrations with the providers, and `trunks.trunk_for(peer)` for the calls.
         self.trunks = TrunkManager(config.trunks, self.endpoint, config.sip.user_agent)
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,6 +91,11 @@ class Exchange:
                 "recording": self._recording_control,
                 "conferences": self._conferences,
                 "conference": self._conference_control,
+                "agents": self._agents,
+                "agent": self._agent_control,
+                "queues": self._queues,
+                "queue": self._queue,
+                "explain": self._explain,
             },
             {"events": self._follow_events},
         )
@@ -114,13 +121,18 @@ class Exchange:
             await self.control.start()
             pool = PortPool(*self.config.rtp.port_range)
             registrar = self.registrar
-            dialplan = Dialplan.from_config(self.config, lambda ext: ext in registrar.users)
+            self.queues = QueueManager(self.store, self.events)
+            dialplan = Dialplan.from_config(
+                self.config, lambda ext: ext in registrar.users, queues=self.queues
+            )
             for warning in dialplan.warnings:
                 log.warning("dialplan: %s", warning)
             self.calls = CallManager(
                 self.config, self.endpoint, self.registrar, pool, events=self.events,
                 dialplan=dialplan, trunks=self.trunks,
             )  # fmt: skip
+            self.calls.acd = self.queues
+            await self.queues.start(self.calls)
             self.events.subscribe(self._write_cdr)
             await self._finish_recordings()
             await self.trunks.start()
@@ -144,6 +156,8 @@ class Exchange:
         await self.control.stop()
         if self.calls is not None:
             await self.calls.stop()
+        if self.queues is not None:
+            await self.queues.stop()
         if self._cdr_writes:
             await asyncio.gather(*self._cdr_writes, return_exceptions=True)
         await self.trunks.stop()  # unregisters: the endpoint must still be up
@@ -215,6 +229,11 @@ class Exchange:
         self._cdr_writes.add(task)
         task.add_done_callback(self._cdr_written)
 
+    async def rows_written(self) -> None:
+        """Wait for every CDR and recording row queued so far to be committed."""
+        while self._cdr_writes:
+            await asyncio.gather(*self._cdr_writes, return_exceptions=True)
+
     async def purge_recordings(self, now: float | None = None) -> int:
         """Delete the recordings past their retention; how many went."""
         assert self.store is not None
@@ -230,6 +249,39 @@ class Exchange:
             log.info("recording %s deleted: past its retention", path)
             await self.store.mark_recording_deleted(str(row["id"]), now)
         return len(expired)
+
+    # the ACD: `pbx agent ...` and `pbx queue ...` on a running server
+
+    def _acd(self) -> QueueManager:
+        if self.queues is None:
+            raise PbxError("the exchange is not running its queues")
+        return self.queues
+
+    async def _agents(self, _request: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._acd().agent_rows()
+
+    async def _agent_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        acd = self._acd()
+        await acd.refresh()  # an agent added a moment ago by the CLI
+        queues = request.get("queues") or []
+        if not isinstance(queues, list):
+            raise PbxError("queues must be a list")
+        agent, action = str(request.get("agent", "")), str(request.get("action", ""))
+        reason = str(request.get("reason") or "")
+        return acd.agent_action(agent, action, [str(q) for q in queues], reason)
+
+    async def _queues(self, _request: dict[str, Any]) -> list[dict[str, Any]]:
+        acd = self._acd()
+        await acd.refresh()
+        return acd.queue_rows()
+
+    async def _queue(self, request: dict[str, Any]) -> dict[str, Any]:
+        acd = self._acd()
+        await acd.refresh()
+        return acd.queue_row(str(request.get("name", "")))
+
+    async def _explain(self, request: dict[str, Any]) -> list[str]:
+        return self._acd().explain(str(request.get("call_id", "")))
 
     async def _recording_control(self, request: dict[str, Any]) -> dict[str, Any]:
         """`pbx recordings start|stop|pause|resume CALL_ID` on a live call."""
@@ -340,6 +392,8 @@ class Exchange:
             await asyncio.sleep(USERS_REFRESH)
             try:
                 await self.registrar.refresh_users()
+                if self.queues is not None:
+                    await self.queues.refresh()
                 since_purge += USERS_REFRESH
                 if since_purge >= PURGE_INTERVAL:
                     since_purge = 0.0

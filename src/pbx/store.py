@@ -11,16 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
 import sqlite3
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import aiosqlite
 
+from acd.model import (
+    EVENT_OF,
+    OUTPUT_OF,
+    AgentSpec,
+    AgentState,
+    LoggedEvent,
+    Output,
+    OverflowAction,
+    OverflowRule,
+    QueueSpec,
+    Strategy,
+    format_skills,
+    parse_skills,
+)
 from pbx.errors import PbxError
 from pbx.events import CallEnded, RecordingStarted
 
@@ -104,6 +122,53 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX recordings_call ON recordings (call_id);
     CREATE INDEX recordings_started ON recordings (started);
     """,
+    # 5: the ACD: agents (with the presence a restart restores), queues, and the queue log
+    # (every engine output, committed as it happens: statistics are rebuilt from it)
+    """
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        extension TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        skills TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'logged_out',
+        reason TEXT NOT NULL DEFAULT '',
+        queues TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        number TEXT NOT NULL DEFAULT '',
+        skills TEXT NOT NULL DEFAULT '',
+        strategy TEXT NOT NULL,
+        ring_timeout REAL NOT NULL,
+        wrap_up REAL NOT NULL,
+        max_wait REAL NOT NULL,
+        max_length INTEGER NOT NULL,
+        announce_every REAL NOT NULL,
+        join_empty INTEGER NOT NULL,
+        leave_empty INTEGER NOT NULL,
+        ageing REAL NOT NULL,
+        service_level REAL NOT NULL,
+        music TEXT NOT NULL DEFAULT '',
+        overflow TEXT NOT NULL DEFAULT '[]',
+        callback_retries INTEGER NOT NULL,
+        callback_retry_delay REAL NOT NULL,
+        record INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX queues_number ON queues (number) WHERE number != '';
+    CREATE TABLE queue_log (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        queue TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        agent TEXT NOT NULL DEFAULT '',
+        event TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX queue_log_time ON queue_log (time);
+    CREATE INDEX queue_log_call ON queue_log (call_id);
+    """,
 )
 
 
@@ -176,6 +241,134 @@ def _binding_from_row(row: Sequence[object]) -> Binding:
     reachable = values[12]
     values[12] = None if reachable is None else bool(reachable)
     return Binding(*values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An agent as the database keeps it: who they are, and the presence they had (logged
+    in where, paused why), which the exchange restores when it starts."""
+
+    spec: AgentSpec
+    state: AgentState = AgentState.LOGGED_OUT
+    reason: str = ""
+    queues: tuple[str, ...] = ()
+
+
+# Every QueueSpec field, in column order (a test holds the two together).
+_QUEUE_COLUMNS = (
+    "name, number, skills, strategy, ring_timeout, wrap_up, max_wait, max_length, "
+    "announce_every, join_empty, leave_empty, ageing, service_level, music, overflow, "
+    "callback_retries, callback_retry_delay, record"
+)
+_QUEUE_NAMES = tuple(c.strip() for c in _QUEUE_COLUMNS.split(","))
+
+
+def _overflow_json(rules: Iterable[OverflowRule]) -> str:
+    return json.dumps(
+        [
+            {"after": r.after, "action": r.action.value, "target": r.target, "skills": r.skills}
+            for r in rules
+        ]
+    )
+
+
+def _overflow_from_json(text: str) -> tuple[OverflowRule, ...]:
+    return tuple(
+        OverflowRule(
+            float(r["after"]), OverflowAction(r["action"]), str(r["target"]), dict(r["skills"])
+        )
+        for r in json.loads(text)
+    )
+
+
+def _queue_row(spec: QueueSpec) -> tuple[object, ...]:
+    encode: dict[str, object] = {
+        "skills": format_skills(spec.skills),
+        "strategy": spec.strategy.value,
+        "join_empty": int(spec.join_empty),
+        "leave_empty": int(spec.leave_empty),
+        "record": int(spec.record),
+        "overflow": _overflow_json(spec.overflow),
+    }
+    return tuple(encode.get(name, getattr(spec, name)) for name in _QUEUE_NAMES)
+
+
+def _queue_from_row(row: Sequence[object]) -> QueueSpec:
+    values = dict(zip(_QUEUE_NAMES, row, strict=True))
+    values["skills"] = parse_skills(str(values["skills"]))
+    values["strategy"] = Strategy(str(values["strategy"]))
+    for flag in ("join_empty", "leave_empty", "record"):
+        values[flag] = bool(values[flag])
+    values["overflow"] = _overflow_from_json(str(values["overflow"]))
+    return QueueSpec(**values)  # type: ignore[arg-type]
+
+
+# queue_log: these fields of an output have columns of their own; the rest go to `data`.
+_LOG_COLUMNS = ("time", "queue", "call_id", "agent")
+
+
+def _plain(value: object) -> object:
+    """An output field as JSON: enums by value, tuples as lists."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _log_row(output: Output) -> tuple[object, ...]:
+    data = {
+        f.name: _plain(getattr(output, f.name))
+        for f in dataclasses.fields(output)
+        if f.name not in _LOG_COLUMNS
+    }
+    agent = getattr(output, "agent", "")
+    event = EVENT_OF[type(output)].value
+    return (output.time, output.queue, output.call_id, agent, event, json.dumps(data))
+
+
+def _decoder(hint: object) -> typing.Callable[[object], object]:
+    """Turns a JSON value back into a field of type `hint` (the types outputs use)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        [inner] = [a for a in typing.get_args(hint) if a is not type(None)]
+        decode = _decoder(inner)
+        return lambda value: None if value is None else decode(value)
+    if typing.get_origin(hint) is tuple:
+        [item, *_] = typing.get_args(hint)
+        decode = _decoder(item)
+        return lambda value: tuple(decode(v) for v in value)  # type: ignore[attr-defined]
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return hint
+    if hint is float:
+        return lambda value: float(value)  # type: ignore[arg-type]
+    return lambda value: value
+
+
+# Output type -> its `data` fields and how to decode each.
+_LOG_FIELDS: dict[type[Output], dict[str, typing.Callable[[object], object]]] = {
+    kind: {
+        name: _decoder(hint)
+        for name, hint in typing.get_type_hints(kind).items()
+        if name not in _LOG_COLUMNS
+    }
+    for kind in EVENT_OF
+}
+
+_WITH_AGENT = frozenset(k for k in EVENT_OF if "agent" in {f.name for f in dataclasses.fields(k)})
+
+
+def _output_from_row(row: Sequence[object]) -> Output:
+    number, time, queue, call_id, agent, event, data = row
+    try:
+        kind = OUTPUT_OF[LoggedEvent(event)]
+        values = {
+            name: _LOG_FIELDS[kind][name](value) for name, value in json.loads(str(data)).items()
+        }
+        if kind in _WITH_AGENT:
+            values["agent"] = agent
+        return kind(time=float(time), queue=queue, call_id=call_id, **values)  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"queue_log row {number} cannot be read: {exc}") from None
 
 
 class Store:
@@ -439,6 +632,139 @@ class Store:
 
     async def mark_recording_deleted(self, recording_id: str, now: float) -> None:
         await self._write([("UPDATE recordings SET deleted = ? WHERE id = ?", (now, recording_id))])
+
+    # the ACD: queues, agents, the queue log
+
+    async def add_queue(self, spec: QueueSpec, now: float) -> None:
+        values = _queue_row(spec)
+        marks = ", ".join("?" * (len(values) + 1))
+        try:
+            await self._write([(
+                f"INSERT INTO queues ({_QUEUE_COLUMNS}, created) VALUES ({marks})",
+                (*values, now),
+            )])  # fmt: skip
+        except aiosqlite.IntegrityError as exc:
+            raise await self._queue_conflict(spec, exc) from None
+
+    async def update_queue(self, spec: QueueSpec) -> None:
+        """Replace a queue's settings (its name stays the key)."""
+        values = _queue_row(spec)
+        assignments = ", ".join(f"{name} = ?" for name in _QUEUE_NAMES[1:])
+        try:
+            [changed] = await self._write([(
+                f"UPDATE queues SET {assignments} WHERE name = ?", (*values[1:], spec.name),
+            )])  # fmt: skip
+        except aiosqlite.IntegrityError as exc:
+            raise await self._queue_conflict(spec, exc) from None
+        if changed == 0:
+            raise StoreError(f"no queue {spec.name}")
+
+    async def _queue_conflict(self, spec: QueueSpec, exc: Exception) -> StoreError:
+        if "queues.number" in str(exc):
+            rows = await self._db.execute_fetchall(
+                "SELECT name FROM queues WHERE number = ?", (spec.number,)
+            )
+            owner = next(iter(rows), None)
+            which = f" by queue {owner[0]}" if owner else ""
+            return StoreError(f"number {spec.number} is already used{which}")
+        return StoreError(f"queue {spec.name} already exists")
+
+    async def remove_queue(self, name: str) -> None:
+        [removed] = await self._write([("DELETE FROM queues WHERE name = ?", (name,))])
+        if removed == 0:
+            raise StoreError(f"no queue {name}")
+
+    async def queues(self) -> list[QueueSpec]:
+        rows = await self._db.execute_fetchall(f"SELECT {_QUEUE_COLUMNS} FROM queues ORDER BY name")
+        return [_queue_from_row(row) for row in rows]
+
+    async def add_agent(self, spec: AgentSpec, now: float) -> None:
+        try:
+            await self._write([(
+                "INSERT INTO agents (id, extension, name, skills, created) VALUES (?, ?, ?, ?, ?)",
+                (spec.id, spec.extension, spec.name, format_skills(spec.skills), now),
+            )])  # fmt: skip
+        except aiosqlite.IntegrityError:
+            raise StoreError(f"agent {spec.id} already exists") from None
+
+    async def update_agent(self, spec: AgentSpec) -> None:
+        """Change an agent's extension, name and skills; their presence stays."""
+        [changed] = await self._write([(
+            "UPDATE agents SET extension = ?, name = ?, skills = ? WHERE id = ?",
+            (spec.extension, spec.name, format_skills(spec.skills), spec.id),
+        )])  # fmt: skip
+        if changed == 0:
+            raise StoreError(f"no agent {spec.id}")
+
+    async def remove_agent(self, agent_id: str) -> None:
+        [removed] = await self._write([("DELETE FROM agents WHERE id = ?", (agent_id,))])
+        if removed == 0:
+            raise StoreError(f"no agent {agent_id}")
+
+    async def agents(self) -> list[AgentRecord]:
+        rows = await self._db.execute_fetchall(
+            "SELECT id, extension, name, skills, state, reason, queues FROM agents ORDER BY id"
+        )
+        return [
+            AgentRecord(
+                AgentSpec(agent_id, extension, name, parse_skills(skills)),
+                AgentState(state),
+                reason,
+                tuple(json.loads(queues)),
+            )
+            for agent_id, extension, name, skills, state, reason, queues in rows
+        ]
+
+    async def set_agent_presence(
+        self, agent_id: str, state: AgentState | str, reason: str, queues: Sequence[str]
+    ) -> None:
+        """Remember where an agent is (the exchange restores it when it starts)."""
+        try:
+            value = AgentState(state).value
+        except ValueError:
+            raise StoreError(f"agent {agent_id}: no agent state {state!r}") from None
+        [changed] = await self._write([(
+            "UPDATE agents SET state = ?, reason = ?, queues = ? WHERE id = ?",
+            (value, reason, json.dumps(list(queues)), agent_id),
+        )])  # fmt: skip
+        if changed == 0:
+            raise StoreError(f"no agent {agent_id}")
+
+    async def log_outputs(self, outputs: Sequence[Output]) -> None:
+        """Append engine outputs to the queue log, all in one transaction."""
+        if not outputs:
+            return
+        rows = [_log_row(output) for output in outputs]
+        async with self._writing:
+            try:
+                await self._db.executemany(
+                    "INSERT INTO queue_log (time, queue, call_id, agent, event, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+
+    async def queue_log(
+        self, since: float = 0.0, queue: str | None = None, call_id: str | None = None
+    ) -> list[Output]:
+        """The outputs logged at or after `since`, in the order they were logged."""
+        params: list[object]
+        where, params = "time >= ?", [since]
+        if queue is not None:
+            where += " AND queue = ?"
+            params.append(queue)
+        if call_id is not None:
+            where += " AND call_id = ?"
+            params.append(call_id)
+        rows = await self._db.execute_fetchall(
+            "SELECT id, time, queue, call_id, agent, event, data FROM queue_log "
+            f"WHERE {where} ORDER BY id",
+            params,
+        )
+        return [_output_from_row(row) for row in rows]
 
     # bindings
 

@@ -226,7 +226,7 @@ async def test_recordings_past_their_retention_are_deleted(tmp_path: Path) -> No
         assert events.of("recording_started")[0]["retention_days"] == 1.0  # the rule's
         path = Path(str(stopped["path"]))
         assert exchange.store is not None
-        await exchange.store.recordings()  # the rows are written by now (one writer, FIFO)
+        await exchange.rows_written()
         assert await exchange.purge_recordings(time.time() + 3600) == 0
         assert await exchange.purge_recordings(time.time() + 2 * 86400) == 1
         assert not path.exists()
