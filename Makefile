@@ -21,6 +21,13 @@ $(DEMO)/pbx.toml: | $(BIN)/pbx
 	cp examples/clinic/pbx.toml $(DEMO)/pbx.toml
 	@echo "Demo extensions (the passwords are shown once; 'pbx user passwd' changes them):"
 	@for ext in $(DEMO_USERS); do $(BIN)/pbx -c $(DEMO)/pbx.toml user add $$ext --name "Demo $$ext"; done
+	@# Two call-center queues, each with an agent who is logged in when the server starts.
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml queue add appointments --number 500 --announce-every 30 --wrap-up 5
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml queue add nurse --number 501 --skills nursing:1 --announce-every 30
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml agent add desk --extension 1003 --name "Front desk"
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml agent add nurse --extension 1004 --name "Nurse" --skills nursing:5
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml agent login desk --queue appointments
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml agent login nurse --queue nurse --queue appointments
 
 demo: $(DEMO)/pbx.toml
 

@@ -680,6 +680,8 @@ class CallManager:
         if params is None or not decodable(params.codec):
             return
         words = announcement(announce.position, announce.estimated_wait)
+        if self.config.dialplan.queue_callback == "*":
+            words.append("callback-offer")  # "...to be called back, press star"
         clip = self._spoken(words)
         if clip is None:
             return
