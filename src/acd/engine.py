@@ -354,25 +354,26 @@ class Engine:
         return out
 
     def completed(self, call_id: str, now: float, by: str = "") -> list[Output]:
-        call = self._call(call_id)
-        if call.state is not CallState.CONNECTED or call.agent is None:
-            raise AcdError(f"call {call_id} is not connected to an agent")
-        out: list[Output] = []
-        agent = call.agent
-        talk = now - call.answered
-        out.append(Completed(now, call.queue.spec.name, call.id, agent.spec.id, talk, by))
-        self._finish(call, agent, talk, now, out)
-        return out
+        return self._handled(call_id, now, by=by)
 
     def transferred(self, call_id: str, target: str, now: float) -> list[Output]:
         """The agent passed the call on: it leaves the ACD, the agent wraps up."""
+        return self._handled(call_id, now, target=target)
+
+    def _handled(self, call_id: str, now: float, by: str = "", target: str | None = None
+                 ) -> list[Output]:  # fmt: skip
+        """The conversation is over for the ACD: ended (Completed) or passed on to
+        `target` (Transferred)."""
         call = self._call(call_id)
-        if call.state is not CallState.CONNECTED or call.agent is None:
-            raise AcdError(f"call {call_id} is not connected to an agent")
-        out: list[Output] = []
         agent = call.agent
+        if call.state is not CallState.CONNECTED or agent is None:
+            raise AcdError(f"call {call_id} is not connected to an agent")
         talk = now - call.answered
-        out.append(Transferred(now, call.queue.spec.name, call.id, agent.spec.id, target, talk))
+        queue, agent_id = call.queue.spec.name, agent.spec.id
+        out: list[Output] = [
+            Completed(now, queue, call.id, agent_id, talk, by) if target is None
+            else Transferred(now, queue, call.id, agent_id, target, talk)
+        ]  # fmt: skip
         self._finish(call, agent, talk, now, out)
         return out
 

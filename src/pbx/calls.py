@@ -121,6 +121,8 @@ _HOLD_ADDRESSES = ("0.0.0.0", "::")  # RFC 2543 hold: keep sending where we did
 # What a leg is re-offered when it agreed G.722 and the other side cannot take it.
 G711 = ("PCMU", "PCMA", "telephone-event")
 _CALL_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
+_AGENT_ROUTES = (RouteKind.AGENT_LOGIN, RouteKind.AGENT_PAUSE)  # feature codes of agents
+_ACD_ROUTES = (RouteKind.QUEUE, *_AGENT_ROUTES)  # routes the ACD serves: 404 without one
 
 
 FEATURE_GAP = 2.0  # seconds between the digits of one in-call feature code
@@ -457,30 +459,16 @@ class CallManager:
             self._reply(request, SipStatus.TRYING)
             self._spawn(self._retrieve(parked, request, peer, caller, offer, timer))
             return
-        if kind is RouteKind.CONFERENCE:
-            if self.conferences.full(route.number):
-                self._reply(request, SipStatus.BUSY_HERE, reason="Conference Full")
-                return
-            self._reply(request, SipStatus.TRYING)
-            self._spawn(
-                self._place_call(request, peer, caller, caller_name, dialled, route, trunk,
-                                 offer, timer)
-            )  # fmt: skip
+        if kind is RouteKind.CONFERENCE and self.conferences.full(route.number):
+            self._reply(request, SipStatus.BUSY_HERE, reason="Conference Full")
             return
-        if kind in (RouteKind.QUEUE, RouteKind.AGENT_LOGIN, RouteKind.AGENT_PAUSE):
-            if self.acd is None:
-                self._reply(request, SipStatus.NOT_FOUND)
-                return
-            if kind is not RouteKind.QUEUE and (
-                trunk is not None or self.acd.agent_of(caller) is None
-            ):
-                self._reply(request, SipStatus.FORBIDDEN, reason="Not An Agent")
-                return
-            self._reply(request, SipStatus.TRYING)
-            self._spawn(
-                self._place_call(request, peer, caller, caller_name, dialled, route, trunk,
-                                 offer, timer)
-            )  # fmt: skip
+        if kind in _ACD_ROUTES and self.acd is None:
+            self._reply(request, SipStatus.NOT_FOUND)
+            return
+        if kind in _AGENT_ROUTES and (
+            trunk is not None or self.acd is None or self.acd.agent_of(caller) is None
+        ):
+            self._reply(request, SipStatus.FORBIDDEN, reason="Not An Agent")
             return
         if kind is RouteKind.PARK:
             # Parking takes a call to park: a blind transfer to this number does it.
@@ -493,7 +481,7 @@ class CallManager:
                           caller, dialled, route.trunk.name)  # fmt: skip
                 self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
                 return
-        elif not any(self.registrar.contacts(m) for m in route.members):
+        elif kind in _CALL_ROUTES and not any(self.registrar.contacts(m) for m in route.members):
             self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
             return
         self._reply(request, SipStatus.TRYING)
