@@ -1366,8 +1366,8 @@ class CallManager:
             leg.music = player.play(music)
 
     def _stop_music(self, leg: Leg) -> None:
-        if leg.music is None:
-            return
+        """Silence what we play to the leg's phone: music, and any prompt or tone under way
+        (a queue's announcement when the agent answers, a prompt the caller's key cut)."""
         leg.music = None
         player = self.media_clock.player_of(leg.media)
         if player is not None:
