@@ -107,6 +107,7 @@ class _Call:
     ring_round: int = 0
     history: list[str] = field(default_factory=list)
     visited: set[str] = field(default_factory=set)  # queues it was in: overflow never cycles
+    reached: bool = False  # a callback: the customer answered
 
 
 @dataclass(slots=True, eq=False)
@@ -285,7 +286,8 @@ class Engine:
         if agent.state is AgentState.LOGGED_OUT:
             raise AcdError(f"agent {agent_id} is logged out")
         if agent.state is AgentState.ON_CALL:
-            agent.after_call = (AgentState.NOT_READY, reason)
+            if agent.after_call is None or agent.after_call[0] is not AgentState.LOGGED_OUT:
+                agent.after_call = (AgentState.NOT_READY, reason)  # not over a logout
             return out
         if agent.state is AgentState.RESERVED and agent.call is not None:
             self._withdraw_offer(agent.call, agent, "agent paused", now, out)
@@ -317,13 +319,26 @@ class Engine:
         freed = self._stop_ringing(call, "answered elsewhere", now, out)
         call.state, call.agent, call.answered = CallState.CONNECTED, agent, now
         queue = call.queue.spec.name
-        out.append(Answered(now, queue, call.id, agent_id, now - call.entered))
-        self._set_state(agent, AgentState.ON_CALL, "", now, out, call)
         if call.callback:
+            # Not answered yet: that is when the customer picks up (callback_answered).
             call.attempts += 1
             out.append(CallbackAttempt(now, queue, call.id, agent_id, call.callback, call.attempts))
+        else:
+            out.append(Answered(now, queue, call.id, agent_id, now - call.entered))
+        self._set_state(agent, AgentState.ON_CALL, "", now, out, call)
         self._route_agents(freed, now, out)
         return out
+
+    def callback_answered(self, call_id: str, now: float) -> list[Output]:
+        """The customer picked up the call back: the call is answered, by its agent."""
+        call = self._call(call_id)
+        agent = call.agent
+        if call.state is not CallState.CONNECTED or agent is None or not call.callback:
+            raise AcdError(f"call {call_id} is not a callback in progress")
+        if call.reached:
+            return []
+        call.reached = True
+        return [Answered(now, call.queue.spec.name, call.id, agent.spec.id, now - call.entered)]
 
     def offer_failed(
         self, call_id: str, agent_id: str, now: float, reason: str = NO_ANSWER
@@ -368,14 +383,21 @@ class Engine:
         agent = call.agent
         if call.state is not CallState.CONNECTED or agent is None:
             raise AcdError(f"call {call_id} is not connected to an agent")
+        if call.callback and not call.reached:
+            # The agent gave up on a callback nobody answered yet: it is over, unanswered.
+            out: list[Output] = []
+            self._release_agent(agent, now - call.answered, call, now, out)
+            call.agent = None
+            self._exit(call, ExitReason.CALLBACK_FAILED, now, out)
+            return out
         talk = now - call.answered
         queue, agent_id = call.queue.spec.name, agent.spec.id
-        out: list[Output] = [
+        done: list[Output] = [
             Completed(now, queue, call.id, agent_id, talk, by) if target is None
             else Transferred(now, queue, call.id, agent_id, target, talk)
         ]  # fmt: skip
-        self._finish(call, agent, talk, now, out)
-        return out
+        self._finish(call, agent, talk, now, done)
+        return done
 
     def request_callback(self, call_id: str, number: str, now: float) -> list[Output]:
         """The caller keeps their place and hangs up; their turn rings an agent, who is
@@ -389,18 +411,21 @@ class Engine:
             raise AcdError(f"call {call_id} is already waiting for a callback")
         out: list[Output] = []
         freed: list[_Agent] = []
+        # A callback from here on: past max_wait while it rang, it stays (the caller asked
+        # in time); a rule moving it on due meanwhile moves it as a callback.
+        call.callback = number
         if call.state is CallState.RINGING:
             freed = self._stop_ringing(call, "callback requested", now, out)
             self._requeue(call, now, out, route=False)
-            if call.id not in self._calls:  # it had waited too long: it left meanwhile
+            if call.id not in self._calls:
                 self._route_agents(freed, now, out)
                 return out
-        call.callback = number
         out.append(CallbackRequested(now, call.queue.spec.name, call.id, number,
                                      self._position(call)))  # fmt: skip
+        # The agents it freed take the first calls they may (perhaps ahead of this one).
+        self._route_agents(freed, now, out)
         if call.state is CallState.WAITING:
             self._route_call(call, now, out)
-        self._route_agents(freed, now, out)
         return out
 
     def callback_failed(self, call_id: str, now: float) -> list[Output]:
@@ -940,6 +965,7 @@ class Engine:
             self._state_output(agent, agent.state, now, out)
         elif agent.state is AgentState.ON_CALL:
             agent.after_call = (AgentState.LOGGED_OUT, "")
+            self._state_output(agent, agent.state, now, out)  # in no queue now
         else:
             self._set_state(agent, AgentState.LOGGED_OUT, "", now, out)
         self._check_leave_empty(names, now, out)

@@ -776,7 +776,10 @@ class CallManager:
         log.info("call %s: calling %s back (attempt %d)", call.id, attempt.number,
                  attempt.attempt)  # fmt: skip
         status = await self._bring_in(call, leg, route, by="")
-        if status is True or call.ended:
+        if status is True:
+            acd.callback_answered(call.id)
+            return
+        if call.ended:
             return
         self._stop_music(agent_leg)
         log.info("call %s: %s did not answer the callback (%s)", call.id, attempt.number,

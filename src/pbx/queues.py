@@ -253,6 +253,9 @@ class QueueManager:
     def request_callback(self, call_id: str, number: str) -> None:
         self._do(lambda now: self.engine.request_callback(call_id, number, now))
 
+    def callback_answered(self, call_id: str) -> None:
+        self._do(lambda now: self.engine.callback_answered(call_id, now))
+
     def callback_failed(self, call_id: str) -> None:
         self._do(lambda now: self.engine.callback_failed(call_id, now))
 

@@ -229,10 +229,12 @@ async def test_operators_drive_agents_and_queues_with_the_cli(tmp_path: Path) ->
             "pharmacy": 1,
         }
         assert shown["stats"]["offered"] == 0 and shown["agents"] == ["maria"]
+        events = Log(exchange)
         async with phones_on(exchange) as phones:
             caller, maria = await phones("1001", "1002")
             caller_call = await caller.answered(await caller.dial("510"))
             await maria.answer(await maria.incoming())
+            await events.next("queue_answered")  # the exchange took her 200 in
             shown = json.loads(await pbx_command(tmp_path, "queue", "show", "billing", "--json"))
             assert shown["stats"]["answered"] == 1
             [waiting] = shown["waiting"]

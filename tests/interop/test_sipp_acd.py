@@ -8,7 +8,7 @@ runner: the same command line, without a Python start-up of 0.7 s each); `pbx se
 `pbx events` are processes of their own.
 
 Covered: distribution per strategy (round-robin, fewest-calls), RONA, wrap-up, abandon with
-its wait. Not covered: callbacks, which a caller cannot ask for from the phone yet."""
+its wait. Callbacks have their own file, test_sipp_acd_callback.py."""
 
 from __future__ import annotations
 

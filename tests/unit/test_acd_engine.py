@@ -16,6 +16,7 @@ from acd.model import (
     AgentState,
     AgentStateChanged,
     Announce,
+    Answered,
     CallbackAttempt,
     CancelOffer,
     Completed,
@@ -347,12 +348,14 @@ def test_callback_keeps_the_place_and_retries_until_it_gives_up() -> None:
     attempt = engine.answered("c1", "a1", 201.0)
     assert of(CallbackAttempt, attempt) == [
         CallbackAttempt(201.0, "q", "c1", "a1", "+15551234567", 1)]  # fmt: skip
+    assert not of(Answered, attempt)  # answered when the customer picks up
     engine.callback_failed("c1", 230.0)
     assert state(engine, "a1") is AgentState.READY
     assert offers(drive(engine, 289.0)) == []
     assert offers(drive(engine, 290.0)) == [("c1", "a1")]
     engine.answered("c1", "a1", 291.0)
     out = engine.callback_failed("c1", 300.0)
+    assert not of(Answered, out)  # nobody was reached: never answered
     assert [o.reason for o in of(Exit, out)] == [ExitReason.CALLBACK_FAILED]
     assert engine.call_status("c1") is None
 
@@ -415,3 +418,24 @@ def test_wrong_calls_get_clear_errors_and_change_nothing() -> None:
     with pytest.raises(AcdError, match="not connected"):
         engine.completed("c1", 1.0)
     assert engine.call_status("c1").state is CallState.RINGING  # type: ignore[union-attr]
+
+
+def test_a_callback_is_answered_when_the_customer_picks_up() -> None:
+    engine = engine_with(QueueSpec("q"), agent("a1"))
+    engine.pause("a1", "busy", 0.0)
+    engine.enter("c1", "q", 1.0)
+    engine.request_callback("c1", "1001", 2.0)
+    engine.ready("a1", 10.0)
+    engine.answered("c1", "a1", 11.0)
+    assert engine.callback_answered("c1", 15.0) == [Answered(15.0, "q", "c1", "a1", 14.0)]
+    assert of(Completed, engine.completed("c1", 75.0))[0].talk == 64.0
+
+
+def test_an_agent_who_hangs_up_on_an_unanswered_callback_ends_it() -> None:
+    engine = engine_with(QueueSpec("q"), agent("a1"))
+    engine.enter("c1", "q", 1.0)
+    engine.request_callback("c1", "1001", 2.0)  # a1 is ringing with it at once
+    engine.answered("c1", "a1", 3.0)
+    out = engine.completed("c1", 9.0, by="agent")
+    assert [o.reason for o in of(Exit, out)] == [ExitReason.CALLBACK_FAILED]
+    assert state(engine, "a1") is AgentState.READY
