@@ -13,8 +13,9 @@ Two parts:
    - the conference mix-minus of 3, 10, 30 and 100 parties, plain and with gains and mute;
    - the recording path of 1, 10 and 100 bridged calls: a packet relayed with and without
      the recording's audio tap (decode into the jitter buffer), the media clock's tick per
-     recorded call (two jitter buffer pops and the recorder's copy, the file written once a
-     second), WAV and FLAC, and the two added up per call and 20 ms against the bare relay.
+     recorded call (two jitter buffer pops and the recorder's copy, a second handed to the
+     writer thread once a second, as in the server), WAV and FLAC, and the two added up per
+     call and 20 ms against the bare relay.
      Real endpoints on loopback sockets; the time they read is simulated (20 ms a step) and
      their sendto does nothing, so these are the relay's Python work, no system calls.
 
@@ -74,7 +75,7 @@ from calls import (  # noqa: E402
     run_level,
     server_config,
 )
-from media.aio import Bridge, MediaEndpoint  # noqa: E402
+from media.aio import Bridge, FileWriter, MediaEndpoint  # noqa: E402
 from media.clock import MediaClock  # noqa: E402
 from media.dtmf import InbandDetector, dtmf_samples, feed_many  # noqa: E402
 from media.g711 import (  # noqa: E402
@@ -357,6 +358,7 @@ async def recording_run(
     transports: dict[MediaEndpoint, Any] = {}  # the real ones, put back to close them
     bridges: list[Bridge] = []
     recorders: list[Recorder] = []
+    files = FileWriter("bench-recording-writes")  # the server's writer thread
     try:
         for _ in range(calls):
             a = await MediaEndpoint.open(pool, HOST, phone_a, rtcp_interval=None)
@@ -370,7 +372,8 @@ async def recording_run(
         if fmt is not None:
             for i, (a, b) in enumerate(legs):
                 left, right = clock.listen(a, "PCMA"), clock.listen(b, "PCMA")
-                recorder = Recorder(directory / f"{fmt}-{calls}-{i}.{fmt}", fmt, left, right)
+                path = directory / f"{fmt}-{calls}-{i}.{fmt}"
+                recorder = Recorder(path, fmt, left, right, files)
                 recorders.append(recorder)
                 clock.add_job(recorder)
             clock.stop()  # ticks come from run_tick below, not the loop
@@ -414,6 +417,7 @@ async def recording_run(
     finally:
         for recorder in recorders:
             recorder.close()
+        files.close()
         for bridge in bridges:
             bridge.close()
         for pair in legs:

@@ -25,6 +25,10 @@ The receive path runs ~50 times per second per leg per call, so it avoids
 logging, parsing into objects, and timer re-arming per packet: the
 inactivity timer is armed once per `inactivity` period and compares the
 last arrival time.
+
+`FileWriter` takes file writes off the loop: a thread runs the jobs given to
+it in order (a recording's second of audio, its close, a trim), fed by a
+bounded queue, so a slow disk delays the files and never the calls' media.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import logging
+import queue
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from struct import Struct
-from typing import Any
+from typing import Any, TypeVar
 
 from media.dtmf import Digit, TelephoneEventReceiver
 from media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
@@ -56,7 +64,10 @@ from media.rtp import (
 )
 from pbx.errors import MediaError
 
-__all__ = ["Bridge", "DtmfTap", "MediaEndpoint"]
+__all__ = ["Bridge", "DtmfTap", "FileWriter", "MediaEndpoint"]
+
+log = logging.getLogger("media.aio")
+T = TypeVar("T")
 
 Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RtpHandler = Callable[[bytes, float], None]
@@ -643,3 +654,111 @@ def _translate(packet: bytes, table: bytes) -> bytes:
     if start >= end:
         return packet
     return packet[:start] + packet[start:end].translate(table) + packet[end:]
+
+
+_FileJob = tuple["Future[Any] | None", Callable[..., Any], tuple[Any, ...]]
+
+
+class FileWriter:
+    """File writes off the event loop: one thread runs the jobs it is given, one at a time
+    in the order given (so one file's writes stay in order), while the loop goes on.
+
+    The thread starts with the first job and ends after `idle` seconds without one, or at
+    `close`; it is a daemon, so a process that is killed or crashes leaves what a crash
+    would have left anyway (what had been written). At most `limit` droppable jobs wait:
+    past that the disk is behind by that many writes, and `submit` refuses (counted in
+    `dropped`) rather than hold the memory or stop the loop. A job that raises is logged.
+    """
+
+    def __init__(self, name: str = "pbx-files", limit: int = 2048, idle: float = 60.0) -> None:
+        self.name, self.limit, self.idle = name, limit, idle
+        self.dropped = 0
+        """Jobs `submit` refused because `limit` were waiting."""
+        self._jobs: queue.SimpleQueue[_FileJob | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # `_thread` is set and cleared under it
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[..., object], *args: Any) -> bool:
+        """Run `job(*args)` on the thread, unless `limit` jobs wait already: False then,
+        and it never runs. Costs the caller a queue put (no system call but a wake-up)."""
+        jobs = self._jobs
+        if jobs.qsize() >= self.limit:
+            self.dropped += 1
+            return False
+        with self._lock:
+            jobs.put((None, job, args))
+            if self._thread is None:
+                self._start()
+        return True
+
+    def call(self, job: Callable[..., T], *args: Any) -> Future[T]:
+        """Run `job(*args)` on the thread after everything queued so far, whatever the
+        limit (a file's close must not be lost); its result or exception in the future."""
+        future: Future[T] = Future()
+        with self._lock:
+            self._jobs.put((future, job, args))
+            if self._thread is None:
+                self._start()
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting for the thread (not counting the one it runs)."""
+        return self._jobs.qsize()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until every job queued so far has run (the loop's
+        thread only at shutdown); False if `timeout` seconds were not enough."""
+        if self._thread is None:
+            return True
+        done = self.call(_nothing)
+        try:
+            done.result(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Run what is queued, then let the thread go (the next job starts another);
+        False if it was still busy after `timeout` seconds."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._jobs.put(None)
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            try:
+                item = jobs.get(timeout=self.idle)
+            except queue.Empty:
+                item = None
+            if item is None:  # idle, or `close`: end unless a job came meanwhile
+                with self._lock:
+                    if jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            future, job, args = item
+            if future is None:
+                try:
+                    job(*args)
+                except Exception:
+                    log.exception("%s: a file write failed", self.name)
+            elif future.set_running_or_notify_cancel():
+                try:
+                    result = job(*args)
+                except BaseException as exc:  # the caller of `call` decides what it means
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+
+
+def _nothing() -> None:
+    pass

@@ -257,6 +257,10 @@ class RecordingConfig:
     """Dialled during a call, starts or stops recording it ("" turns it off)."""
     pause_code: str = "*2"
     """Dialled during a recorded call, pauses or resumes the recording."""
+    trim_silence: bool = False
+    """Cut a finished recording's leading and trailing silence (no speech on either channel,
+    by webrtcvad) down to 0.5 s each side; one with no speech at all keeps its first 1 s.
+    The duration indexed is the trimmed one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,6 +724,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "retention_days": _positive(float),
             "toggle_code": _optional_number,
             "pause_code": _optional_number,
+            "trim_silence": _boolean,
         },
     ),
     "media": (MediaConfig, {"music_on_hold": _relative_dir_or_off, "inband_dtmf": _boolean}),

@@ -5,20 +5,30 @@ events that index each file in the database (the server writes them, as for CDRs
 A recorded call's caller is the left channel and the callee the right, whoever is on each
 side after transfers: the recorder follows the call's two media endpoints. Files go to
 `<data_dir>/<directory>/YYYY/MM/DD/<time>-<call id>.<format>`.
+
+The files are written off the event loop, by one `FileWriter` thread for every recording
+(a second of audio each second, in order per file). A stopped recording is finished by a
+second thread, so that no trim holds up the others' writes: it waits for the file's last
+write and close, trims the silence off its ends with `[recording] trim_silence`, and only
+then does the loop publish `RecordingStopped` with the file's true duration.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from media.aio import MediaEndpoint
+from media.aio import FileWriter, MediaEndpoint
 from media.clock import Listener, MediaClock, decodable
-from media.recording import Recorder, audio_duration, repair_wav
+from media.recording import RATE, Recorder, audio_duration, repair_wav, trim_silence
 from pbx.config import Config, RecordPolicy
 from pbx.errors import MediaError
 from pbx.events import EventBus, RecordingPaused, RecordingStarted, RecordingStopped
@@ -26,12 +36,22 @@ from pbx.events import EventBus, RecordingPaused, RecordingStarted, RecordingSto
 log = logging.getLogger("pbx.recordings")
 
 Side = tuple[MediaEndpoint, str | None]  # a party's endpoint and its codec (None: unknown)
+SHUTDOWN_WAIT = 30.0  # seconds `stop_all` waits for the recordings to be finished
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     record: bool
     retention_days: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A stopped recording's file as it was left: what `RecordingStopped` says of it."""
+
+    duration: float
+    paused_seconds: float
+    trimmed: tuple[int, int] | None = None  # the samples kept of the untrimmed file
 
 
 @dataclass(eq=False)
@@ -44,6 +64,8 @@ class Recording:
     recorder: Recorder
     sides: list[Side | None] = field(default_factory=lambda: [None, None])
     listeners: list[Listener | None] = field(default_factory=lambda: [None, None])
+    finished: Future[Finished] | None = None
+    """Once stopped: done when the file is complete (written, closed, trimmed)."""
 
     @property
     def paused(self) -> bool:
@@ -61,6 +83,11 @@ class RecordingManager:
         self.config, self.clock, self.events, self.now = config, clock, events, now
         self.active: dict[str, Recording] = {}  # by call id
         self.declined: set[str] = set()  # calls whose recording was stopped by hand
+        self.files = FileWriter("pbx-recording-writes")
+        """Every recorder's writes, in order, off the loop."""
+        self.finisher = FileWriter("pbx-recording-finish")
+        """Stopped recordings: waits for each file's close, then trims it."""
+        self._finishing: dict[str, Recording] = {}  # by recording id: not yet published
 
     def decide(self, parties: Iterable[str], trunk: str = "", queue: str = "") -> Decision:
         """Whether a call with these parties (extensions or numbers), over `trunk` and
@@ -102,7 +129,7 @@ class RecordingManager:
             path = path.with_name(f"{path.stem.split('~')[0]}~{suffix}{path.suffix}")
             suffix += 1
         try:
-            recorder = Recorder(path, settings.format, None, None)
+            recorder = Recorder(path, settings.format, None, None, files=self.files)
         except MediaError as exc:
             log.error("call %s: not recorded: %s", call_id, exc)
             return None
@@ -159,7 +186,8 @@ class RecordingManager:
 
     def stop(self, call_id: str, by_hand: bool = False) -> Recording | None:
         """Finish a call's recording. `by_hand` (a feature code, the API): the policy does
-        not start it again for this call."""
+        not start it again for this call. The file is finished off the loop (the last
+        writes, a trim); `RecordingStopped` follows when it is (`recording.finished`)."""
         if by_hand:
             self.declined.add(call_id)
         recording = self.active.pop(call_id, None)
@@ -171,15 +199,52 @@ class RecordingManager:
             if listener is not None:
                 self.clock.unlisten(listener)
         try:
-            recorder.close()
-        except (OSError, RuntimeError) as exc:
-            log.error("call %s: finishing %s failed: %s", call_id, recording.path, exc)
-        self.events.publish(
-            RecordingStopped(self.now(), call_id, recording.caller, recording.callee,
-                             recording_id=recording.id, path=str(recording.path),
-                             duration=recorder.duration, paused_seconds=recorder.paused_seconds)
-        )  # fmt: skip
+            closing = recorder.close()  # with `files`, queued: it raises nothing here
+        except Exception as exc:  # whatever spoilt the file, the event follows
+            closing = Future()
+            closing.set_exception(exc)
+        trim = self.config.recording.trim_silence
+        recording.finished = self.finisher.call(_finish, recording, closing, trim)
+        self._finishing[recording.id] = recording
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:  # no loop to come back to (a script): wait here
+            concurrent.futures.wait([recording.finished])
+            self._stopped(recording.id)
+        else:
+            recording.finished.add_done_callback(lambda _: _call_soon(loop, self._stopped,
+                                                                      recording.id))  # fmt: skip
         return recording
+
+    def _stopped(self, recording_id: str) -> None:
+        """On the loop: a stopped recording is finished; say so."""
+        recording = self._finishing.pop(recording_id, None)
+        if recording is None or recording.finished is None:
+            return  # published already (`wait_finished` came first)
+        finished = recording.finished.result()
+        self.events.publish(
+            RecordingStopped(self.now(), recording.call_id, recording.caller, recording.callee,
+                             recording_id=recording.id, path=str(recording.path),
+                             duration=finished.duration,
+                             paused_seconds=finished.paused_seconds)
+        )  # fmt: skip
+
+    def wait_finished(self, timeout: float | None = SHUTDOWN_WAIT) -> bool:
+        """Block until every stopped recording is finished, and publish their events
+        (shutdown: the loop is about to stop). False if some were not within `timeout`
+        seconds: those stay unfinished in the index, for the next start to repair."""
+        pending = list(self._finishing.values())
+        futures = [r.finished for r in pending if r.finished is not None]
+        concurrent.futures.wait(futures, timeout)
+        for recording in pending:
+            if recording.finished is not None and recording.finished.done():
+                self._stopped(recording.id)
+            else:
+                log.error("call %s: %s is not finished after %s s; the next start repairs it",
+                          recording.call_id, recording.path, timeout)  # fmt: skip
+        return not self._finishing
 
     def ended(self, call_id: str) -> None:
         """The call is over: its recording is finished and nothing more is kept of it."""
@@ -187,8 +252,45 @@ class RecordingManager:
         self.declined.discard(call_id)
 
     def stop_all(self) -> None:
+        """Shutdown: stop every recording and wait until all are finished (this blocks
+        the loop, as it is stopping anyway); the threads end."""
         for call_id in list(self.active):
             self.stop(call_id)
+        self.wait_finished()
+        self.files.close(SHUTDOWN_WAIT)
+        self.finisher.close(SHUTDOWN_WAIT)
+
+
+def _finish(recording: Recording, closing: Future[float], trim: bool) -> Finished:
+    """On the finisher's thread: wait for the file's close, then trim it. Whatever fails
+    is logged and the file left as it is, so the recording is always finished."""
+    recorder = recording.recorder
+    try:
+        seconds = closing.result()
+    except Exception as exc:  # a disk error, a full disk: logged, not raised
+        log.error("call %s: finishing %s failed: %s", recording.call_id, recording.path, exc)
+        return Finished(recorder.duration, recorder.paused_seconds)
+    if recorder.dropped_frames:
+        log.error("call %s: %.1f s of %s were not written: the disk was too slow",
+                  recording.call_id, recorder.dropped_frames / RATE, recording.path)  # fmt: skip
+    if not trim:
+        return Finished(seconds, recorder.paused_seconds)
+    try:
+        start, end = trim_silence(recording.path, recorder.format)
+    except Exception as exc:  # the untrimmed file stays, whole
+        log.error("call %s: trimming %s failed, kept whole: %s", recording.call_id,
+                  recording.path, exc)  # fmt: skip
+        return Finished(seconds, recorder.paused_seconds)
+    if (end - start) / RATE < seconds:
+        log.info("call %s: %s trimmed to %.1f s of %.1f s", recording.call_id, recording.path,
+                 (end - start) / RATE, seconds)  # fmt: skip
+    return Finished((end - start) / RATE, recorder.paused_between(start, end), (start, end))
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[str], None], arg: str) -> None:
+    # A closed loop: `wait_finished` published the event, or nobody is left to hear it.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, arg)
 
 
 def finished_duration(path: Path, fmt: str) -> float | None:

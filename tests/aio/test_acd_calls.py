@@ -317,3 +317,25 @@ async def test_an_agent_whose_phone_is_away_is_skipped_until_it_registers(
         await caller.bye(caller_call)
         await phones("1003")  # registers: bob is back
         assert state(pbx, "bob") is AgentState.READY
+
+
+async def test_an_agent_who_transfers_the_caller_is_done_with_the_call(tmp_path: Path) -> None:
+    exchange = await queue_exchange(tmp_path, wrap_up=30.0)
+    events = Log(exchange)
+    try:
+        async with phones_on(exchange) as phones:
+            caller, agent_phone, pharmacist = await phones("1001", "1002", "1004")
+            login(exchange, "alice")
+            await caller.answered(await caller.dial(QUEUE_NUMBER))
+            agent_call = await agent_phone.answer(await agent_phone.incoming())
+            await events.next("queue_answered")
+            assert (await agent_phone.refer(agent_call, "1004")).status == 202
+            await pharmacist.answer(await pharmacist.incoming())
+            transferred = await events.next("queue_transferred")
+            assert (transferred["agent"], transferred["target"]) == ("alice", "1004")
+            assert state(exchange, "alice") is AgentState.WRAP_UP
+            assert exchange.queues is not None
+            stats = exchange.queues.queue_row("sales")["stats"]
+            assert (stats["answered"], stats["handled"], stats["waiting"]) == (1, 1, 0)
+    finally:
+        await exchange.stop()

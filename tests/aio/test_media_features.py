@@ -24,6 +24,7 @@ from tests.aio.test_call_features import FEATURES, USERS, key_press
 from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
 from tests.support.audio import sine, strongest
+from tests.support.espeak import espeak
 from tests.support.pbxproc import write_config
 from tests.support.phone import Call, Phone, rtp_packet
 from tests.support.ports import free_port
@@ -57,6 +58,14 @@ class Events:
 
     def of(self, kind: str) -> list[dict[str, object]]:
         return [e.to_json() for e in self.seen if e.type == kind]
+
+    async def at_least(
+        self, kind: str, count: int, timeout: float = 5.0
+    ) -> list[dict[str, object]]:
+        """The events of a type once there are `count` of them (some may be out already)."""
+        while len(self.of(kind)) < count:
+            await self.next(kind, timeout)
+        return self.of(kind)
 
 
 async def exchange_with(tmp_path: Path, extra: str) -> Exchange:
@@ -151,6 +160,45 @@ async def test_record_all_puts_the_caller_left_and_the_callee_right(tmp_path: Pa
     assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    return espeak(tmp_path_factory.mktemp("speech"))
+
+
+async def test_trim_silence_cuts_a_recording_down_to_its_speech(
+    tmp_path: Path, speech: np.ndarray
+) -> None:
+    """The caller says a sentence between 1.5 s silences (more before: the ring, the answer);
+    the callee says nothing. With trim_silence the file keeps the sentence and 0.5 s either
+    side, and the event and the index say so."""
+    exchange = await exchange_with(tmp_path, RECORD_ALL + "trim_silence = true\n")
+    events = Events(exchange)
+    quiet = np.zeros(12000, dtype=np.int16)
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            alice_call, _ = await connected(alice, bob)
+            await talk(alice, alice_call.media_port, np.concatenate([quiet, speech, quiet]))
+            await alice.bye(alice_call)
+            stopped = await events.next("recording_stopped")
+        heard = ULAW_DECODE[np.frombuffer(ulaw_encode(speech), np.uint8)]  # as the line has it
+        sound = np.flatnonzero(heard)
+        duration = stopped["duration"]
+        assert isinstance(duration, float)
+        assert duration == pytest.approx((sound[-1] - sound[0]) / 8000 + 1.0, abs=0.15)
+        data, _ = soundfile.read(Path(str(stopped["path"])), dtype="int16")
+        assert len(data) / 8000 == pytest.approx(duration, abs=1e-3)
+        assert not data[:, 1].any()
+        said = float((heard.astype(np.float64) ** 2).sum())
+        assert float((data[:, 0].astype(np.float64) ** 2).sum()) == pytest.approx(said, rel=0.02)
+        assert exchange.store is not None
+        await exchange.rows_written()
+        [row] = await exchange.store.recordings()
+        assert row["duration"] == pytest.approx(duration)
+    finally:
+        await exchange.stop()
+
+
 async def test_feature_codes_start_pause_and_stop_a_recording(tmp_path: Path) -> None:
     exchange = await exchange_with(tmp_path, "")
     events = Events(exchange)
@@ -175,7 +223,7 @@ async def test_feature_codes_start_pause_and_stop_a_recording(tmp_path: Path) ->
             await press("*2")
             assert [p["paused"] for p in events.of("recording_paused")] == [True, False]
             await press("*1")
-            [stopped] = events.of("recording_stopped")
+            [stopped] = await events.at_least("recording_stopped", 1)  # once the file is done
             assert stopped["recording_id"] == started[0]["recording_id"]
             await alice.bye(alice_call)
             await bob.next("BYE")
