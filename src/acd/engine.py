@@ -117,6 +117,7 @@ class _Queue:
     members: dict[str, _Agent] = field(default_factory=dict)  # logged in, in login order
     ready: dict[str, _Agent] = field(default_factory=dict)
     ringing_all: dict[str, _Call] = field(default_factory=dict)  # ring-all calls ringing
+    widened: dict[str, _Call] = field(default_factory=dict)  # calls some rule fired for
     last_offered: str = ""  # round-robin
     handle_time: float | None = None  # moving average of talk + wrap-up: wait estimates
 
@@ -620,6 +621,7 @@ class Engine:
             waiting = call.queue.waiting
             del waiting[bisect.bisect_left(waiting, call.key)]
         call.queue.ringing_all.pop(call.id, None)
+        call.queue.widened.pop(call.id, None)
         call.epoch += 1
         self._calls.pop(call.id, None)
 
@@ -677,6 +679,7 @@ class Engine:
             call.skills, call.pools = self._tier_rules(spec, call.tier)
             out.append(Overflowed(now, name, call.id, rule.action, rule.target, wait))
             call.history.append(f"{wait:.0f} s: {rule.action.value} {rule.target}".rstrip())
+        call.queue.widened[call.id] = call
         self._arm_rule(call)
         return True
 
@@ -785,17 +788,22 @@ class Engine:
         return names
 
     def _best_in(self, queue: _Queue, agent: _Agent) -> _Call | None:
-        calls = self._calls
-        # Calls no rule has widened all take the queue's own members and skills.
-        base = agent.spec.id in queue.members and self._qualified(agent, queue.spec.skills)
-        for entry in queue.waiting:
-            call = calls[entry[2]]
-            if call.tier == 0:
-                if base:
+        # Calls no rule has widened all take the queue's own members and skills: an agent
+        # who is one of those takes the head (or a widened call ahead of it); anyone else
+        # may take only widened calls, looked at alone (not a scan of everyone waiting).
+        if agent.spec.id in queue.members and self._qualified(agent, queue.spec.skills):
+            calls = self._calls
+            for entry in queue.waiting:
+                call = calls[entry[2]]
+                if call.tier == 0 or self._eligible(agent, call):
                     return call
-            elif self._eligible(agent, call):
-                return call
-        return None
+            return None
+        best: _Call | None = None
+        for call in queue.widened.values():
+            if (call.state is CallState.WAITING and (best is None or call.key < best.key)
+                    and self._eligible(agent, call)):  # fmt: skip
+                best = call
+        return best
 
     def _offer(self, call: _Call, agents: list[_Agent], why: str, now: float,
                out: list[Output]) -> None:  # fmt: skip

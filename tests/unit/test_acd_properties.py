@@ -17,6 +17,8 @@ overflow rules fire), and after every step it is held against the engine's views
   timers are processed up to now; a call rings one agent at a time except in ring-all;
 - every Offer goes to an agent who was Ready and eligible (logged in to one of the call's
   pools, meeting its skill minimums); no Ready agent is left eligible for a waiting call;
+  the agent gets the first call in key order they may take, and longest-idle picks the
+  eligible agent free the longest;
 - waiting calls are in key order (`entered - priority * ageing`, then arrival); max_wait and
   overflow rules fire by the time they are due;
 - wrong calls (unknown ids, answering a call not ringing that agent, ...) raise AcdError and
@@ -792,7 +794,7 @@ class AcdMachine(RuleBasedStateMachine):
 
 
 AcdMachine.TestCase.settings = settings(
-    max_examples=200,
+    max_examples=300,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -812,29 +814,50 @@ def engine_with_queue(*specs: QueueSpec, agents: tuple[str, ...] = ("a",)) -> En
     return engine
 
 
-def test_regression_logout_then_ready_during_a_call() -> None:
+def agent_on_a_call() -> Engine:
+    """Agent a in queue q, talking to caller c since 1 s."""
     engine = engine_with_queue(QueueSpec("q"))
     engine.login("a", ["q"], 0.0)
     engine.enter("c", "q", 0.0)
     engine.answered("c", "a", 1.0)
+    return engine
+
+
+def test_regression_logout_then_ready_during_a_call() -> None:
+    engine = agent_on_a_call()
     engine.logout("a", 2.0)  # applies when the call ends
-    engine.ready("a", 3.0)  # "Ready after this call" cancels it...
+    engine.ready("a", 3.0)  # once cancelled the logout: Ready in no queue after the call
     engine.completed("c", 4.0)
     status = engine.agent_status("a")
-    # ...and the agent is Ready in no queue at all.
-    assert (status.state, status.queues) != (AgentState.READY, ())
+    assert (status.state, status.queues) == (AgentState.LOGGED_OUT, ())
+
+
+def test_regression_logout_then_pause_during_a_call() -> None:
+    engine = agent_on_a_call()
+    engine.logout("a", 2.0)
+    engine.pause("a", "break", 3.0)  # once replaced the logout: Not Ready in no queue
+    engine.completed("c", 4.0)
+    status = engine.agent_status("a")
+    assert (status.state, status.queues) == (AgentState.LOGGED_OUT, ())
 
 
 def test_regression_logout_then_login_during_a_call() -> None:
-    engine = engine_with_queue(QueueSpec("q"))
-    engine.login("a", ["q"], 0.0)
-    engine.enter("c", "q", 0.0)
-    engine.answered("c", "a", 1.0)
+    engine = agent_on_a_call()
     engine.logout("a", 2.0)
     engine.login("a", ["q"], 3.0)  # back in before the call ends
     engine.completed("c", 4.0)
     status = engine.agent_status("a")
-    assert status.state is AgentState.READY, status  # it is LOGGED_OUT, yet in queue q
+    # Once LOGGED_OUT after the call, yet still a member of q.
+    assert (status.state, status.queues) == (AgentState.READY, ("q",)), status
+
+
+def test_regression_logout_during_a_call_is_said() -> None:
+    engine = agent_on_a_call()
+    out = engine.logout("a", 2.0)
+    # The agent is in no queue from now on; no AgentStateChanged said so until the call
+    # ended (leaving some of the queues did emit one).
+    assert engine.agent_status("a").queues == ()
+    assert any(isinstance(o, AgentStateChanged) and o.queues == () for o in out), out
 
 
 def test_regression_login_twice_to_one_queue() -> None:
@@ -848,11 +871,34 @@ def test_regression_callback_asked_while_ringing_past_max_wait() -> None:
     engine.enter("c", "q", 0.0)
     engine.login("a", ["q"], 5.0)  # rings a from 5 s
     # Past max_wait while it rang: the caller asked in time, so the callback is taken (once
-    # this routed a call that had left; IndexError, or another caller's place).
+    # the call left, then was routed again: IndexError, or another caller's place taken).
     out = engine.request_callback("c", "0612345678", 12.0)
     assert [type(o) for o in out if isinstance(o, (CallbackRequested, Exit))] == [CallbackRequested]
     status = engine.call_status("c")
     assert status is not None and status.callback == "0612345678"
+
+
+def test_regression_callback_asked_while_ringing_as_a_move_falls_due() -> None:
+    spec = QueueSpec("q1", overflow=(OverflowRule(5.0, OverflowAction.QUEUE, "q0"),))
+    engine = engine_with_queue(QueueSpec("q0"), spec, agents=("a", "b"))
+    engine.login("a", ["q1"], 0.0)
+    engine.enter("c", "q1", 0.0)  # rings a
+    engine.login("b", ["q0"], 1.0)
+    out = engine.request_callback("c", "0612345678", 6.0)
+    # The move fell due while it rang: c goes to q0 and rings b there, as a callback (once
+    # as a live caller, Offer.callback "", the CallbackRequested after it).
+    assert [(o.agent, o.callback) for o in out if isinstance(o, Offer)] == [("b", "0612345678")]
+
+
+def test_regression_callback_request_rings_the_same_agent_before_calls_ahead() -> None:
+    engine = engine_with_queue(QueueSpec("q"))
+    engine.login("a", ["q"], 0.0)
+    engine.enter("c1", "q", 0.0)  # rings a
+    engine.enter("c2", "q", 1.0, priority=1)  # ahead of c1 (key 1 - 60 < 0)
+    out = engine.request_callback("c1", "0612345678", 2.0)
+    # CallbackRequested says c1 is at position 2; a was once offered c1 again, not c2 (the
+    # call was routed before the agent it freed looked for the first call it may take).
+    assert [(o.call_id, o.agent) for o in out if isinstance(o, Offer)] == [("c2", "a")]
 
 
 def test_regression_callback_retry_loses_overflow_rules() -> None:
@@ -866,13 +912,13 @@ def test_regression_callback_retry_loses_overflow_rules() -> None:
     engine.enter("c", "q", 0.0)
     engine.request_callback("c", "0612345678", 1.0)
     engine.answered("c", "a", 2.0)
-    engine.callback_failed("c", 3.0)  # epoch changes: the rule's timer is dead
+    engine.callback_failed("c", 3.0)  # the call's timers die with the attempt...
     engine.pause("a", "break", 4.0)
-    engine.on_timer(13.0)  # the retry: waiting again, no rule timer armed
+    engine.on_timer(13.0)  # ...and the retry once armed no rule timer again
     engine.login("b", ["r"], 14.0)
     engine.on_timer(200.0)
     status = engine.call_status("c")
-    assert status is not None and "r" in status.pools, status  # add-agents never fired
+    assert status is not None and "r" in status.pools, status  # add-agents fired
 
 
 def test_regression_voicemail_skipped_for_callback_stops_rules() -> None:
@@ -887,7 +933,7 @@ def test_regression_voicemail_skipped_for_callback_stops_rules() -> None:
     engine.login("b", ["r"], 0.0)
     engine.enter("c", "q", 0.0)
     engine.request_callback("c", "0612345678", 1.0)
-    engine.on_timer(10.0)  # voicemail skipped for a callback; no timer for rule 2
+    engine.on_timer(10.0)  # voicemail skipped for a callback (once: no timer for rule 2)
     out = engine.on_timer(30.0)
     assert any(isinstance(o, Offer) and o.agent == "b" for o in out), out
 
@@ -903,21 +949,9 @@ def test_regression_move_to_own_queue_stops_rules() -> None:
     engine = engine_with_queue(QueueSpec("r"), spec, agents=("b",))
     engine.login("b", ["r"], 0.0)
     engine.enter("c", "q", 0.0)
-    engine.on_timer(10.0)  # the move to its own queue is skipped; no timer for rule 2
+    engine.on_timer(10.0)  # the move to its own queue is skipped (once: no timer for rule 2)
     out = engine.on_timer(30.0)
     assert any(isinstance(o, Offer) and o.agent == "b" for o in out), out
-
-
-def test_regression_logout_during_a_call_says_nothing() -> None:
-    engine = engine_with_queue(QueueSpec("q"))
-    engine.login("a", ["q"], 0.0)
-    engine.enter("c", "q", 0.0)
-    engine.answered("c", "a", 1.0)
-    out = engine.logout("a", 2.0)
-    # agent_status("a").queues is () from now on, but no AgentStateChanged tells the queue
-    # log until the call ends (leaving some of the queues does emit one).
-    assert engine.agent_status("a").queues == ()
-    assert any(isinstance(o, AgentStateChanged) for o in out), out
 
 
 @pytest.mark.timeout(2)
@@ -926,15 +960,5 @@ def test_regression_zero_second_overflow_cycle() -> None:
     engine.set_queue(QueueSpec("a", overflow=(OverflowRule(0.0, OverflowAction.QUEUE, "b"),)), 0)
     engine.set_queue(QueueSpec("b", overflow=(OverflowRule(0.0, OverflowAction.QUEUE, "a"),)), 0)
     engine.enter("c", "a", 0.0)
-    engine.on_timer(0.0)  # never returns (refusing the specs would do too)
-
-
-def test_regression_callback_request_rings_the_same_agent_before_calls_ahead() -> None:
-    engine = engine_with_queue(QueueSpec("q"))
-    engine.login("a", ["q"], 0.0)
-    engine.enter("c1", "q", 0.0)  # rings a
-    engine.enter("c2", "q", 1.0, priority=1)  # ahead of c1 (key 1 - 60 < 0)
-    out = engine.request_callback("c1", "0612345678", 2.0)
-    # CallbackRequested says c1 is at position 2, yet a is offered c1 again, not c2: the
-    # call is routed before the agent it freed looks for the first call it may take.
-    assert [(o.call_id, o.agent) for o in out if isinstance(o, Offer)] == [("c2", "a")]
+    out = engine.on_timer(0.0)  # once never returned: a -> b -> a ... at 0 s
+    assert [o.queue for o in out if isinstance(o, Entered)] == ["b"], out
