@@ -609,6 +609,44 @@ class CallManager:
         self._start_music(call.a, acd.engine.queue_spec(name).music)
         acd.enter(call.id, name, call.caller, call.priority)
 
+    async def _to_queue(
+        self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, route: Route
+    ) -> None:
+        """Blind transfer of the caller to a queue: the referrer is told and let go, as for
+        a room, and the caller waits there with music (from the agent, this ends the
+        ACD's part of the call in the queue it came from)."""
+        acd = self.acd
+        assert acd is not None
+        await self._notify(referrer, referrer_peer, "SIP/2.0 100 Trying", final=False)
+        if call.ended or not acd.has_queue(route.number):
+            return
+        if call.bridge is not None:
+            call.bridge.close()
+            call.bridge = None
+        self.recordings.stop(call.id)
+        by = leg.party
+        self._vacate(call, leg)
+        leg.party, leg.timer, leg.params = "", None, None
+        self.events.publish(
+            CallTransferred(self.clock(), call.id, call.caller, call.callee,
+                            to=f"queue:{route.number}", by=by)
+        )  # fmt: skip
+        await self._notify(referrer, referrer_peer, "SIP/2.0 200 OK", final=True)
+        if referrer.state is not DialogState.TERMINATED:
+            await self._bye(referrer, referrer_peer)
+        if call.ended:
+            return
+        caller = call.a
+        if call.held:
+            self._set_held(call, False, caller.role)
+            self._watch(call, caller)
+            await self._offer(call, caller)
+        name = call.queue = route.number
+        call.agent, call.priority = "", route.priority
+        call.answered_by = f"queue:{name}"
+        self._start_music(caller, acd.engine.queue_spec(name).music)
+        acd.enter(call.id, name, call.caller, call.priority)
+
     def ring_agent(self, offer: Offer) -> None:
         """The ACD offers a waiting call to an agent: ring the agent's phone."""
         call = self.calls.get(offer.call_id)
@@ -2136,6 +2174,14 @@ class CallManager:
                 return
             self._reply(request, SipStatus.ACCEPTED)
             self._spawn_transfer(call, leg, self._to_conference(call, leg, dialog, peer, route))
+            return
+        if route.kind is RouteKind.QUEUE:
+            if leg is not call.b or self.acd is None or call.conference is not None:
+                # Agents ring on the callee's side: the caller is the one who waits.
+                self._reply(request, SipStatus.FORBIDDEN, reason="Only The Called Side May")
+                return
+            self._reply(request, SipStatus.ACCEPTED)
+            self._spawn_transfer(call, leg, self._to_queue(call, leg, dialog, peer, route))
             return
         if route.kind not in _CALL_ROUTES:
             self._reply(request, SipStatus.NOT_FOUND if route.kind is RouteKind.UNKNOWN

@@ -339,3 +339,26 @@ async def test_an_agent_who_transfers_the_caller_is_done_with_the_call(tmp_path:
             assert (stats["answered"], stats["handled"], stats["waiting"]) == (1, 1, 0)
     finally:
         await exchange.stop()
+
+
+async def test_reception_transfers_a_caller_into_the_queue(pbx: Exchange) -> None:
+    events = Log(pbx)
+    async with phones_on(pbx) as phones:
+        caller, alice_phone, reception = await phones("1001", "1002", "1004")
+        login(pbx, "alice")
+        invite = await caller.dial("1004")
+        desk_call = await reception.answer(await reception.incoming())
+        caller_call = await caller.answered(invite)
+        assert (await reception.refer(desk_call, QUEUE_NUMBER)).status == 202
+        await reception.next("BYE")  # let go once the caller is in the queue
+        entered = await events.next("queue_entered")
+        assert entered["caller"] == "1001"
+        agent_call = await alice_phone.answer(await alice_phone.incoming())
+        assert (await events.next("queue_answered"))["agent"] == "alice"
+        heard, _ = await asyncio.gather(
+            talk_and_listen(caller, caller_call, np.zeros(8000, dtype=np.int16)),
+            talk_and_listen(alice_phone, agent_call, sine(900, 1.0)),
+        )
+        assert level(heard[-4000:].astype(np.float64), 900) > 500
+        transfers = events.of("call_transferred")
+        assert [t["to"] for t in transfers] == ["queue:sales"]
