@@ -51,6 +51,7 @@ class ExitReason(StrEnum):
     TIMEOUT = "timeout"  # max_wait passed
     OVERFLOW = "overflow"  # an overflow rule sent it to voicemail or another queue
     CALLBACK_FAILED = "callback_failed"  # every callback attempt went unanswered
+    LOST = "lost"  # the exchange stopped (crashed) with the call in the queue
 
 
 Skills = dict[str, int]  # skill name -> level 1-10 (an agent's) or minimum level (a queue's)

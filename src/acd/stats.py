@@ -450,6 +450,12 @@ class Statistics:
 
     # ---- queries
 
+    def waiting_calls(self) -> list[tuple[str, str, float]]:
+        """(queue, call_id, wait start) of every call the outputs left waiting (or ringing):
+        after a crash, the calls the log never saw leave."""
+        return [(name, call_id, call.origin) for name, queue in self._queues.items()
+                for call_id, call in queue.waiting.items()]  # fmt: skip
+
     def queues(self) -> list[str]:
         """Every queue named by an output so far (including the queues agents logged into)."""
         return sorted(self._queues)

@@ -30,6 +30,7 @@ from acd.model import (
     CallbackAttempt,
     CancelOffer,
     Exit,
+    ExitReason,
     Offer,
     Output,
 )
@@ -139,6 +140,13 @@ class QueueManager:
         specs = await self.store.queues()
         self.stats = Statistics({spec.name: spec.service_level for spec in specs})
         self.stats.feed_all(await self.store.queue_log(since=_midnight(now)))
+        # Calls a killed process left in its queues are gone: the log says so once.
+        lost: list[Output] = [Exit(now, queue, call_id, ExitReason.LOST, now - since)
+                              for queue, call_id, since in self.stats.waiting_calls()]  # fmt: skip
+        if lost:
+            log.warning("acd: %d calls were in queues when pbx last stopped", len(lost))
+            self.stats.feed_all(lost)
+            await self.store.log_outputs(lost)
         await self.refresh(force=True)
         self._unsubscribe = [self.events.subscribe(self._registration),
                              self.events.subscribe(self._transferred)]  # fmt: skip

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from acd.model import AgentSpec, AgentState, QueueSpec
+from acd.model import AgentSpec, AgentState, Entered, Exit, ExitReason, QueueSpec
+from pbx import config as pbx_config
 from pbx.server import Exchange
 from tests.aio.test_conference import level, press, talk_and_listen
 from tests.aio.test_media_features import Events, exchange_with, pbx_command, phones_on
@@ -362,3 +363,26 @@ async def test_reception_transfers_a_caller_into_the_queue(pbx: Exchange) -> Non
         assert level(heard[-4000:].astype(np.float64), 900) > 500
         transfers = events.of("call_transferred")
         assert [t["to"] for t in transfers] == ["queue:sales"]
+
+
+async def test_calls_a_killed_process_left_in_a_queue_are_closed_at_start(
+    tmp_path: Path,
+) -> None:
+    exchange = await queue_exchange(tmp_path)
+    assert exchange.store is not None
+    now = time.time()
+    # What a process killed with a caller waiting leaves: an entry and nothing after it.
+    await exchange.store.log_outputs([Entered(now - 30, "sales", "gone", "1001", 0, 1)])
+    await exchange.stop()
+    again = Exchange(pbx_config.load(tmp_path / "pbx.toml"))
+    await again.start()
+    try:
+        assert again.queues is not None
+        stats = again.queues.queue_row("sales")["stats"]
+        assert (stats["offered"], stats["waiting"], stats["exited"]) == (1, 0, 1)
+        assert stats["exit_reasons"] == {"lost": 1}
+        assert again.store is not None
+        [*_, last] = await again.store.queue_log(call_id="gone")
+        assert isinstance(last, Exit) and last.reason is ExitReason.LOST
+    finally:
+        await again.stop()
