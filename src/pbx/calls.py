@@ -835,6 +835,17 @@ class CallManager:
     def reachable(self, extension: str) -> bool:
         return bool(self.registrar.contacts(extension))
 
+    def in_call(self, extension: str) -> bool:
+        """Whether the extension talks or rings in a call now (an agent's private call)."""
+        for call in self.calls.values():
+            if call.ended:
+                continue
+            if extension in (call.a.party, call.b.party):
+                return True
+            if any(f.target.party == extension for f in call.ringing.pending()):
+                return True
+        return False
+
     async def _agent_feature(self, call: Call) -> None:
         """*45 logs the calling agent in or out, *46 pauses or readies them: we answer,
         say what happened (a beep for yes, the congestion tone for a refusal), hang up."""

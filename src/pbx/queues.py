@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any, ClassVar, Protocol
 
 from acd.engine import CallState, Engine
@@ -35,12 +36,13 @@ from acd.model import (
     Output,
 )
 from acd.stats import Statistics
-from pbx.events import CallTransferred, Event, EventBus, RegistrationChanged
+from pbx.events import CallEnded, CallTransferred, Event, EventBus, RegistrationChanged
 from pbx.store import Store
 
 log = logging.getLogger("pbx.queues")
 
 UNREACHABLE = "unreachable"  # the pause reason of an agent whose phone is not registered
+IN_A_CALL = "in a call"  # ... of an agent offered a call while on a call of their own
 
 
 class QueueCalls(Protocol):
@@ -52,6 +54,7 @@ class QueueCalls(Protocol):
     def leave_queue(self, exit: Exit) -> None: ...
     def call_back(self, attempt: CallbackAttempt) -> None: ...
     def reachable(self, extension: str) -> bool: ...
+    def in_call(self, extension: str) -> bool: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,7 +152,8 @@ class QueueManager:
             await self.store.log_outputs(lost)
         await self.refresh(force=True)
         self._unsubscribe = [self.events.subscribe(self._registration),
-                             self.events.subscribe(self._transferred)]  # fmt: skip
+                             self.events.subscribe(self._transferred),
+                             self.events.subscribe(self._call_ended)]  # fmt: skip
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -405,10 +409,12 @@ class QueueManager:
             return
         try:
             if isinstance(output, Offer):
-                if not calls.reachable(output.extension):
-                    # Not registered: no point ringing; the agent pauses until it is.
-                    self._soon(lambda: self.offer_failed(output.call_id, output.agent,
-                                                         UNREACHABLE))  # fmt: skip
+                # Not registered, or talking on a call of their own (not one of the ACD's):
+                # no point ringing; the agent pauses until the phone registers or is free.
+                why = (UNREACHABLE if not calls.reachable(output.extension)
+                       else IN_A_CALL if calls.in_call(output.extension) else "")  # fmt: skip
+                if why:
+                    self._soon(lambda: self.offer_failed(output.call_id, output.agent, why))
                     return
                 calls.ring_agent(output)
             elif isinstance(output, CancelOffer):
@@ -487,6 +493,22 @@ class QueueManager:
             return
         if self._extensions.get(event.by) == status.agents[0]:
             self.transferred(event.call_id, event.to)
+
+    def _call_ended(self, event: Event) -> None:
+        """An agent paused for being in a call of their own is Ready once it is over."""
+        if not isinstance(event, CallEnded) or self.calls is None:
+            return
+        for party in {event.caller, event.callee, *event.legs}:
+            agent = self._extensions.get(party)
+            if agent is None:
+                continue
+            status = self.engine.agent_status(agent)
+            if (status.state is AgentState.NOT_READY and status.reason == IN_A_CALL
+                    and not self.calls.in_call(party)):  # fmt: skip
+                self._do(partial(self._ready, agent))
+
+    def _ready(self, agent: str, now: float) -> list[Output]:
+        return self.engine.ready(agent, now)
 
     def _registration(self, event: Event) -> None:
         """A phone came back: its agent, paused as unreachable, is Ready again."""

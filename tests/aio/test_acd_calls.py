@@ -386,3 +386,20 @@ async def test_calls_a_killed_process_left_in_a_queue_are_closed_at_start(
         assert isinstance(last, Exit) and last.reason is ExitReason.LOST
     finally:
         await again.stop()
+
+
+async def test_an_agent_on_a_call_of_their_own_is_not_rung_until_it_ends(pbx: Exchange) -> None:
+    events = Log(pbx)
+    async with phones_on(pbx) as phones:
+        caller, alice_phone, friend = await phones("1001", "1002", "1004")
+        login(pbx, "alice")
+        private = await alice_phone.dial("1004")
+        await friend.answer(await friend.incoming())
+        private_call = await alice_phone.answered(private)
+        await caller.answered(await caller.dial(QUEUE_NUMBER))
+        await events.next("queue_offered")
+        assert pbx.queues is not None
+        assert pbx.queues.engine.agent_status("alice").reason == "in a call"
+        await alice_phone.bye(private_call)  # her own call is over: she is rung now
+        await alice_phone.answer(await alice_phone.incoming())
+        assert (await events.next("queue_answered"))["agent"] == "alice"
