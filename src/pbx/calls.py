@@ -840,8 +840,8 @@ class CallManager:
         for call in self.calls.values():
             if call.ended:
                 continue
-            if extension in (call.a.party, call.b.party):
-                return True
+            if any(leg.party == extension and leg.peer is not None for leg in call.legs()):
+                return True  # (a leg let go for a callback has no phone: not in the call)
             if any(f.target.party == extension for f in call.ringing.pending()):
                 return True
         return False
