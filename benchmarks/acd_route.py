@@ -47,7 +47,6 @@ import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +71,7 @@ from acd.model import (  # noqa: E402
     Strategy,
 )
 from pbx.server import tune_garbage_collector  # noqa: E402
+from register import cpu_model, git_commit  # noqa: E402
 
 RESULTS = HERE / "results"
 AGENTS, SKILLS, ONE_SKILL_QUEUES, TWO_SKILL_QUEUES = 1000, 50, 50, 50
@@ -685,26 +685,6 @@ def top_costs(profile: cProfile.Profile, calls: int, limit: int = 12) -> list[di
         )
     rows.sort(key=lambda r: -r["tottime_us_per_decision"])
     return rows[:limit]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return None
 
 
 # ---- main

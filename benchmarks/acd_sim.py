@@ -44,7 +44,6 @@ import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 from array import array
@@ -72,6 +71,7 @@ from acd.model import (  # noqa: E402
     QueueSpec,
     Strategy,
 )
+from register import cpu_model, git_commit  # noqa: E402
 
 RESULTS = HERE / "results"
 AGENTS = (5, 20, 50, 100)
@@ -541,26 +541,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="cProfile the engine runs to this file")
     parser.add_argument("--json", "--output", dest="output", type=Path, help="JSON file")
     return parser.parse_args(argv)
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,7 +90,7 @@ from media.mix import mix_minus  # noqa: E402
 from media.ports import PortPool  # noqa: E402
 from media.recording import Recorder, audio_duration  # noqa: E402
 from media.rtp import RtpPacket  # noqa: E402
-from register import Server, free_port, git_commit, write_users  # noqa: E402
+from register import Server, cpu_model, free_port, git_commit, write_users  # noqa: E402
 
 try:
     with warnings.catch_warnings():
@@ -713,16 +713,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", "--json", dest="output", type=Path, help="JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, files)")
     return parser.parse_args(argv)
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
