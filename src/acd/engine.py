@@ -502,6 +502,10 @@ class Engine:
                     found.append(status)
         return found
 
+    def qualifies(self, agent_id: str, queue: str) -> bool:
+        """Whether the agent has the skills the queue asks for (before any relaxation)."""
+        return self._qualified(self._agent(agent_id), self._queue(queue).spec.skills)
+
     def staffed(self, queue: str) -> int:
         """Members who can take calls now or soon (not Not Ready, not logged out)."""
         return sum(1 for a in self._queue(queue).members.values() if self._staffing(a))

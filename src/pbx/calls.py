@@ -597,17 +597,23 @@ class CallManager:
     async def _dial_queue(self, call: Call) -> None:
         """The caller dialled a queue: we answer and play music while the ACD offers the
         call to agents (ring_agent); the agent who answers takes the callee's side."""
-        acd = self.acd
-        if acd is None or not acd.has_queue(call.route.number):
+        if self.acd is None or not self.acd.has_queue(call.route.number):
             return
-        name = call.queue = call.route.number
-        call.priority = call.route.priority
-        call.answered_by = f"queue:{name}"
+        self._into_queue(call, call.route)  # before the answer: no recording until an agent
         await self._complete_a(call)
-        if not call.answered or call.ended:
-            return
-        self._start_music(call.a, acd.engine.queue_spec(name).music)
-        acd.enter(call.id, name, call.caller, call.priority)
+        if call.answered and not call.ended:
+            self._wait_in_queue(call)
+
+    def _into_queue(self, call: Call, route: Route) -> None:
+        call.queue, call.agent, call.priority = route.number, "", route.priority
+        call.answered_by = f"queue:{route.number}"
+
+    def _wait_in_queue(self, call: Call) -> None:
+        """The caller waits with the queue's music; the ACD takes it from here."""
+        assert self.acd is not None
+        assert call.queue is not None
+        self._start_music(call.a, self.acd.music(call.queue))
+        self.acd.enter(call.id, call.queue, call.caller, call.priority)
 
     async def _to_queue(
         self, call: Call, leg: Leg, referrer: Dialog, referrer_peer: Peer, route: Route
@@ -641,11 +647,8 @@ class CallManager:
             self._set_held(call, False, caller.role)
             self._watch(call, caller)
             await self._offer(call, caller)
-        name = call.queue = route.number
-        call.agent, call.priority = "", route.priority
-        call.answered_by = f"queue:{name}"
-        self._start_music(caller, acd.engine.queue_spec(name).music)
-        acd.enter(call.id, name, call.caller, call.priority)
+        self._into_queue(call, route)
+        self._wait_in_queue(call)
 
     def ring_agent(self, offer: Offer) -> None:
         """The ACD offers a waiting call to an agent: ring the agent's phone."""
@@ -711,13 +714,11 @@ class CallManager:
         clip = self._spoken(words)
         if clip is None:
             return
-        queue = call.queue or ""
         self._stop_music(leg)
         player = self.media_clock.player(leg.media, params.codec)
         await _finished(player.play(clip))
         if not call.ended and not call.agent and self.acd is not None:
-            music = self.acd.engine.queue_spec(queue).music if self.acd.has_queue(queue) else ""
-            self._start_music(leg, music)
+            self._start_music(leg, self.acd.music(call.queue or ""))
 
     def _spoken(self, words: list[str]) -> Clip | None:
         try:
@@ -927,14 +928,8 @@ class CallManager:
         self.recordings.stop(call.id)  # the bridged call is over; the room is not recorded
         by = leg.party
         self._by_dialog[referrer.id] = (call, None)
-        leg.dialog = leg.peer = None
+        self._vacate(call, leg)
         leg.party, leg.timer, leg.params = "", None, None
-        if leg.timer_handle is not None:
-            leg.timer_handle.cancel()
-            leg.timer_handle = None
-        self._stop_inband(leg)
-        leg.media.set_inactivity(None)
-        leg.media.set_remote(None)
         call.conference, call.member = conference.number, member
         self.events.publish(
             CallTransferred(self.clock(), call.id, call.caller, call.callee,

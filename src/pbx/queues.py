@@ -132,6 +132,7 @@ class QueueManager:
         self._timer_at: float | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._extensions: dict[str, str] = {}  # extension -> agent id
+        self._numbers: dict[str, str] = {}  # what callers dial -> queue: every INVITE asks
         self._last_queues: dict[str, tuple[str, ...]] = {}  # agent -> queues last logged in
         self._unsubscribe: list[Callable[[], None]] = []
 
@@ -206,6 +207,7 @@ class QueueManager:
                         reason = record.reason or "paused"
                         out += self._safely(engine.pause, agent_id, reason, now)
         self._extensions = {a.extension: a.id for a in engine.agents()}
+        self._numbers = {spec.number: name for name, spec in specs.items() if spec.number}
         self._carry_out(out)
 
     @staticmethod
@@ -219,13 +221,14 @@ class QueueManager:
     # ---- what the call manager tells us
 
     def queue_of_number(self, number: str) -> str | None:
-        for name in self.engine.queue_names():
-            if self.engine.queue_spec(name).number == number:
-                return name
-        return None
+        return self._numbers.get(number)
 
     def has_queue(self, name: str) -> bool:
         return name in self.engine.queue_names()
+
+    def music(self, queue: str) -> str:
+        """The queue's music-on-hold folder ("" for the default, or no such queue)."""
+        return self.engine.queue_spec(queue).music if self.has_queue(queue) else ""
 
     def agent_of(self, extension: str) -> str | None:
         return self._extensions.get(extension)
@@ -285,12 +288,7 @@ class QueueManager:
         if login and status.state is AgentState.LOGGED_OUT:
             queues = [q for q in self._last_queues.get(agent, ()) if self.has_queue(q)]
             if not queues:
-                skills = status.skills
-                queues = [
-                    name for name in engine.queue_names()
-                    if all(skills.get(s, 0) >= level
-                           for s, level in engine.queue_spec(name).skills.items())
-                ]  # fmt: skip
+                queues = [q for q in engine.queue_names() if engine.qualifies(agent, q)]
             self.agent_action(agent, "login", queues)
         elif login:
             self.agent_action(agent, "logout")
