@@ -242,7 +242,7 @@ class Engine:
                 raise AcdError(f"agent {agent_id}: log in to at least one queue")
             self._set_state(agent, AgentState.READY, "", now, out)
         else:
-            self._state_output(agent, agent.state, now, out)  # the new queue list
+            self._queues_changed(agent, now, out)  # the new queue list
         if agent.state is AgentState.READY:
             self._route_agent(agent, now, out)
         return out
@@ -917,8 +917,9 @@ class Engine:
         ):
             self._check_leave_empty(agent.queues, now, out)
 
-    def _state_output(self, agent: _Agent, state: AgentState, now: float,
-                      out: list[Output]) -> None:  # fmt: skip
+    def _queues_changed(self, agent: _Agent, now: float, out: list[Output]) -> None:
+        """The agent's queues changed, not their state: say so (the queue log keeps both)."""
+        state = agent.state
         out.append(AgentStateChanged(now, "", "", agent.spec.id, state, state, agent.reason,
                                      agent.queues))  # fmt: skip
 
@@ -974,10 +975,10 @@ class Engine:
             self._set_state(agent, AgentState.READY, "", now, out)
             self._route_agent(agent, now, out)
         elif agent.queues:
-            self._state_output(agent, agent.state, now, out)
+            self._queues_changed(agent, now, out)
         elif agent.state is AgentState.ON_CALL:
             agent.after_call = (AgentState.LOGGED_OUT, "")
-            self._state_output(agent, agent.state, now, out)  # in no queue now
+            self._queues_changed(agent, now, out)  # in no queue now
         else:
             self._set_state(agent, AgentState.LOGGED_OUT, "", now, out)
         self._check_leave_empty(names, now, out)
