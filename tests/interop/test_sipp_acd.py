@@ -42,7 +42,7 @@ from pbx.cli import main
 from pbx.store import Store
 from tests.interop.helpers import configure
 from tests.support.pbxproc import PYTHON, PbxProcess
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_bound
 from tests.support.sipp import SippResult, run_sipp, write_users_csv
 
 pytestmark = pytest.mark.interop
@@ -125,7 +125,7 @@ def phones(
             )  # fmt: skip
         # SIPp binds its port a moment after it starts: an INVITE sent before would only
         # be answered when Timer A resends it, 0.5 s later (longer than the calls allow).
-        time.sleep(0.3)
+        wait_bound(*(agent.port for agent in answering))
         yield runs
 
 

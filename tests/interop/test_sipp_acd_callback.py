@@ -11,7 +11,6 @@ What happened is read as in test_sipp_acd.py: `pbx events --json`, the queue log
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -49,7 +48,7 @@ from tests.interop.test_sipp_acd import (
     start_acd,
 )
 from tests.support.pbxproc import PbxProcess
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_bound
 from tests.support.sipp import SippResult, run_sipp, write_users_csv
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -118,8 +117,9 @@ def phones(
             calls=calls, timeout=25, inf=csv,
             extra=[*MEDIA, "-mp", str(free_port(both=False)), "-d", str(TALK_MS)],
         )  # fmt: skip
-        # SIPp binds its port a moment after it starts (see test_sipp_acd.phones).
-        time.sleep(0.3)
+        # SIPp binds its port a moment after it starts (see test_sipp_acd.phones): under
+        # load, a callback INVITE sent before waited out the ring timeout unanswered.
+        wait_bound(agent.port, customer_port)
         yield agent_run, customer_run
 
 
