@@ -18,9 +18,14 @@ install: $(BIN)/pbx
 
 $(DEMO)/pbx.toml: | $(BIN)/pbx
 	mkdir -p $(DEMO)
+	cp -r examples/clinic/clinic_flows.py examples/clinic/prompts $(DEMO)/
 	cp examples/clinic/pbx.toml $(DEMO)/pbx.toml
 	@echo "Demo extensions (the passwords are shown once; 'pbx user passwd' changes them):"
 	@for ext in $(DEMO_USERS); do $(BIN)/pbx -c $(DEMO)/pbx.toml user add $$ext --name "Demo $$ext"; done
+	@echo "Voicemail PINs (dial *97): each extension's PIN is 4 digits: 1001 -> 1001, ..."
+	@for ext in $(DEMO_USERS); do $(BIN)/pbx -c $(DEMO)/pbx.toml voicemail pin $$ext $$ext >/dev/null; done
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml voicemail pin refills 7337 >/dev/null
+	@$(BIN)/pbx -c $(DEMO)/pbx.toml voicemail pin clinic 2546 >/dev/null
 	@# Two call-center queues, each with an agent who is logged in when the server starts.
 	@$(BIN)/pbx -c $(DEMO)/pbx.toml queue add appointments --number 500 --announce-every 30 --wrap-up 5
 	@$(BIN)/pbx -c $(DEMO)/pbx.toml queue add nurse --number 501 --skills nursing:1 --announce-every 30

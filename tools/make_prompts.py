@@ -18,7 +18,6 @@ import io
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, installed or not
 
 from media.prompts import RATE, Samples  # noqa: E402
-from media.speech import PROMPTS, prompt_audio  # noqa: E402
+from media.speech import PROMPTS, SPEED, VOICE, speak  # noqa: E402
+from pbx.errors import MediaError  # noqa: E402
 
 OUT = ROOT / "src" / "media" / "sounds" / "en"
-VOICE = "en-us"
-SPEED = 150
-
-
-def speak(text: str, voice: str, speed: int) -> Samples:
-    """`text` spoken by espeak-ng, made a prompt."""
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "speech.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(speed), "-z", "-w", str(wav), text],
-            check=True,
-        )
-        data, rate = soundfile.read(str(wav), dtype="float64", always_2d=True)
-    samples = prompt_audio(data.mean(axis=1), int(rate))
-    if not len(samples):
-        raise SystemExit(f"espeak-ng said nothing for {text!r}")
-    return samples
 
 
 def wav_bytes(samples: Samples) -> bytes:
@@ -74,7 +57,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     differ, total = 0, 0
     for slug in args.slugs or PROMPTS:
-        samples = speak(PROMPTS[slug], args.voice, args.speed)
+        try:
+            samples = speak(PROMPTS[slug], args.voice, args.speed)
+        except MediaError as exc:
+            raise SystemExit(str(exc)) from None
         data = wav_bytes(samples)
         path = args.out / f"{slug}.wav"
         old = path.read_bytes() if path.exists() else b""

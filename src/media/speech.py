@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import soundfile
 from scipy.signal import resample_poly
 
 from media.prompts import RATE, Clip, PromptCache, Samples
+from pbx.errors import MediaError
 
 GAP = 0.04
 """Seconds of silence put between two prompts of a sequence (each file also starts and
@@ -82,6 +87,13 @@ PROMPTS: Mapping[str, str] = {
     "enter-pin": "please enter your pin followed by the hash key",
     "pin-incorrect": "that pin is incorrect",
     "voicemail-menu": "press 1 to listen, 7 to delete, 9 to save, 6 for the next message",
+    "person-busy": "the person you are calling is on another call",
+    "enter-mailbox": "please enter your mailbox number followed by the hash key",
+    "mailbox-no-pin": "this mailbox has no pin yet. please ask your administrator to set one",
+    "message-from": "message from",
+    "and": "and",
+    # IVR
+    "transferring": "please hold while we transfer your call",
     # the site
     "after-hours": "our office is now closed",
     "emergency": "if this is an emergency, hang up and dial nine one one",
@@ -229,4 +241,29 @@ def prompt_audio(audio: npt.NDArray[np.float64], rate: int) -> Samples:
         mono[:fade] *= ramp
         mono[len(mono) - fade :] *= ramp[::-1]
     samples: Samples = np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16)
+    return samples
+
+
+VOICE = "en-us"
+SPEED = 150
+"""espeak-ng's voice and words a minute that made the shipped set."""
+
+
+def speak(text: str, voice: str = VOICE, speed: int = SPEED) -> Samples:
+    """`text` spoken by espeak-ng, made a prompt (`prompt_audio`). MediaError when
+    espeak-ng is not installed or says nothing."""
+    if shutil.which("espeak-ng") is None:
+        raise MediaError("espeak-ng is not installed (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        done = subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-z", "-w", str(wav), text],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0 or not wav.exists():
+            raise MediaError(f"espeak-ng failed: {done.stderr.strip() or done.returncode}")
+        data, rate = soundfile.read(str(wav), dtype="float64", always_2d=True)
+    samples = prompt_audio(data.mean(axis=1), int(rate))
+    if not len(samples):
+        raise MediaError(f"espeak-ng said nothing for {text!r}")
     return samples

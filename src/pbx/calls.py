@@ -108,6 +108,7 @@ from pbx.trunk import TrunkManager, answer_challenge, request_uri, uri_user
 
 if TYPE_CHECKING:
     from acd.model import Announce, CallbackAttempt, CancelOffer, Exit, Offer
+    from pbx.flows import FlowService, LiveChannel
     from pbx.queues import QueueManager
 
 log = logging.getLogger("pbx.calls")
@@ -123,6 +124,10 @@ G711 = ("PCMU", "PCMA", "telephone-event")
 _CALL_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
 _AGENT_ROUTES = (RouteKind.AGENT_LOGIN, RouteKind.AGENT_PAUSE)  # feature codes of agents
 _ACD_ROUTES = (RouteKind.QUEUE, *_AGENT_ROUTES)  # routes the ACD serves: 404 without one
+_FLOW_ROUTES = (RouteKind.IVR, RouteKind.VOICEMAIL, RouteKind.VOICEMAIL_ACCESS)
+# What an extension's phones answered that sends the caller to its voicemail instead.
+_TO_VOICEMAIL = {486: "busy", 600: "busy", 480: "unavailable", 408: "unavailable",
+                 603: "unavailable", 404: "unavailable"}  # fmt: skip
 
 
 FEATURE_GAP = 2.0  # seconds between the digits of one in-call feature code
@@ -282,6 +287,7 @@ class Call:
     priority: int = 0  # the caller's priority in that queue
     agent: str = ""  # the ACD agent who took the call
     agent_offers: dict[str, Ringing] = field(default_factory=dict)  # agent -> its ringing
+    ivr: LiveChannel | None = None  # the IVR flow the caller is in: it takes the caller's keys
 
     def other(self, leg: Leg) -> Leg:
         return self.b if leg is self.a else self.a
@@ -325,6 +331,7 @@ class CallManager:
         self._by_branch: dict[str, Call] = {}  # the caller's INVITE branch, for CANCEL
         self._tasks: set[asyncio.Task[object]] = set()
         self.acd: QueueManager | None = None  # set by the exchange: the queues' engine
+        self.flows: FlowService | None = None  # set by the exchange: IVR flows, voicemail
 
     @property
     def session_expires(self) -> int:
@@ -470,6 +477,9 @@ class CallManager:
         ):
             self._reply(request, SipStatus.FORBIDDEN, reason="Not An Agent")
             return
+        if kind in _FLOW_ROUTES and (self.flows is None or not self.flows.can_run(route)):
+            self._reply(request, SipStatus.NOT_FOUND)
+            return
         if kind is RouteKind.PARK:
             # Parking takes a call to park: a blind transfer to this number does it.
             self._reply(request, SipStatus.FORBIDDEN, reason="Transfer A Call Here To Park It")
@@ -482,8 +492,11 @@ class CallManager:
                 self._reply(request, SipStatus.SERVICE_UNAVAILABLE)
                 return
         elif kind in _CALL_ROUTES and not any(self.registrar.contacts(m) for m in route.members):
-            self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
-            return
+            mailbox = self._mailbox_of(route)
+            if mailbox is None:
+                self._reply(request, SipStatus.TEMPORARILY_UNAVAILABLE)
+                return
+            route = mailbox  # nobody to ring: straight to the extension's voicemail
         self._reply(request, SipStatus.TRYING)
         self._spawn(
             self._place_call(request, peer, caller, caller_name, dialled, route, trunk, offer,
@@ -572,9 +585,15 @@ class CallManager:
         if route.kind in (RouteKind.AGENT_LOGIN, RouteKind.AGENT_PAUSE):
             await self._agent_feature(call)
             return
-        timeout = asyncio.get_running_loop().call_later(
-            self.config.calls.ring_timeout, self._ring_timeout, call
-        )
+        if route.kind in _FLOW_ROUTES:
+            assert self.flows is not None
+            self.flows.start(call, route)
+            return
+        mailbox = self._mailbox_of(route)
+        ring_timeout = self.config.calls.ring_timeout
+        if mailbox is not None:
+            ring_timeout = self.config.voicemail.ring_seconds
+        timeout = asyncio.get_running_loop().call_later(ring_timeout, self._ring_timeout, call)
         try:
             statuses = await self._ring(
                 call, call.ringing, _waves(route), caller, caller_name, dialled,
@@ -588,9 +607,24 @@ class CallManager:
             if call.cause == "ring timeout" or status == SipStatus.TEMPORARILY_UNAVAILABLE:
                 status = SipStatus.TEMPORARILY_UNAVAILABLE
                 call.cause = call.cause or "no answer"
+            greeting = _TO_VOICEMAIL.get(status)
+            if mailbox is not None and greeting is not None and self.flows is not None:
+                log.info("call %s: %s gave %d; to voicemail", call.id, call.callee, status)
+                call.cause = ""
+                self.flows.start(call, replace(mailbox, greeting=greeting))
+                return
             self._reply(call.a_request, status, tag=call.a_tag)
             call.status, call.cause = status, call.cause or f"callee answered {status}"
             await self._release(call)
+
+    def _mailbox_of(self, route: Route) -> Route | None:
+        """The voicemail route of an extension with a mailbox, for when it does not answer."""
+        if route.kind is not RouteKind.EXTENSION or self.flows is None:
+            return None
+        box = route.number
+        if self.flows.voicemail is None or not self.dialplan.has_mailbox(box):
+            return None
+        return Route(RouteKind.VOICEMAIL, box, reason=f"{box} does not answer: voicemail")
 
     # ACD queues
 
@@ -737,6 +771,14 @@ class CallManager:
         log.info("call %s leaves queue %s: %s", call.id, exit.queue, exit.reason.value)
         if exit.target:
             route = self.dialplan.route(CallRequest(call.caller, exit.target, None))
+            if route.kind in _FLOW_ROUTES and self.flows is not None and self.flows.can_run(route):
+                self._stop_music(call.a)
+                self.events.publish(
+                    CallTransferred(self.clock(), call.id, call.caller, call.callee,
+                                    to=exit.target, by=f"queue:{exit.queue}")
+                )  # fmt: skip
+                self.flows.start(call, route)
+                return
             if route.kind in _CALL_ROUTES and route.kind is not RouteKind.TRUNK:
                 if await self._bring_in(call, call.b, route, by=f"queue:{exit.queue}") is True:
                     return
@@ -1499,6 +1541,9 @@ class CallManager:
                          duration_ms=round(duration * 1000), leg=leg.role, party=leg.party,
                          source=source)
         )  # fmt: skip
+        if call.ivr is not None and leg is call.a:
+            call.ivr.key(digit)
+            return
         if call.digits is not None:
             call.digits.put_nowait(digit)
             return
@@ -1553,6 +1598,8 @@ class CallManager:
             return
         if call.queue is not None and not call.agent:
             return  # a caller waiting in a queue: recorded from the moment an agent answers
+        if call.ivr is not None and call.b.dialog is None:
+            return  # a caller in an IVR flow: nobody to record with yet
         parties = [*call.parties, call.a.party, call.b.party]
         queue = call.queue or ""
         decision = recordings.decide(parties, call.trunk, queue)
@@ -2579,6 +2626,8 @@ class CallManager:
         self._unpark(call)
         if call.digits is not None:
             call.digits.put_nowait("")  # whatever waits for a key: the call is over
+        if call.ivr is not None:
+            call.ivr.gone()
         self.conferences.leave(call.id)
         self.recordings.ended(call.id)
         if call.queue is not None and self.acd is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -486,6 +487,241 @@ def events(ctx: _Context, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@pass_ctx
+def reload(ctx: _Context, as_json: bool) -> None:
+    """Import the IVR flow modules afresh, without dropping calls (a call in a flow
+    finishes it as it was). A module that fails keeps its old flows: exit code 1."""
+    answer = _ask(ctx, "reload")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        click.echo(f"flows: {', '.join(answer['flows']) or '(none)'}")
+        for error in answer["errors"]:
+            click.echo(f"error: {error}", err=True)
+    if answer["errors"]:
+        raise SystemExit(1)
+
+
+# ---- voicemail: messages and mailboxes (from the database; no server needed)
+
+
+def _mailbox_changed(ctx: _Context, box: str) -> None:
+    """Tell a running server that `box` changed (its phones' MWI); none running is fine."""
+    with contextlib.suppress(PbxError):
+        control.call(ctx.config.control_socket, "mailbox_changed", box=box)
+
+
+def _message_rows(config: Config, box: str | None) -> list[dict[str, Any]]:
+    rows = _run(lambda s: s.voicemails(box), config)
+    return [dict(r) for r in rows]
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@click.option("--box", default=None, help="Only this mailbox's messages.")
+@click.pass_context
+def voicemail(ctx: click.Context, as_json: bool, box: str | None) -> None:
+    """Voicemail messages, new first (and, as subcommands, mailboxes, PINs, greetings)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = ctx.ensure_object(_Context).config
+    rows = _message_rows(config, box)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["received"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["received"]))
+        row["caller"] = (
+            f"{row['caller']} ({row['caller_name']})" if row["caller_name"] else (row["caller"])
+        )
+    _table(rows, ["id", "box", "folder", "received", "caller", "seconds"])
+
+
+def _boxes(config: Config) -> list[str]:
+    boxes = [m.box for m in config.mailboxes]
+    if config.voicemail.extensions:
+        users = _run(lambda s: s.users(), config)
+        boxes += [u.extension for u in users if u.extension not in boxes]
+    return boxes
+
+
+def _check_box(config: Config, box: str) -> str:
+    if box not in _boxes(config):
+        raise click.BadParameter(
+            f"no mailbox {box!r} ([[mailbox]] tables, and extensions with "
+            "[voicemail] extensions = true; `pbx voicemail boxes` lists them)",
+            param_hint="BOX",
+        )
+    return box
+
+
+@voicemail.command("boxes")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@pass_ctx
+def voicemail_boxes(ctx: _Context, as_json: bool) -> None:
+    """Every mailbox: its messages (new, saved), whether it has a PIN and greetings."""
+    from ivr.voicemail import Greeting
+    from pbx.voicemail import greeting_path
+
+    config = ctx.config
+    boxes = _boxes(config)
+
+    async def gather(store: Store) -> list[dict[str, Any]]:
+        rows = []
+        for box in boxes:
+            new, saved = await store.voicemail_counts(box)
+            stored = await store.mailbox_pin(box)
+            configured = config.mailbox(box)
+            pin = stored if stored is not None else configured.pin if configured else ""
+            rows.append({
+                "box": box, "name": configured.name if configured else "", "new": new,
+                "saved": saved, "pin": bool(pin),
+                "greetings": [g.value for g in Greeting if greeting_path(config, box, g)],
+            })  # fmt: skip
+        return rows
+
+    rows = _run(gather, config)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["greetings"] = ",".join(row["greetings"]) or None
+        row["name"] = row["name"] or None
+    _table(rows, ["box", "name", "new", "saved", "pin", "greetings"])
+
+
+@voicemail.command("pin")
+@click.argument("box")
+@click.argument("pin")
+@pass_ctx
+def voicemail_pin(ctx: _Context, box: str, pin: str) -> None:
+    """Set mailbox BOX's PIN for listening by phone (4 to 16 digits)."""
+    if not (pin.isdigit() and 4 <= len(pin) <= 16):
+        raise click.BadParameter("expected 4 to 16 digits", param_hint="PIN")
+    config = ctx.config
+    _check_box(config, box)
+    _run(lambda s: s.set_mailbox_pin(box, pin, time.time()), config)
+    click.echo(f"mailbox {box}: PIN set")
+
+
+def _one_message(config: Config, message_id: str) -> dict[str, Any]:
+    rows = _run(lambda s: s.voicemails(message_id=message_id), config)
+    if not rows:
+        raise click.ClickException(f"no message {message_id!r} (see `pbx voicemail`)")
+    return dict(rows[0])
+
+
+@voicemail.command("delete")
+@click.argument("message_id")
+@pass_ctx
+def voicemail_delete(ctx: _Context, message_id: str) -> None:
+    """Delete a message (its row and its file)."""
+    config = ctx.config
+    row = _one_message(config, message_id)
+    _run(lambda s: s.delete_voicemail(message_id), config)
+    Path(str(row["path"])).unlink(missing_ok=True)
+    _mailbox_changed(ctx, str(row["box"]))
+    click.echo(f"deleted {message_id}")
+
+
+@voicemail.command("mark")
+@click.argument("message_id")
+@click.argument("folder", type=click.Choice(["new", "saved"]))
+@pass_ctx
+def voicemail_mark(ctx: _Context, message_id: str, folder: str) -> None:
+    """Mark a message new (its box's phones show it waiting) or saved."""
+    config = ctx.config
+    row = _one_message(config, message_id)
+    _run(lambda s: s.set_voicemail_folder(message_id, folder), config)
+    _mailbox_changed(ctx, str(row["box"]))
+    click.echo(f"{message_id}: {folder}")
+
+
+@voicemail.command("export")
+@click.argument("message_id")
+@click.argument("destination", type=click.Path(file_okay=True, dir_okay=True))
+@pass_ctx
+def voicemail_export(ctx: _Context, message_id: str, destination: str) -> None:
+    """Copy a message's WAV file to DESTINATION (a file, or a directory)."""
+    row = _one_message(ctx.config, message_id)
+    source = Path(str(row["path"]))
+    target = Path(destination)
+    if target.is_dir():
+        target = target / source.name
+    try:
+        shutil.copyfile(source, target)
+    except OSError as exc:
+        raise click.ClickException(f"cannot copy {source}: {exc.strerror}") from None
+    click.echo(str(target))
+
+
+@voicemail.command("greeting")
+@click.argument("box")
+@click.argument("kind", type=click.Choice(["unavailable", "busy"]))
+@click.argument("audio", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--remove", is_flag=True, help="Go back to the standard greeting.")
+@pass_ctx
+def voicemail_greeting(ctx: _Context, box: str, kind: str, audio: str | None, remove: bool) -> None:
+    """Set mailbox BOX's KIND greeting from AUDIO (WAV, FLAC or OGG of any rate, made
+    8 kHz mono), or --remove it."""
+    import soundfile
+
+    from media.prompts import RATE, load_audio
+    from pbx.voicemail import box_directory
+
+    config = ctx.config
+    _check_box(config, box)
+    directory = box_directory(config, box)
+    target = directory / f"greeting-{kind}.wav"
+    if remove:
+        target.unlink(missing_ok=True)
+        click.echo(f"mailbox {box}: standard {kind} greeting")
+        return
+    if audio is None:
+        raise click.UsageError("give the AUDIO file, or --remove")
+    try:
+        samples = load_audio(Path(audio))
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    soundfile.write(str(target), samples, RATE, subtype="PCM_16")
+    click.echo(f"mailbox {box}: {kind} greeting {target} ({len(samples) / RATE:.1f} s)")
+
+
+# ---- prompts
+
+
+@main.group()
+def prompts() -> None:
+    """Sound prompts for IVR flows."""
+
+
+@prompts.command("tts")
+@click.argument("text")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--voice", default="en-us", show_default=True, help="espeak-ng voice.")
+@click.option("--speed", default=150, show_default=True, help="Words a minute.")
+def prompts_tts(text: str, out: str, voice: str, speed: int) -> None:
+    """Speak TEXT with espeak-ng into OUT, a prompt like the shipped ones (8 kHz mono
+    16-bit WAV, level set, silence trimmed). Put it in an [ivr] prompts directory as
+    NAME.wav and flows can play("NAME")."""
+    import soundfile
+
+    from media.prompts import RATE
+    from media.speech import speak
+
+    try:
+        samples = speak(text, voice, speed)
+    except PbxError as exc:
+        raise click.ClickException(str(exc)) from None
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(target), samples, RATE, subtype="PCM_16", format="WAV")
+    click.echo(f"{target}: {len(samples) / RATE:.2f} s")
+
+
 @main.command("check-config")
 @pass_ctx
 def check_config(ctx: _Context) -> None:
@@ -602,6 +838,8 @@ def _numbers_in_use(config: Config) -> tuple[dict[str, str], dict[str, str]]:
         numbers[group.number] = f"ring group {group.name or group.number}"
     for room in config.conferences:
         numbers[room.number] = f"conference room {room.name or room.number}"
+    for route in config.time_routes:
+        numbers[route.number] = f"time_route {route.number} (hours {route.hours})"
     prefixes = {
         plan.directed_pickup: "dialplan.directed_pickup",
         plan.agent_pause: "dialplan.agent_pause",
@@ -1115,3 +1353,54 @@ def agent_list(ctx: _Context, as_json: bool) -> None:
         for row in rows
     ]  # fmt: skip
     _table(shown, ["id", "extension", "name", "skills", "state", "reason", "queues"])
+
+
+# ---- opening hours: `pbx hours` (from the configuration alone; no server needed)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    metavar="ISO-DATETIME",
+    help="Instead of now: an ISO date/time; without an offset, in each schedule's own zone.",
+)
+@pass_ctx
+def hours(ctx: _Context, as_json: bool, at_text: str | None) -> None:
+    """The [[hours]] tables: open or closed now (or --at), and when that next changes."""
+    try:
+        given = datetime.fromisoformat(at_text) if at_text else None
+    except ValueError:
+        raise click.BadParameter(
+            "use an ISO date/time, e.g. 2026-12-24T10:00 or 2026-12-24T10:00-05:00",
+            param_hint="--at",
+        ) from None
+    now = datetime.now().astimezone()
+    rows, shown = [], []
+    for schedule in ctx.config.hours:
+        zone = schedule.timezone
+        at = now if given is None else given if given.tzinfo else given.replace(tzinfo=zone)
+        is_open, change = schedule.is_open(at), schedule.next_change(at)
+        rows.append(
+            {
+                "name": schedule.name,
+                "timezone": zone.key,
+                "open": is_open,
+                "next_change": change.isoformat() if change else None,
+            }
+        )
+        verb = "closes" if is_open else "opens"
+        shown.append(
+            {
+                "name": schedule.name,
+                "timezone": zone.key,
+                "state": "open" if is_open else "closed",
+                "next_change": f"{verb} {change:%a %Y-%m-%d %H:%M %Z}" if change else None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(shown, ["name", "timezone", "state", "next_change"])

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pbx.errors import ConfigError
+from pbx.hours import DAYS, Holiday, Range, Schedule, parse_holiday, parse_ranges, zone
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -74,6 +76,22 @@ class RegistrarConfig:
     """Seconds between OPTIONS pings to each registered contact; 0 disables them."""
     qualify_timeout: float = 5.0
     """A contact that does not answer a ping within this is marked unreachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class MwiConfig:
+    """Message waiting indication (RFC 3842): SUBSCRIBE to message-summary, NOTIFY."""
+
+    unsolicited: tuple[str, ...] = ()
+    """Extensions whose registered phones get NOTIFYs without subscribing (phones that
+    never SUBSCRIBE): on every change of their mailbox and whenever they register."""
+    min_expires: int = 60
+    """Shorter subscriptions get 423 Interval Too Brief (RFC 6665 lets a notifier shorten
+    a subscription, never lengthen one)."""
+    max_expires: int = 3600
+    """Longer requested subscriptions are shortened to this."""
+    default_expires: int = 3600
+    """Used when a SUBSCRIBE names no expiry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +339,66 @@ class ConferenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeRouteConfig:
+    """A number that goes one way while its [[hours]] are open and another while closed."""
+
+    number: str
+    """What is dialled, or what a [[did]] target names."""
+    hours: str
+    """Names an [[hours]] table."""
+    open: str
+    """Where calls go while open: any dialplan target ("1001", "600", "queue:NAME",
+    "ivr:NAME", "voicemail:BOX", "trunk:NAME:NUMBER", another time_route's number)."""
+    closed: str
+    """Where calls go while closed; "trunk:NAME:NUMBER" here is the after-hours on-call
+    forward, allowed even for a call from a trunk (see pbx.dialplan)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IvrConfig:
+    modules: tuple[str, ...] = ()
+    """Python modules holding the `@flow`s: file paths relative to this file, or module
+    names (importable, or in this file's directory)."""
+    prompts: tuple[str, ...] = ()
+    """Directories (relative to this file) searched for a prompt name before the shipped
+    English set: "clinic-menu" is prompts/clinic-menu.wav (or .flac, .ogg)."""
+    numbers: tuple[tuple[str, str], ...] = ()
+    """(number, flow): dialling the number (or a [[did]] naming it) runs the flow."""
+    fallback: str = ""
+    """Where a caller goes when a flow fails and the flow names no fallback ("" hangs up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailConfig:
+    extensions: bool = False
+    """Every extension has a mailbox: a call it does not answer (busy, no answer, not
+    registered) goes to it."""
+    access: str = "*97"
+    """Dialled from a phone: its own mailbox (after the PIN)."""
+    access_any: str = "*98"
+    """Dialled from a phone: asks for the mailbox, then its PIN."""
+    ring_seconds: float = 25.0
+    """How long an extension with a mailbox rings before the caller goes to voicemail."""
+    max_seconds: float = 180.0
+    silence_seconds: float = 5.0
+    """This much silence after the caller spoke ends a message (0: only # or hang-up)."""
+    min_seconds: float = 1.0
+    """Shorter messages are dropped (a caller who hung up at the beep)."""
+    directory: str = "voicemail"
+    """Under data_dir: one directory per mailbox holding its messages and greetings."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxConfig:
+    box: str
+    """The mailbox's name: "refills", or an extension's number."""
+    name: str = ""
+    pin: str = ""
+    """The PIN for listening by phone; `pbx voicemail pin` sets one in the database, which
+    wins over this."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     """The file this came from."""
@@ -329,6 +407,7 @@ class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     rtp: RtpConfig = field(default_factory=RtpConfig)
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    mwi: MwiConfig = field(default_factory=MwiConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
     dialplan: DialplanConfig = field(default_factory=DialplanConfig)
@@ -337,10 +416,16 @@ class Config:
     outbound_routes: tuple[OutboundRouteConfig, ...] = ()
     dids: tuple[DidConfig, ...] = ()
     conferences: tuple[ConferenceConfig, ...] = ()
+    hours: tuple[Schedule, ...] = ()
+    """The [[hours]] tables: opening hours that [[time_route]]s (and IVR flows) consult."""
+    time_routes: tuple[TimeRouteConfig, ...] = ()
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     recording_rules: tuple[RecordingRuleConfig, ...] = ()
     media: MediaConfig = field(default_factory=MediaConfig)
     tones: TonesConfig = field(default_factory=TonesConfig)
+    ivr: IvrConfig = field(default_factory=IvrConfig)
+    voicemail: VoicemailConfig = field(default_factory=VoicemailConfig)
+    mailboxes: tuple[MailboxConfig, ...] = ()
     log_level: str = "info"
 
     @property
@@ -354,6 +439,14 @@ class Config:
     @property
     def recordings_dir(self) -> Path:
         return self.data_dir / self.recording.directory
+
+    @property
+    def voicemail_dir(self) -> Path:
+        return self.data_dir / self.voicemail.directory
+
+    def mailbox(self, box: str) -> MailboxConfig | None:
+        """The [[mailbox]] called `box`."""
+        return next((m for m in self.mailboxes if m.box == box), None)
 
     @property
     def music_dir(self) -> Path | None:
@@ -486,6 +579,9 @@ def _log_level(value: Any) -> str:
 _NUMBER = re.compile(r"[0-9A-Za-z*#+._-]+")
 _TRUNK_NAME = re.compile(r"[a-z0-9_-]+")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+_FLOW_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_TARGET = re.compile(r"[A-Za-z0-9_*#+.:-]+")
+_BOX = re.compile(r"[A-Za-z0-9_-]+")
 _HOOK = re.compile(r"(?P<module>[^:]+):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -646,6 +742,38 @@ def _hook(value: Any) -> str | None:
     return text or None
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _flow_numbers(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError('expected a table of number = "flow"')
+    pairs = []
+    for number, name in value.items():
+        _number(number)
+        if not isinstance(name, str) or not _FLOW_NAME.fullmatch(name):
+            raise ValueError(f"{number}: expected a flow name, not {name!r}")
+        pairs.append((number, name))
+    return tuple(pairs)
+
+
+def _target(value: Any) -> str:
+    text = _string(value)
+    if text and not _TARGET.fullmatch(text):
+        raise ValueError(f"{text!r} is not a dialplan target")
+    return text
+
+
+def _box(value: Any) -> str:
+    text = _string(value)
+    if not _BOX.fullmatch(text):
+        raise ValueError(f"{text!r}: expected letters, digits, _ and - only")
+    return text
+
+
 def _park_slots(value: Any) -> tuple[int, int] | None:
     if value == []:
         return None
@@ -661,6 +789,65 @@ def _park_slots(value: Any) -> tuple[int, int] | None:
     if high - low >= 1000:
         raise ValueError("at most 1000 slots")
     return (low, high)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_TARGET_KINDS = ("queue", "trunk", "ivr", "voicemail")
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not _NAME.fullmatch(text):
+        raise ValueError(f"{text!r}: expected letters, digits, _ . and - only")
+    return text
+
+
+def _timezone(value: Any) -> ZoneInfo:
+    return zone(_string(value))
+
+
+def _day_ranges(value: Any) -> tuple[Range, ...]:
+    return parse_ranges(_string(value))
+
+
+def _holidays(value: Any) -> tuple[Holiday, ...]:
+    if not isinstance(value, list):
+        raise ValueError('expected a list like ["2026-12-25", "2026-12-24 08:00-12:00"]')
+    out = tuple(parse_holiday(_string(v)) for v in value)
+    days = [h.day for h in out]
+    for day in days:
+        if days.count(day) > 1:
+            raise ValueError(f"{day} is listed twice")
+    return tuple(sorted(out, key=lambda h: h.day))
+
+
+def _time_route_target(value: Any) -> str:
+    """A dialplan target: a number, "queue:NAME[:PRIORITY]", "trunk:NAME:NUMBER",
+    "ivr:NAME" or "voicemail:BOX[:busy]"."""
+    text = _string(value)
+    kind, colon, rest = text.partition(":")
+    if not colon:
+        return _number(text)
+    if kind not in _TARGET_KINDS:
+        raise ValueError(
+            f'{text!r}: expected a number, "queue:NAME", "trunk:NAME:NUMBER", "ivr:NAME" '
+            'or "voicemail:BOX"'
+        )
+    name, _, extra = rest.partition(":")
+    if kind == "trunk":
+        _trunk_name(name)
+        if not extra:
+            raise ValueError(f'{text!r}: expected "trunk:NAME:NUMBER"')
+        _number(extra)
+    elif kind == "queue":
+        _name(name)
+        if extra and not extra.isdigit():
+            raise ValueError(f'{text!r}: expected "queue:NAME" or "queue:NAME:PRIORITY"')
+    elif kind == "voicemail" and extra not in ("", "unavailable", "busy"):
+        raise ValueError(f'{text!r}: expected "voicemail:BOX" or "voicemail:BOX:busy"')
+    elif (kind == "ivr" and extra) or not _NAME.fullmatch(name):
+        raise ValueError(f'{text!r}: expected "{kind}:NAME" (letters, digits, _ . -)')
+    return text
 
 
 _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
@@ -692,6 +879,15 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "max_contacts": _positive(int),
             "qualify_interval": _positive(float),
             "qualify_timeout": _positive(float),
+        },
+    ),
+    "mwi": (
+        MwiConfig,
+        {
+            "unsolicited": _numbers,
+            "min_expires": _positive(int),
+            "max_expires": _positive(int),
+            "default_expires": _positive(int),
         },
     ),
     "auth": (
@@ -729,6 +925,23 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     ),
     "media": (MediaConfig, {"music_on_hold": _relative_dir_or_off, "inband_dtmf": _boolean}),
     "tones": (TonesConfig, {"country": _country, **dict.fromkeys(TONE_KEYS, _tone)}),
+    "ivr": (
+        IvrConfig,
+        {"modules": _strings, "prompts": _strings, "numbers": _flow_numbers, "fallback": _target},
+    ),
+    "voicemail": (
+        VoicemailConfig,
+        {
+            "extensions": _boolean,
+            "access": _optional_number,
+            "access_any": _optional_number,
+            "ring_seconds": _seconds,
+            "max_seconds": _seconds,
+            "silence_seconds": _positive(float),
+            "min_seconds": _positive(float),
+            "directory": _relative_dir,
+        },
+    ),
     "dialplan": (
         DialplanConfig,
         {
@@ -811,11 +1024,39 @@ _ARRAYS: dict[str, tuple[str, type, dict[str, Callable[[Any], Any]], tuple[str, 
         },
         (),
     ),
+    "mailbox": (
+        "mailboxes",
+        MailboxConfig,
+        {"box": _box, "name": _string, "pin": _pin},
+        ("box",),
+    ),
     "did": (
         "dids",
         DidConfig,
         {"number": _number, "target": _number, "trunk": _optional_trunk_name},
         ("number", "target"),
+    ),
+    "hours": (
+        "hours",
+        Schedule,
+        {
+            "name": _name,
+            "timezone": _timezone,
+            **dict.fromkeys(DAYS, _day_ranges),
+            "holidays": _holidays,
+        },
+        ("name",),
+    ),
+    "time_route": (
+        "time_routes",
+        TimeRouteConfig,
+        {
+            "number": _number,
+            "hours": _name,
+            "open": _time_route_target,
+            "closed": _time_route_target,
+        },
+        ("number", "hours", "open", "closed"),
     ),
 }
 _TOP = {"data_dir": _string, "log_level": _log_level}
@@ -898,6 +1139,9 @@ def from_mapping(raw: Mapping[str, Any], path: Path, locator: _Locator | None = 
         raise fail(
             "registrar.default_expires", "needs min_expires <= default_expires <= max_expires"
         )
+    mwi = config.mwi
+    if not mwi.min_expires <= mwi.default_expires <= mwi.max_expires:
+        raise fail("mwi.default_expires", "needs min_expires <= default_expires <= max_expires")
     if config.calls.session_expires < config.calls.min_se:
         raise fail("calls.session_expires", "must be at least calls.min_se")
     _check_dialplan(config, fail)
@@ -949,6 +1193,15 @@ def _check_dialplan(config: Config, fail: Callable[[str, str], ConfigError]) -> 
     ]
     numbers += [(f"ring_group[{i}].number", g.number) for i, g in enumerate(config.ring_groups)]
     numbers += [(f"conference[{i}].number", c.number) for i, c in enumerate(config.conferences)]
+    numbers += [(f"ivr.numbers.{n}", n) for n, _ in config.ivr.numbers]
+    numbers += [
+        (f"voicemail.{k}", getattr(config.voicemail, k))
+        for k in ("access", "access_any")
+        if getattr(config.voicemail, k)
+    ]
+    boxes = [(f"mailbox[{i}].box", m.box) for i, m in enumerate(config.mailboxes)]
+    _unique(fail, boxes, "mailbox")
+    numbers += _check_time_routes(config, trunks, fail)
     recording = config.recording
     numbers += [
         (f"recording.{k}", getattr(recording, k))
@@ -971,6 +1224,53 @@ def _check_dialplan(config: Config, fail: Callable[[str, str], ConfigError]) -> 
     if plan.directed_pickup and any(s.startswith(plan.directed_pickup) for s in slot_numbers):
         raise fail("dialplan.park_slots", "slots start with the directed pickup prefix")
     _unique(fail, numbers, "number")
+    _check_time_route_loops(config, fail)
+
+
+def _check_time_routes(
+    config: Config, trunks: set[str], fail: Callable[[str, str], ConfigError]
+) -> list[tuple[str, str]]:
+    """[[hours]] names and what [[time_route]]s refer to. Returns the time_route numbers,
+    keyed, for the clash checks."""
+    _unique(fail, [(f"hours[{i}].name", h.name) for i, h in enumerate(config.hours)], "hours")
+    names = {h.name for h in config.hours}
+    for i, route in enumerate(config.time_routes):
+        if route.hours not in names:
+            known = ", ".join(sorted(names)) or "none is configured"
+            raise fail(f"time_route[{i}].hours", f"no [[hours]] is named {route.hours!r} ({known})")
+        for key in ("open", "closed"):
+            target: str = getattr(route, key)
+            if target.startswith("trunk:"):
+                name = target.split(":")[1]
+                if name not in trunks:
+                    raise fail(f"time_route[{i}].{key}", _no_trunk(name, trunks))
+    return [(f"time_route[{i}].number", r.number) for i, r in enumerate(config.time_routes)]
+
+
+def _check_time_route_loops(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """No time_route leads back to itself (after the numbers are known to be unique)."""
+    routes = {r.number: r for r in config.time_routes}
+    for i, route in enumerate(config.time_routes):
+        for key in ("open", "closed"):
+            target: str = getattr(route, key)
+            if _loops(route.number, target, routes):
+                raise fail(
+                    f"time_route[{i}].{key}", f"{route.number} -> {target} leads back to itself"
+                )
+
+
+def _loops(start: str, target: str, routes: Mapping[str, TimeRouteConfig]) -> bool:
+    """Whether following time_route targets from `target` can reach `start` again."""
+    todo, seen = [target], set()
+    while todo:
+        number = todo.pop()
+        if number == start:
+            return True
+        if number in seen or number not in routes:
+            continue
+        seen.add(number)
+        todo += [routes[number].open, routes[number].closed]
+    return False
 
 
 def _unique(

@@ -1,4 +1,5 @@
-"""The dialplan: where a dialled number goes. Pure: no sockets, no asyncio, no clock.
+"""The dialplan: where a dialled number goes. Pure: no sockets, no asyncio; the clock that
+[[time_route]]s read is passed in (`now`).
 
 `Dialplan.route(CallRequest)` returns a `Route`; the call layer turns it into SIP. Rules, first
 match wins:
@@ -7,12 +8,17 @@ match wins:
    the outbound routes say; "9911" counts when an outbound route would send "911" on.
 2. The Python hook, if configured, may return a target, a Route, or None to fall through.
 3. Calls from a trunk are looked up in the [[did]] table and reach internal targets only: a
-   call from outside never leaves through a trunk again (toll fraud).
+   call from outside never leaves through a trunk again (toll fraud). The one exception is a
+   [[time_route]] (a DID's target) whose open or closed target is "trunk:NAME:NUMBER": the
+   after-hours on-call forward, a number the configuration names and no caller can choose.
 4. Feature codes (pickup, directed pickup, park, park slots), 5. ring groups, 6. extensions,
 7. outbound routes, the longest matching prefix first; 8. nothing: UNKNOWN.
 
 The hook sees trunk calls too (before the DID table), so after-hours routing of a DID can live
-in it; what it returns for a trunk call is held to rule 3.
+in it; what it returns for a trunk call is held to rule 3, even when it names a time_route.
+
+A [[time_route]] number (after conference rooms in rule 4) goes to its open or closed target
+by its [[hours]] at `now()`; a target may be another time_route, TIME_ROUTE_DEPTH deep.
 """
 
 from __future__ import annotations
@@ -24,12 +30,21 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from pbx.config import Config, DidConfig, RingGroupConfig, RingStrategy, TrunkConfig
+from pbx.config import (
+    Config,
+    DidConfig,
+    RingGroupConfig,
+    RingStrategy,
+    TimeRouteConfig,
+    TrunkConfig,
+)
 from pbx.errors import ConfigError
+from pbx.hours import Schedule, describe_change
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,13 @@ TRUNK_TARGET = "trunk:"
 """Hook targets "trunk:NAME:NUMBER" place an outbound call through trunk NAME."""
 QUEUE_TARGET = "queue:"
 """Targets "queue:NAME" (or "queue:NAME:PRIORITY") put the caller in ACD queue NAME."""
+TIME_ROUTE_DEPTH = 8
+"""How many time_routes one call may pass through (one may name another) before it is
+UNKNOWN; load() already refuses time_routes that lead back to themselves."""
+IVR_TARGET = "ivr:"
+"""Targets "ivr:NAME" run the IVR flow NAME (`ivr.flow`)."""
+VOICEMAIL_TARGET = "voicemail:"
+"""Targets "voicemail:BOX" (or "voicemail:BOX:busy") take a message for mailbox BOX."""
 
 
 class QueueDirectory(Protocol):
@@ -66,6 +88,12 @@ class RouteKind(Enum):
     """The calling agent logs in or out (a feature code)."""
     AGENT_PAUSE = "agent pause"
     """The calling agent pauses (with reason `number`) or becomes ready (a feature code)."""
+    IVR = "ivr"
+    """Run the IVR flow named `number`."""
+    VOICEMAIL = "voicemail"
+    """Leave a message in mailbox `number` (`greeting` says which greeting it plays)."""
+    VOICEMAIL_ACCESS = "voicemail access"
+    """Listen to voicemail by phone: mailbox `number` ("" asks for one)."""
     UNKNOWN = "unknown"
     """Nowhere to go; `reason` says why (404, or 503 for an emergency call with no trunk)."""
 
@@ -89,6 +117,8 @@ class Route:
     emergency: bool = False
     priority: int = 0
     """For a QUEUE route: the caller's priority there (higher is served first)."""
+    greeting: str = "unavailable"
+    """For a VOICEMAIL route: "unavailable" or "busy"."""
     reason: str = ""
     """Which rule matched, for logs and `explain`."""
 
@@ -115,14 +145,20 @@ class Dialplan:
         is_extension: Callable[[str], bool],
         hook: Hook | None = None,
         queues: QueueDirectory | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
+        self._now = now
+        """The time (timezone-aware) [[time_route]]s are decided by; tests pass their own."""
+        self._schedules = {s.name: s for s in config.hours}
+        self._time_routes = {r.number: r for r in config.time_routes}
         self._queues = queues
         self._plan = config.dialplan
         self._is_extension = is_extension
         self._hook = hook
         self._groups = {g.number: g for g in config.ring_groups}
         self._rooms = {c.number: c for c in config.conferences}
+        self._flows = dict(config.ivr.numbers)
         self._slots = frozenset(self._plan.slots)
         self.warnings: tuple[str, ...] = ()
         """Things that load but will not work, for the server to log at start."""
@@ -141,6 +177,10 @@ class Dialplan:
         spec = config.dialplan.hook
         hook = load_hook(spec, config.path.parent) if spec else None
         return cls(config, is_extension, hook, queues)
+
+    def schedule(self, name: str) -> Schedule | None:
+        """The [[hours]] table called `name` (IVR flows ask it `is_open`)."""
+        return self._schedules.get(name)
 
     def route(self, request: CallRequest) -> Route:
         if request.from_trunk is None:
@@ -239,6 +279,8 @@ class Dialplan:
             reason = f"no [[did]] for {request.dialled} from trunk {request.from_trunk}"
             return Route(RouteKind.UNKNOWN, request.dialled, reason=reason)
         reason = f"DID {did.number} -> {did.target}"
+        # Internal targets only, but for one: a time_route may forward the call out through a
+        # trunk again (its "trunk:NAME:NUMBER" target, the on-call number after hours).
         found = self._internal(did.target, reason)
         if found is None:
             return Route(RouteKind.UNKNOWN, did.target, reason=f"{reason}: no such extension")
@@ -259,6 +301,19 @@ class Dialplan:
         prefix = f"{reason}: " if reason else ""
         if number.startswith(QUEUE_TARGET):
             return self._queue_target(number, prefix)
+        if number.startswith(IVR_TARGET):
+            name = number[len(IVR_TARGET) :]
+            return Route(RouteKind.IVR, name, reason=f"{prefix}IVR flow {name}")
+        if number.startswith(VOICEMAIL_TARGET):
+            return self._voicemail_target(number, prefix)
+        flow = self._flows.get(number)
+        if flow is not None:
+            return Route(RouteKind.IVR, flow, reason=f"{prefix}{number} is IVR flow {flow}")
+        voicemail = self._config.voicemail
+        if voicemail.access and number == voicemail.access:
+            return Route(RouteKind.VOICEMAIL_ACCESS, reason=f"{prefix}{number} is voicemail")
+        if voicemail.access_any and number == voicemail.access_any:
+            return Route(RouteKind.VOICEMAIL_ACCESS, "*", reason=f"{prefix}{number} is any mailbox")
         if plan.agent_login and number == plan.agent_login:
             return Route(RouteKind.AGENT_LOGIN, reason=f"{prefix}{number} is agent login")
         if plan.agent_pause and number.startswith(plan.agent_pause):
@@ -287,6 +342,9 @@ class Dialplan:
             name = f" ({room.name})" if room.name else ""
             why = f"{prefix}{number} is a conference{name}"
             return Route(RouteKind.CONFERENCE, number, reason=why)
+        time_route = self._time_routes.get(number)
+        if time_route is not None:
+            return self._time_route(time_route, prefix)
         queue = self._queues.queue_of_number(number) if self._queues is not None else None
         if queue is not None:
             return Route(RouteKind.QUEUE, queue, reason=f"{prefix}{number} is queue {queue}")
@@ -312,6 +370,49 @@ class Dialplan:
             return Route(RouteKind.UNKNOWN, target, reason=f"{prefix}bad priority {priority!r}")
         why = f"{prefix}queue {name}" + (f" at priority {level}" if level else "")
         return Route(RouteKind.QUEUE, name, priority=level, reason=why)
+
+    def _voicemail_target(self, target: str, prefix: str) -> Route:
+        box, _, greeting = target[len(VOICEMAIL_TARGET) :].partition(":")
+        if greeting not in ("", "unavailable", "busy"):
+            why = f"{prefix}bad greeting {greeting!r} (unavailable or busy)"
+            return Route(RouteKind.UNKNOWN, target, reason=why)
+        return Route(
+            RouteKind.VOICEMAIL, box, greeting=greeting or "unavailable",
+            reason=f"{prefix}voicemail box {box}",
+        )  # fmt: skip
+
+    def has_mailbox(self, box: str) -> bool:
+        """Whether mailbox `box` exists: a [[mailbox]], or an extension's own one."""
+        if self._config.mailbox(box) is not None:
+            return True
+        return self._config.voicemail.extensions and self._is_extension(box)
+
+    def _time_route(self, route: TimeRouteConfig, prefix: str) -> Route:
+        """Where a time_route sends a call now: its open or closed target, following
+        time_routes that name time_routes. A "trunk:NAME:NUMBER" target goes out through the
+        trunk even for a call from a trunk (rule 3's exception)."""
+        at = self._now()
+        steps: list[str] = []
+        passed: list[str] = []
+        while True:
+            if route.number in passed or len(passed) == TIME_ROUTE_DEPTH:
+                chain = " -> ".join([*passed, route.number])
+                why = f"{prefix}time_route loop (at most {TIME_ROUTE_DEPTH}): {chain}"
+                return Route(RouteKind.UNKNOWN, passed[0], reason=why)
+            passed.append(route.number)
+            schedule = self._schedules.get(route.hours)
+            if schedule is None:  # load() refuses this; only a hand-built Config gets here
+                why = f"{prefix}{route.number}: no [[hours]] named {route.hours!r}"
+                return Route(RouteKind.UNKNOWN, route.number, reason=why)
+            is_open = schedule.is_open(at)
+            target = route.open if is_open else route.closed
+            change = describe_change(schedule, at)
+            state = ("open" if is_open else "closed") + (f" ({change})" if change else "")
+            steps.append(f"{route.number}: {schedule.name} hours {state} -> {target}")
+            following = self._time_routes.get(target)
+            if following is None:
+                return self._target(target, prefix + "; ".join(steps))
+            route = following
 
     def _outbound(self, dialled: str) -> Route:
         best = None
@@ -365,9 +466,9 @@ def load_hook(spec: str, base: Path) -> Hook:
         )
     try:
         if module_name.endswith(".py") or "/" in module_name:
-            module = _import_file((base / module_name).resolve())
+            module = import_file((base / module_name).resolve())
         else:
-            module = _import_module(module_name, base)
+            module = import_module(module_name, base)
     except ConfigError:
         raise
     except Exception as exc:
@@ -383,14 +484,15 @@ def load_hook(spec: str, base: Path) -> Hook:
     return hook
 
 
-def _import_file(path: Path) -> object:
+def import_file(path: Path, key: str = "dialplan.hook", prefix: str = "pbx_hook_") -> object:
+    """Import a Python file afresh (a new module object each time: `pbx reload`)."""
     if not path.is_file():
-        raise ConfigError(f"no hook file {path}", key="dialplan.hook")
-    # Registered in sys.modules so dataclasses and pickling inside the hook module work.
-    name = f"pbx_hook_{path.stem}"
+        raise ConfigError(f"no such file {path}", key=key)
+    # Registered in sys.modules so dataclasses and pickling inside the module work.
+    name = f"{prefix}{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import {path}", key="dialplan.hook")
+        raise ConfigError(f"cannot import {path}", key=key)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -401,7 +503,7 @@ def _import_file(path: Path) -> object:
     return module
 
 
-def _import_module(name: str, base: Path) -> object:
+def import_module(name: str, base: Path, key: str = "dialplan.hook") -> object:
     # The configuration's directory goes last: an installed module of the same name wins.
     added = str(base) not in sys.path
     if added:
@@ -410,9 +512,7 @@ def _import_module(name: str, base: Path) -> object:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name == name or name.startswith(f"{exc.name}."):
-            raise ConfigError(
-                f"no module {name} on sys.path or in {base}", key="dialplan.hook"
-            ) from None
+            raise ConfigError(f"no module {name} on sys.path or in {base}", key=key) from None
         raise
     finally:
         if added:

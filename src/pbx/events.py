@@ -151,6 +151,18 @@ class DtmfReceived(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class IvrStep(CallEvent):
+    """An IVR flow did something: `step` is "started", "menu" (detail: the choice),
+    "collected", "invalid", "timeout", "transfer", "queue", "voicemail", "recorded",
+    "message", "pin", "error", "hangup", "ended" (detail: the outcome)..."""
+
+    type: ClassVar[str] = "ivr"
+    flow: str = ""
+    step: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded(CallEvent):
     """The call is over; this carries everything its CDR records."""
 

@@ -21,6 +21,7 @@ from pbx.config import Config
 from pbx.control import ControlServer
 from pbx.dialplan import Dialplan
 from pbx.errors import (
+    ConfigError,
     PbxError,
     RemoteProtocolError,
     SipStatus,
@@ -28,6 +29,8 @@ from pbx.errors import (
     TransportError,
 )
 from pbx.events import CallEnded, Event, EventBus, RecordingStarted, RecordingStopped
+from pbx.flows import FlowService
+from pbx.mwi import ALLOW_EVENTS, MwiService
 from pbx.queues import QueueManager
 from pbx.recordings import finished_duration
 from pbx.registrar import Registrar, peer_for_binding
@@ -43,10 +46,11 @@ from pbx.sip.message import (
 from pbx.sip.uri import SipUri, parse_uri
 from pbx.store import Binding, Store
 from pbx.trunk import TrunkManager
+from pbx.voicemail import Voicemail
 
 log = logging.getLogger("pbx")
 
-ALLOW = "REGISTER, OPTIONS, INVITE, ACK, BYE, CANCEL, REFER"
+ALLOW = "REGISTER, OPTIONS, INVITE, ACK, BYE, CANCEL, REFER, SUBSCRIBE"
 CALL_METHODS = frozenset(
     {Method.INVITE, Method.ACK, Method.BYE, Method.CANCEL, Method.REFER, Method.UPDATE,
      Method.INFO}
@@ -77,11 +81,15 @@ class Exchange:
         self.registrar: Registrar | None = None
         self.calls: CallManager | None = None
         self.queues: QueueManager | None = None
+        self.voicemail: Voicemail | None = None
+        self.flows: FlowService | None = None
         # Registrations with the providers, and `trunks.trunk_for(peer)` for the calls.
         self.trunks = TrunkManager(config.trunks, self.endpoint, config.sip.user_agent)
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
         self.events = EventBus()
+        # Message waiting: `await exchange.mwi.changed(box)` when a mailbox changes.
+        self.mwi = MwiService(config, self.endpoint, self._mailbox_counts, self.events)
         self.control = ControlServer(
             config.control_socket,
             {
@@ -96,6 +104,8 @@ class Exchange:
                 "queues": self._queues,
                 "queue": self._queue,
                 "explain": self._explain,
+                "reload": self._reload,
+                "mailbox_changed": self._mailbox_changed,
             },
             {"events": self._follow_events},
         )
@@ -117,6 +127,7 @@ class Exchange:
                 events=self.events,
             )
             await self.registrar.load()
+            self.mwi.start(self.registrar)
             await self.endpoint.start()
             await self.control.start()
             pool = PortPool(*self.config.rtp.port_range)
@@ -132,6 +143,14 @@ class Exchange:
                 dialplan=dialplan, trunks=self.trunks,
             )  # fmt: skip
             self.calls.acd = self.queues
+            store = self.store
+            self.voicemail = Voicemail(
+                self.config, store, lambda ext: ext in registrar.users, self.mwi.changed
+            )
+            self.calls.flows = self.flows = FlowService(self.config, self.calls, self.voicemail)
+            errors = self.flows.load()
+            if errors:
+                raise ConfigError("; ".join(errors), key="ivr.modules")
             await self.queues.start(self.calls)
             self.events.subscribe(self._write_cdr)
             await self._finish_recordings()
@@ -160,6 +179,7 @@ class Exchange:
             await self.queues.stop()
         if self._cdr_writes:
             await asyncio.gather(*self._cdr_writes, return_exceptions=True)
+        await self.mwi.stop()  # final NOTIFYs: the endpoint must still be up
         await self.trunks.stop()  # unregisters: the endpoint must still be up
         await self.endpoint.stop()
         if self.store is not None:
@@ -361,12 +381,15 @@ class Exchange:
         if method == Method.REGISTER:
             assert self.registrar is not None
             self.registrar.handle(request, peer)
+        elif method == Method.SUBSCRIBE:
+            self.mwi.handle(request, peer)
         elif method == Method.OPTIONS:
             self._reply(
                 request,
                 SipStatus.OK,
                 [
                     ("Allow", ALLOW),
+                    ("Allow-Events", ALLOW_EVENTS),
                     ("Accept", ACCEPT),
                     ("Supported", SUPPORTED),
                 ],
@@ -375,6 +398,28 @@ class Exchange:
             self._reply(request, SipStatus.METHOD_NOT_ALLOWED, [("Allow", ALLOW)])
         else:
             self._reply(request, SipStatus.NOT_IMPLEMENTED, [("Allow", ALLOW)])
+
+    async def _mailbox_counts(self, box: str) -> tuple[int, int]:
+        """(new, old) messages in mailbox `box`, for message waiting indication."""
+        if self.voicemail is None:
+            return (0, 0)
+        return await self.voicemail.counts(box)
+
+    async def _mailbox_changed(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`pbx voicemail delete|mark` changed a box: its phones' MWI follows."""
+        box = request.get("box")
+        if not isinstance(box, str) or not box:
+            raise PbxError("mailbox_changed needs a box")
+        await self.mwi.changed(box)
+        return {"box": box}
+
+    async def _reload(self, _request: dict[str, Any]) -> dict[str, Any]:
+        """`pbx reload`: import the IVR flow modules afresh (calls in a flow finish it as
+        it was). A module that fails keeps its old flows, and the error is returned."""
+        if self.flows is None:
+            raise PbxError("the exchange is not started")
+        errors = self.flows.load()
+        return {"flows": sorted(self.flows.registry.flows), "errors": errors}
 
     def _reply(
         self, request: Request, status: int, headers: list[tuple[str, str]] | None = None

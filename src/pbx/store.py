@@ -169,6 +169,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX queue_log_time ON queue_log (time);
     CREATE INDEX queue_log_call ON queue_log (call_id);
     """,
+    # 6: voicemail: the PIN each mailbox was given, and every message left (its file
+    # under data_dir/voicemail/BOX)
+    """
+    CREATE TABLE mailboxes (
+        box TEXT PRIMARY KEY,
+        pin TEXT NOT NULL DEFAULT '',
+        changed REAL NOT NULL
+    );
+    CREATE TABLE voicemail (
+        id TEXT PRIMARY KEY,
+        box TEXT NOT NULL,
+        caller TEXT NOT NULL DEFAULT '',
+        caller_name TEXT NOT NULL DEFAULT '',
+        received REAL NOT NULL,
+        seconds REAL NOT NULL,
+        path TEXT NOT NULL,
+        folder TEXT NOT NULL DEFAULT 'new',
+        call_id TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX voicemail_box ON voicemail (box, received);
+    """,
 )
 
 
@@ -222,6 +243,7 @@ _CDR_COLUMNS = (
     "cause, hangup_by, caller_loss, caller_jitter_ms, callee_loss, callee_jitter_ms, "
     "dialled, route, trunk, answered_by, legs"
 )
+_VOICEMAIL_COLUMNS = "id, box, caller, caller_name, received, seconds, path, folder, call_id"
 _RECORDING_COLUMNS = (
     "id, call_id, path, format, started, ended, duration, paused_seconds, retention_days, "
     "started_by, deleted"
@@ -632,6 +654,64 @@ class Store:
 
     async def mark_recording_deleted(self, recording_id: str, now: float) -> None:
         await self._write([("UPDATE recordings SET deleted = ? WHERE id = ?", (now, recording_id))])
+
+    # voicemail
+
+    async def mailbox_pin(self, box: str) -> str | None:
+        """The PIN set for `box` (None: none set here)."""
+        rows = await self._db.execute_fetchall("SELECT pin FROM mailboxes WHERE box = ?", (box,))
+        row = next(iter(rows), None)
+        return str(row[0]) if row else None
+
+    async def set_mailbox_pin(self, box: str, pin: str, now: float) -> None:
+        await self._write([(
+            "INSERT INTO mailboxes (box, pin, changed) VALUES (?, ?, ?) "
+            "ON CONFLICT (box) DO UPDATE SET pin = excluded.pin, changed = excluded.changed",
+            (box, pin, now),
+        )])  # fmt: skip
+
+    async def add_voicemail(self, message: dict[str, object]) -> None:
+        names = ", ".join(message)
+        marks = ", ".join("?" * len(message))
+        await self._write(
+            [(f"INSERT INTO voicemail ({names}) VALUES ({marks})", tuple(message.values()))]
+        )
+
+    async def voicemails(
+        self, box: str | None = None, message_id: str | None = None
+    ) -> list[dict[str, object]]:
+        """Messages (of `box`, or the one `message_id`): new first, then saved, oldest
+        first."""
+        conditions, params = ["1"], []
+        if box is not None:
+            conditions.append("box = ?")
+            params.append(box)
+        if message_id is not None:
+            conditions.append("id = ?")
+            params.append(message_id)
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_VOICEMAIL_COLUMNS} FROM voicemail WHERE {' AND '.join(conditions)} "
+            "ORDER BY box, folder != 'new', received",
+            params,
+        )
+        names = [c.strip() for c in _VOICEMAIL_COLUMNS.split(",")]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def voicemail_counts(self, box: str) -> tuple[int, int]:
+        """(new, saved) messages in `box`."""
+        rows = await self._db.execute_fetchall(
+            "SELECT folder = 'new', COUNT(*) FROM voicemail WHERE box = ? GROUP BY folder = 'new'",
+            (box,),
+        )
+        counts = {bool(new): int(count) for new, count in rows}
+        return counts.get(True, 0), counts.get(False, 0)
+
+    async def set_voicemail_folder(self, message_id: str, folder: str) -> None:
+        await self._write([("UPDATE voicemail SET folder = ? WHERE id = ?", (folder, message_id))])
+
+    async def delete_voicemail(self, message_id: str) -> bool:
+        counts = await self._write([("DELETE FROM voicemail WHERE id = ?", (message_id,))])
+        return counts[0] > 0
 
     # the ACD: queues, agents, the queue log
 

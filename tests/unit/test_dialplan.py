@@ -6,12 +6,21 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from pbx.config import Config, OutboundRouteConfig, from_mapping, load
-from pbx.dialplan import CallRequest, Dialplan, Hook, Route, RouteKind, load_hook
+from pbx.config import Config, OutboundRouteConfig, TimeRouteConfig, from_mapping, load
+from pbx.dialplan import (
+    TIME_ROUTE_DEPTH,
+    CallRequest,
+    Dialplan,
+    Hook,
+    Route,
+    RouteKind,
+    load_hook,
+)
 from pbx.errors import ConfigError
 
 EXTENSIONS = {"1001", "1002", "1003", "2000", "9123"}
@@ -465,7 +474,7 @@ def test_example_clinic_hook(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("missing.py:route", "no hook file"),
+        ("missing.py:route", "no such file"),
         ("hooks/routes.py:absent", "has no function absent"),
         ("hooks/routes.py:not_a_function", "is not callable"),
         ("h1_no_such_module:route", "no module h1_no_such_module"),
@@ -489,3 +498,151 @@ def test_route_is_frozen(config: Config) -> None:
     route = dial(plan(config), "1001")
     with pytest.raises(AttributeError):
         route.number = "1002"  # type: ignore[misc]
+
+
+# ---- [[time_route]]: clinic hours
+
+TIMED = (
+    PLAN
+    + """
+[[hours]]
+name = "clinic"
+timezone = "America/New_York"
+monday = "08:00-12:00, 13:00-17:00"
+
+[[time_route]]
+number = "100"
+hours = "clinic"
+open = "600"
+closed = "trunk:cheap:+15550001111"
+
+[[time_route]]
+number = "101"
+hours = "clinic"
+open = "1003"
+closed = "100"
+
+[[did]]
+number = "+15551230009"
+target = "100"
+"""
+)
+MONDAY_MORNING = datetime(2026, 12, 7, 15, 30, tzinfo=UTC)  # 10:30 in New York
+MONDAY_LUNCH = datetime(2026, 12, 7, 17, 30, tzinfo=UTC)  # 12:30
+SUNDAY = datetime(2026, 12, 6, 15, 30, tzinfo=UTC)
+
+
+def timed(config: Config, *times: datetime, hook: Hook | None = None) -> Dialplan:
+    """A dialplan whose clock gives `times` one after the other (the last one after)."""
+    clock = list(times)
+    return Dialplan(
+        config,
+        EXTENSIONS.__contains__,
+        hook,
+        now=lambda: clock.pop(0) if len(clock) > 1 else clock[0],
+    )
+
+
+def test_time_route_follows_the_injected_clock(tmp_path: Path) -> None:
+    config = configure(tmp_path, TIMED)
+    dialplan = timed(config, MONDAY_MORNING, MONDAY_LUNCH)
+    open_ = dial(dialplan, "100")
+    assert (open_.kind, open_.number, open_.members) == (
+        RouteKind.RING_GROUP,
+        "600",
+        ("1001", "1002"),
+    )
+    assert open_.reason.startswith("100: clinic hours open (closes 12:00) -> 600: 600 is ring")
+    closed = dial(dialplan, "100")  # the same dialplan, two hours later
+    assert (closed.kind, closed.number, closed.trunk) == (
+        RouteKind.TRUNK,
+        "+15550001111",
+        config.trunk("cheap"),
+    )
+    assert closed.reason == "100: clinic hours closed (opens 13:00) -> trunk:cheap:+15550001111"
+    assert not closed.emergency
+
+
+def test_did_to_time_route_to_trunk_is_the_one_way_out_again(tmp_path: Path) -> None:
+    config = configure(tmp_path, TIMED)
+    # After hours the DID goes to the on-call number through a trunk: allowed.
+    after_hours = from_trunk(timed(config, SUNDAY), "+15551230009")
+    assert (after_hours.kind, after_hours.number, after_hours.trunk) == (
+        RouteKind.TRUNK,
+        "+15550001111",
+        config.trunk("cheap"),
+    )
+    assert after_hours.reason == (
+        "DID +15551230009 -> 100: 100: clinic hours closed (opens Mon 08:00) "
+        "-> trunk:cheap:+15550001111"
+    )
+    during = from_trunk(timed(config, MONDAY_MORNING), "+15551230009")
+    assert (during.kind, during.number) == (RouteKind.RING_GROUP, "600")
+    # Only through a DID: a trunk call for the time_route's own number finds no DID.
+    direct = from_trunk(timed(config, SUNDAY), "100")
+    assert direct.kind is RouteKind.UNKNOWN and "no [[did]]" in direct.reason
+    # Other trunk calls still never go out (the existing DID and the outbound prefix).
+    assert from_trunk(timed(config, SUNDAY), "+15551230000").kind is RouteKind.RING_GROUP
+    assert from_trunk(timed(config, SUNDAY), "95551234").kind is RouteKind.UNKNOWN
+
+
+def test_hook_still_cannot_send_a_trunk_call_out_even_through_a_time_route(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = configure(tmp_path, TIMED)
+
+    def hook(request: CallRequest) -> str | None:
+        return "100" if request.from_trunk else None
+
+    with caplog.at_level(logging.ERROR, logger="pbx.dialplan"):
+        route = from_trunk(timed(config, SUNDAY, hook=hook), "+15551230000")
+    assert (route.kind, route.number) == (RouteKind.RING_GROUP, "600")  # the DID's target
+    assert "refused" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="pbx.dialplan"):
+        out = from_trunk(timed(config, SUNDAY, hook=lambda r: "trunk:cheap:+4420"), "+15551230009")
+    assert "refused" in caplog.text
+    # Refused, the DID applies: its time_route's on-call forward is the configured number.
+    assert (out.kind, out.number) == (RouteKind.TRUNK, "+15550001111")
+    # While open the hook's time_route answer is internal, and stands.
+    assert from_trunk(timed(config, MONDAY_MORNING, hook=hook), "+15557770000").number == "600"
+
+
+def test_time_route_naming_a_time_route(tmp_path: Path) -> None:
+    config = configure(tmp_path, TIMED)
+    assert dial(timed(config, MONDAY_MORNING), "101").number == "1003"
+    route = dial(timed(config, SUNDAY), "101")
+    assert (route.kind, route.number) == (RouteKind.TRUNK, "+15550001111")
+    assert route.reason == (
+        "101: clinic hours closed (opens Mon 08:00) -> 100; "
+        "100: clinic hours closed (opens Mon 08:00) -> trunk:cheap:+15550001111"
+    )
+
+
+def test_time_route_loop_guard(tmp_path: Path) -> None:
+    # load() refuses loops; a hand-built Config can still have one.
+    config = configure(tmp_path, TIMED)
+    loop = (
+        TimeRouteConfig("100", "clinic", "101", "101"),
+        TimeRouteConfig("101", "clinic", "100", "100"),
+    )
+    route = dial(timed(replace(config, time_routes=loop), SUNDAY), "100")
+    assert (route.kind, route.number) == (RouteKind.UNKNOWN, "100")
+    assert "time_route loop" in route.reason and "100 -> 101 -> 100" in route.reason
+    chain = tuple(
+        TimeRouteConfig(f"{n}", "clinic", f"{n + 1}", f"{n + 1}") for n in range(200, 230)
+    )
+    long = dial(timed(replace(config, time_routes=chain), SUNDAY), "200")
+    assert long.kind is RouteKind.UNKNOWN and f"at most {TIME_ROUTE_DEPTH}" in long.reason
+    ghost = (TimeRouteConfig("100", "nowhere", "600", "600"),)
+    assert "no [[hours]]" in dial(timed(replace(config, time_routes=ghost), SUNDAY), "100").reason
+
+
+def test_schedule_lookup_and_default_clock(tmp_path: Path) -> None:
+    config = configure(tmp_path, TIMED)
+    dialplan = plan(config)  # the real clock: some answer, whatever the time
+    clinic = dialplan.schedule("clinic")
+    assert clinic is not None and clinic.is_open(MONDAY_MORNING)
+    assert not clinic.is_open(MONDAY_LUNCH)
+    assert dialplan.schedule("nope") is None
+    assert dial(dialplan, "100").kind in (RouteKind.RING_GROUP, RouteKind.TRUNK)

@@ -1,0 +1,170 @@
+"""Voicemail as IVR flows: leaving a message, and listening to one's messages by phone.
+
+Both run on the flow API (`ivr.session.Session`), so the test harness drives them like any
+flow. Where messages live is a `Mailboxes`: the exchange's keeps files and database rows
+(`pbx.voicemail`) and raises MWI when a box changes; `ivr.testing.MemoryMailboxes` keeps
+them in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from ivr.session import HungUp, Recording, Session
+from media.speech import counted, digits_words
+
+
+class Folder(StrEnum):
+    NEW = "new"
+    SAVED = "saved"
+
+
+class Greeting(StrEnum):
+    UNAVAILABLE = "unavailable"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    box: str
+    caller: str
+    caller_name: str
+    received: float
+    seconds: float
+    path: Path
+    folder: Folder = Folder.NEW
+
+
+class Mailboxes(Protocol):
+    max_seconds: float
+    """The longest message (seconds)."""
+    silence_seconds: float
+    """This much silence after speech ends a message."""
+    min_seconds: float
+    """A shorter message (a caller hanging up at the beep) is not kept."""
+
+    async def exists(self, box: str) -> bool: ...
+
+    async def pin(self, box: str) -> str:
+        """The box's PIN ("" when none is set: no access by phone)."""
+
+    async def greeting(self, box: str, kind: Greeting) -> Path | None:
+        """The box owner's own recorded greeting, if there is one."""
+
+    async def is_personal(self, box: str) -> bool:
+        """An extension's own box (its default greeting names a person)."""
+
+    async def save(
+        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str
+    ) -> Message | None:
+        """Keep the message (None: too short to keep)."""
+
+    async def messages(self, box: str) -> list[Message]:
+        """New messages first, then saved ones, each oldest first."""
+
+    async def mark(self, message: Message, folder: Folder) -> None: ...
+
+    async def delete(self, message: Message) -> None: ...
+
+
+PIN_TRIES = 3
+MENU_KEYS = "1679"  # 1 listen again, 6 next, 7 delete, 9 save
+
+
+async def leave_message(
+    call: Session, mailboxes: Mailboxes, box: str, greeting: str = Greeting.UNAVAILABLE
+) -> Message | None:
+    """The greeting, the beep, the message (kept even when the caller hangs up to end it)."""
+    kind = Greeting(greeting)
+    own = await mailboxes.greeting(box, kind)
+    if own is not None:
+        await call.play(own)
+    elif await mailboxes.is_personal(box):
+        first = "person-busy" if kind is Greeting.BUSY else "no-one-available"
+        await call.play([first, "leave-message"])
+    else:
+        await call.play("leave-message")
+    recording = await call.record(mailboxes.max_seconds, mailboxes.silence_seconds)
+    # Shielded: a hang-up now must not lose the message half-way into the database.
+    message = await asyncio.shield(
+        mailboxes.save(box, call.caller, call.caller_name, recording, call.call_id)
+    )
+    call.channel.report("message", message.id if message is not None else "too short, dropped")
+    try:
+        if message is not None:
+            await call.play(["message-saved", "goodbye"], interruptible=False)
+        else:
+            await call.play("goodbye", interruptible=False)
+    except HungUp:
+        pass  # the caller hung up to end the message: that is how most messages end
+    return message
+
+
+async def check_messages(call: Session, mailboxes: Mailboxes, box: str | None = None) -> None:
+    """Voicemail by phone: the box (asked for when None), its PIN, then each message with
+    1 to hear it again, 7 to delete it, 9 to save it, 6 for the next."""
+    await call.answer()
+    if box is None:
+        box = await call.collect(max_digits=12, timeout=10.0, prompt="enter-mailbox")
+    if not box or not await mailboxes.exists(box):
+        await call.play(["invalid", "goodbye"], interruptible=False)
+        await call.hangup()
+        return
+    pin = await mailboxes.pin(box)
+    if not pin:
+        await call.play(["mailbox-no-pin", "goodbye"], interruptible=False)
+        await call.hangup()
+        return
+    for attempt in range(PIN_TRIES):
+        entered = await call.collect(
+            max_digits=16, timeout=10.0, inter_digit_timeout=5.0, prompt="enter-pin"
+        )
+        if entered == pin:
+            break
+        call.channel.report("pin", f"wrong, attempt {attempt + 1}")
+        await call.play("pin-incorrect")
+    else:
+        await call.play("goodbye", interruptible=False)
+        await call.hangup()
+        return
+    call.channel.report("pin", "accepted")
+    messages = await mailboxes.messages(box)
+    new = sum(m.folder is Folder.NEW for m in messages)
+    saved = len(messages) - new
+    await call.play(
+        ["you-have", *counted(new, "new-message", "new-messages"), "and",
+         *counted(saved, "saved-message", "saved-messages")]
+    )  # fmt: skip
+    for message in messages:
+        if not await _one_message(call, mailboxes, message):
+            break
+    else:
+        await call.play("no-more-messages")
+    await call.play("goodbye", interruptible=False)
+    await call.hangup()
+
+
+async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) -> bool:
+    """Play a message and act on the caller's keys; False when the caller made no choice
+    (the session ends)."""
+    while True:
+        if message.caller.isdigit():
+            await call.play(["message-from", *digits_words(message.caller)])
+        await call.play(message.path)
+        if message.folder is Folder.NEW:
+            await mailboxes.mark(message, Folder.SAVED)  # heard: no longer new (as Asterisk)
+            message = replace(message, folder=Folder.SAVED)
+        key = await call.menu("voicemail-menu", MENU_KEYS, retries=2, timeout=6.0)
+        if key == "1":
+            continue
+        if key == "7":
+            await mailboxes.delete(message)
+            await call.play("message-deleted")
+        elif key == "9":
+            await call.play("message-saved")
+        return key is not None
