@@ -246,10 +246,18 @@ class Session:
 
     async def play(self, prompt: PromptLike, interruptible: bool = True) -> None:
         """Play prompt names, files or a list of them; a key pressed stops an interruptible
-        prompt and is kept for the next `collect` or `menu` (type-ahead)."""
+        prompt and is kept for the next `collect` or `menu` (type-ahead). Keys pressed
+        during a prompt that is not interruptible are dropped (they were tries to skip it)."""
         channel = self._live()
         await channel.answer()
-        await channel.play(self.prompts.sound(prompt), interruptible)
+        await self._play(channel, prompt, interruptible)
+        if not interruptible:
+            channel.flush()
+
+    async def _play(self, channel: Channel, prompt: PromptLike, interruptible: bool) -> None:
+        sound = self.prompts.sound(prompt)
+        channel.report("play", " ".join(sound.names))
+        await channel.play(sound, interruptible)
 
     async def say_digits(self, digits: str, interruptible: bool = True) -> None:
         """Say "1 0 0 2" (also * and #)."""
@@ -274,7 +282,7 @@ class Session:
         channel = self._live()
         await channel.answer()
         if prompt is not None:
-            await channel.play(self.prompts.sound(prompt), True)
+            await self._play(channel, prompt, True)
         entered = ""
         while len(entered) < max_digits:
             key = await channel.digit(inter_digit_timeout if entered else timeout)
@@ -306,12 +314,12 @@ class Session:
         channel = self._live()
         await channel.answer()
         for attempt in range(1, max(1, retries) + 1):
-            await channel.play(self.prompts.sound(prompt), True)
+            await self._play(channel, prompt, True)
             key = await channel.digit(timeout)
             if key is None:
                 channel.report("timeout", f"attempt {attempt}")
                 if timeout_prompt is not None and attempt < retries:
-                    await channel.play(self.prompts.sound(timeout_prompt), True)
+                    await self._play(channel, timeout_prompt, True)
                 continue
             entered = key
             if extensions:
@@ -326,7 +334,7 @@ class Session:
                 return entered
             channel.report("invalid", entered)
             if invalid_prompt is not None:
-                await channel.play(self.prompts.sound(invalid_prompt), True)
+                await self._play(channel, invalid_prompt, True)
         channel.report("menu", "no choice")
         return None
 
@@ -382,6 +390,7 @@ class Session:
             channel.report("voicemail", f"{box}: no such mailbox")
             return False
         await channel.answer()
+        channel.flush()  # keys from the menu before must not skip the greeting
         channel.report("voicemail", box)
         self.destination = box
         await leave_message(self, mailboxes, box, greeting)

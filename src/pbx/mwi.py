@@ -46,7 +46,7 @@ EVENT = "message-summary"
 """The RFC 3842 event package, the only one this exchange serves."""
 ALLOW_EVENTS = EVENT
 CONTENT_TYPE = "application/simple-message-summary"
-BAD_EVENT = 489  # RFC 6665 §8.3.1 "Bad Event"
+BAD_EVENT = 489  # RFC 6665 "Bad Event": not a package we serve
 MAX_PER_SUBSCRIBER = 16
 """Subscriptions one extension may hold at once; the oldest makes room. A phone that
 reboots subscribes again with a new Call-ID, and its old subscription would linger (and be
@@ -554,9 +554,9 @@ class MwiService:
             self._failed(sub, str(exc))
             return
         if response.status >= 300:
-            # 481: the subscriber has forgotten the subscription (RFC 6665 §4.2.2); any
-            # other failure of a soft-state subscription ends it too (§4.1.2.1 refreshes
-            # would otherwise keep a dead subscription alive).
+            # 481: the subscriber has forgotten the subscription (RFC 6665 §4.2.2). Any
+            # other failure ends it as well: it is soft state, and a phone that still
+            # wants it subscribes again.
             self._failed(sub, f"{response.status} {response.reason}")
 
     def _in_dialog(

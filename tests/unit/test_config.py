@@ -333,3 +333,46 @@ def test_example_clinic_ring_group_and_commented_trunk(tmp_path: Path) -> None:
     assert full.outbound_routes[0].trunk == "provider"
     assert full.dids[0].target == "600"
     assert full.dialplan.hook == "clinic_routes.py:route"
+
+
+def test_ivr_and_voicemail_sections(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            'data_dir = "d"\n[ivr]\nmodules = ["flows.py", "site.flows"]\nprompts = ["p"]\n'
+            'fallback = "1001"\n[ivr.numbers]\n"100" = "main"\n"101" = "after_hours"\n'
+            "[voicemail]\nextensions = true\nring_seconds = 20\nsilence_seconds = 0\n"
+            '[[mailbox]]\nbox = "refills"\nname = "Refills"\npin = "1234"\n',
+        )
+    )
+    assert config.ivr.modules == ("flows.py", "site.flows")
+    assert config.ivr.numbers == (("100", "main"), ("101", "after_hours"))
+    assert config.voicemail.extensions and config.voicemail.ring_seconds == 20.0
+    assert config.voicemail.silence_seconds == 0.0  # only # or a hang-up ends a message
+    assert config.mailbox("refills") is not None and config.mailbox("x") is None
+    assert config.voicemail_dir == tmp_path / "d" / "voicemail"
+    example = load(EXAMPLE)
+    assert ("100", "main") in example.ivr.numbers
+    assert {m.box for m in example.mailboxes} == {"refills", "clinic"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ('[ivr]\nmodules = "flows.py"\n', "ivr.modules", "list of non-empty strings"),
+        ('[ivr.numbers]\n"100" = "no spaces"\n', "ivr.numbers", "expected a flow name"),
+        ('[ivr.numbers]\n"1 0" = "main"\n', "ivr.numbers", "not a dialable number"),
+        ('[ivr]\nfallback = "a b"\n', "ivr.fallback", "not a dialplan target"),
+        ("[voicemail]\nring_seconds = -1\n", "voicemail.ring_seconds", ""),
+        ('[[mailbox]]\nbox = "a/b"\n', "mailbox[0].box", "letters, digits"),
+        ('[[mailbox]]\nbox = "a"\n[[mailbox]]\nbox = "a"\n', "mailbox[1].box", "already used"),
+        ('[ivr.numbers]\n"800" = "main"\n[[conference]]\nnumber = "800"\n',
+         "ivr.numbers.800", "already used"),
+        ('[voicemail]\naccess = "*8"\n', "voicemail.access", "already used"),
+    ],
+)  # fmt: skip
+def test_ivr_and_voicemail_errors(tmp_path: Path, text: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, 'data_dir = "d"\n' + text))
+    assert caught.value.key == key
+    assert message in str(caught.value)

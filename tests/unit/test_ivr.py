@@ -1,0 +1,363 @@
+"""The IVR flow API on the test harness: collect, menu, record, play, the runner's error
+handling and hang-ups, the registry (loading, reloading, bad modules), voicemail flows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ivr import FlowRegistry, HungUp, Outcome, RecordingEnd, Session, flow
+from ivr.flows import Flow, import_flows
+from ivr.testing import HangUp, MemoryMailboxes, ScriptedChannel, Speak, Wait, run, run_async
+from ivr.voicemail import Folder, check_messages
+from pbx.errors import ConfigError
+
+
+def collecting(**options: object):  # type: ignore[no-untyped-def]
+    async def flow_(call: Session) -> None:
+        call.set_var("got", await call.collect(**options))  # type: ignore[arg-type]
+
+    return flow_
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "got", "elapsed"),
+    [
+        (["1234"], {"max_digits": 4}, "1234", 0.0),
+        (["12#9"], {"max_digits": 6}, "12", 0.0),  # the terminator ends it, not kept
+        (["12", Wait(10)], {"max_digits": 6, "inter_digit_timeout": 3.0}, "12", 3.0),
+        ([Wait(10)], {"max_digits": 4, "timeout": 5.0}, "", 5.0),
+        ([Wait(4), "7"], {"max_digits": 1, "timeout": 5.0}, "7", 4.0),
+        (["12*"], {"max_digits": 6, "terminator": "*#"}, "12", 0.0),
+        (["1#"], {"max_digits": 3, "terminator": ""}, "1#", 3.0),
+    ],
+)
+def test_collect(
+    script: list[object], options: dict[str, object], got: str, elapsed: float
+) -> None:
+    result = run(collecting(**options), script)  # type: ignore[arg-type]
+    assert result.vars["got"] == got
+    assert result.elapsed == pytest.approx(elapsed)
+
+
+def test_collect_with_a_prompt_takes_the_key_that_cut_it_short() -> None:
+    result = run(collecting(max_digits=2, prompt="enter-pin"), ["42"])
+    assert result.vars["got"] == "42"
+    assert result.played[0].interrupted and result.played[0].seconds == 0.0
+
+
+def test_collect_refuses_zero_digits() -> None:
+    result = run(collecting(max_digits=0), [])
+    assert result.outcome is Outcome.HUNG_UP  # the flow failed: apology, no fallback
+    assert ("error", "ValueError: max_digits must be at least 1") in result.steps
+
+
+def menu_flow(**options: object):  # type: ignore[no-untyped-def]
+    async def flow_(call: Session) -> None:
+        call.set_var("choice", await call.menu("please-hold", "123", **options))  # type: ignore[arg-type]
+
+    return flow_
+
+
+def test_menu_choice_is_immediate_without_extensions() -> None:
+    result = run(menu_flow(), ["2"])
+    assert result.vars["choice"] == "2"
+    assert result.elapsed == 0.0  # the key cut the prompt at once
+
+
+def test_menu_invalid_then_timeout_then_nothing() -> None:
+    result = run(menu_flow(retries=3, timeout_prompt="goodbye"), ["9", Wait(100)])
+    assert result.vars["choice"] == "None"
+    steps = [s for s in result.steps if s[0] in ("invalid", "timeout", "menu")]
+    assert steps == [("invalid", "9"), ("timeout", "attempt 2"), ("timeout", "attempt 3"),
+                     ("menu", "no choice")]  # fmt: skip
+    # The timeout prompt plays between tries, not after the last one.
+    assert result.prompts == ["please-hold", "invalid", "please-hold", "goodbye", "please-hold"]
+
+
+def test_menu_with_extensions() -> None:
+    both = {"extensions": {"1001", "200"}}
+    assert run(menu_flow(extensions=True), ["1001"], **both).vars["choice"] == "1001"
+    assert run(menu_flow(extensions=True), ["1", Wait(5)], **both).vars["choice"] == "1"
+    assert run(menu_flow(extensions=True), ["200"], **both).vars["choice"] == "200"
+    assert run(menu_flow(extensions=True), ["2", Wait(5)], **both).vars["choice"] == "2"
+    assert run(menu_flow(extensions=True), ["3"], **both).vars["choice"] == "3"
+    invalid = run(menu_flow(extensions=True, retries=1), ["105"], **both)
+    assert ("invalid", "105") in invalid.steps
+
+
+def test_play_says_numbers_and_digits() -> None:
+    async def say(call: Session) -> None:
+        await call.say_number(1205)
+        await call.say_digits("10*2")
+
+    result = run(say, [])
+    assert result.prompts == ["1", "thousand", "2", "hundred", "5", "1", "0", "star", "2"]
+    assert result.outcome is Outcome.HUNG_UP  # returning hangs up
+
+
+def test_prompt_lookup_prefers_the_site_directory(tmp_path: Path) -> None:
+    import soundfile
+
+    from ivr import Prompts
+
+    soundfile.write(str(tmp_path / "goodbye.wav"), np.zeros(800, dtype=np.int16), 8000)
+    prompts = Prompts([tmp_path], base=tmp_path)
+    assert prompts.path("goodbye") == tmp_path / "goodbye.wav"
+    assert prompts.path("please-hold").name == "please-hold.wav"  # the shipped one
+    assert prompts.path("sub/x.wav") == tmp_path / "sub" / "x.wav"
+    assert prompts.sound(["goodbye", "goodbye"]).seconds == pytest.approx(0.2 + 0.04)
+    with pytest.raises(ValueError, match="not a prompt name"):
+        prompts.path("Not A Name")
+
+
+def recorder(**options: object):  # type: ignore[no-untyped-def]
+    async def flow_(call: Session) -> None:
+        recording = await call.record(**options)  # type: ignore[arg-type]
+        call.set_var("end", recording.ended_by.value)
+        call.set_var("seconds", f"{recording.seconds:.2f}")
+
+    return flow_
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "end", "seconds"),
+    [
+        ([Speak(3), Wait(60)], {"silence_seconds": 2.0}, RecordingEnd.SILENCE, 5.0),
+        ([Speak(3), "#"], {}, RecordingEnd.KEY, 3.0),
+        ([Speak(3), HangUp()], {}, RecordingEnd.HANG_UP, 3.0),
+        ([Speak(30)], {"max_seconds": 10.0}, RecordingEnd.MAX_LENGTH, 10.0),
+        ([Speak(2), Wait(1), Speak(2), Wait(9)], {"silence_seconds": 3.0}, RecordingEnd.SILENCE,
+         8.0),
+    ],
+)  # fmt: skip
+def test_record_ends(
+    script: list[object], options: dict[str, object], end: RecordingEnd, seconds: float
+) -> None:
+    result = run(recorder(**options), script)
+    assert result.vars["end"] == end.value
+    assert float(result.vars["seconds"]) == pytest.approx(seconds, abs=0.01)
+    assert result.prompts == ["tone:beep"]
+
+
+def test_the_harness_speech_is_speech_to_webrtcvad() -> None:
+    from media.vad import speech_bounds
+
+    result = run(recorder(silence_seconds=2.0), [Wait(1), Speak(2), Wait(5)])
+    (recording,) = result.recordings
+    bounds = speech_bounds(recording.samples, margin=0.0)
+    assert bounds is not None
+    # The beep took the first 0.25 s of the caller's silence.
+    assert bounds[0] / 8000 == pytest.approx(0.75, abs=0.05)
+    assert bounds[1] / 8000 == pytest.approx(2.75, abs=0.15)  # webrtcvad's hangover
+
+
+def test_an_exception_gets_the_apology_and_the_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    @flow("broken", fallback="1001")
+    async def broken(call: Session) -> None:
+        await call.play("please-hold")
+        raise RuntimeError("bug in the flow")
+
+    with caplog.at_level(logging.ERROR, logger="ivr"):
+        result = run(broken, [])
+    assert result.prompts == ["please-hold", "sorry-error"]
+    assert result.outcome is Outcome.FALLBACK
+    assert result.transfers == ["1001"]
+    assert "bug in the flow" in caplog.text and "Traceback" in caplog.text
+
+
+def test_a_failing_flow_without_fallback_uses_the_default_and_else_hangs_up() -> None:
+    async def broken(call: Session) -> None:
+        raise KeyError("x")
+
+    assert run(broken, [], fallback="600").transfers == ["600"]
+    result = run(broken, [], unreachable={"600"}, fallback="600")
+    assert result.outcome is Outcome.HUNG_UP
+
+
+def test_a_caller_hanging_up_ends_the_flow_cleanly() -> None:
+    finished: list[str] = []
+
+    async def long(call: Session) -> None:
+        try:
+            await call.play("your-call-is-important")
+            await call.collect(4, timeout=30.0)
+        finally:
+            finished.append("cleanup ran")
+
+    result = run(long, [Wait(1), HangUp()])
+    assert result.outcome is Outcome.CALLER_HUNG_UP
+    assert finished == ["cleanup ran"]
+    assert result.steps[-1] == ("ended", "caller hung up")
+
+
+def test_a_cancelled_flow_reports_the_hang_up() -> None:
+    async def waits(call: Session) -> None:
+        await call.collect(1, timeout=3600.0)
+
+    async def scenario() -> list[tuple[str, str]]:
+        from ivr import Prompts
+        from ivr.flows import run_flow
+
+        channel = ScriptedChannel([])
+        started = asyncio.Event()
+        real_digit = channel.digit
+
+        async def digit(seconds: float) -> str | None:
+            started.set()
+            await asyncio.sleep(3600)  # a real phone: nothing pressed
+            return await real_digit(seconds)
+
+        channel.digit = digit  # type: ignore[method-assign]
+        session = Session(channel, Prompts())
+        task = asyncio.ensure_future(run_flow(Flow("w", waits), session))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return channel.steps
+
+    steps = asyncio.run(scenario())
+    assert steps[-1] == ("ended", "caller hung up")
+
+
+def test_after_a_transfer_the_call_is_gone_for_the_flow() -> None:
+    async def keeps_going(call: Session) -> None:
+        assert await call.transfer("1001")
+        with pytest.raises(HungUp):
+            await call.play("please-hold")
+        call.set_var("after", "raised")
+
+    result = run(keeps_going, [])
+    assert result.vars["after"] == "raised"
+    assert result.outcome is Outcome.TRANSFERRED
+
+
+def test_flow_decorator_checks() -> None:
+    with pytest.raises(ValueError, match="not a flow name"):
+        flow("a:b")
+    with pytest.raises(TypeError, match="not an async function"):
+        flow("sync")(lambda call: None)  # type: ignore[arg-type,return-value]
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def test_registry_loads_and_reloads(tmp_path: Path) -> None:
+    module = tmp_path / "site_flows.py"
+    _write(module, 'from ivr import flow\n\n@flow("main", fallback="1001")\nasync def main(call):\n'
+                   '    await call.play("goodbye")\n')  # fmt: skip
+    registry = FlowRegistry(["site_flows.py"], tmp_path)
+    assert registry.load() == []
+    old = registry.get("main")
+    assert old is not None and old.fallback == "1001"
+    _write(module, 'from ivr import flow\n\n@flow("main")\nasync def main(call):\n'
+                   '    await call.play("please-hold")\n\n@flow("other")\nasync def other(call):\n'
+                   '    pass\n')  # fmt: skip
+    assert registry.load() == []
+    assert sorted(registry.flows) == ["main", "other"]
+    new = registry.get("main")
+    assert new is not None and new.function is not old.function
+    assert run(new, []).prompts == ["please-hold"]
+    assert run(old, []).prompts == ["goodbye"]  # a call in the old flow keeps its code
+    _write(module, "def broken(:\n")
+    errors = registry.load()
+    assert len(errors) == 1 and "SyntaxError" in errors[0]
+    assert sorted(registry.flows) == ["main", "other"]  # kept
+
+
+def test_registry_errors(tmp_path: Path) -> None:
+    twice = 'from ivr import flow\n\n@flow("a")\nasync def f(call):\n    pass\n'
+    _write(tmp_path / "twice.py", twice + twice.replace("def f", "def g").split("\n", 1)[1])
+    errors = FlowRegistry(["missing.py", "twice.py", "no_such_module_x"], tmp_path).load()
+    assert len(errors) == 3
+    assert "no such file" in errors[0]
+    assert "two flows are named 'a'" in errors[1]
+    assert "no module no_such_module_x" in errors[2]
+    with pytest.raises(ConfigError):
+        import_flows("missing.py", tmp_path)
+
+
+def test_voicemail_check_messages(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": "4321"}, personal={"1002"})
+
+    async def leave(call: Session) -> None:
+        await call.voicemail("1002")
+
+    for speech in (3.0, 5.0):
+        assert run(leave, [Speak(speech), Wait(10)], mailboxes=boxes, caller="1005").outcome is (
+            Outcome.VOICEMAIL
+        )
+    first, second = boxes.stored.values()
+
+    async def listen(call: Session) -> None:
+        await check_messages(call, boxes, "1002")
+
+    # Wrong PIN once, then right; hear the first, delete it (7) while the menu plays; hear
+    # the second, save it (9).
+    result = run(listen, ["1111#", "4321#", Wait(16), "7", Wait(16), "9"], mailboxes=boxes)
+    prompts = result.prompts
+    assert prompts[:3] == ["enter-pin", "pin-incorrect", "enter-pin"]
+    assert prompts[3:9] == ["you-have", "2", "new-messages", "and", "0", "saved-messages"]
+    assert prompts.count("message-from") == 2
+    assert str(first.path) in prompts and str(second.path) in prompts
+    assert "message-deleted" in prompts and "message-saved" in prompts
+    assert prompts[-2:] == ["no-more-messages", "goodbye"]
+    assert list(boxes.stored) == [second.id]
+    assert boxes.stored[second.id].folder is Folder.SAVED
+    assert not first.path.exists()
+
+
+def test_voicemail_access_refused(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": "4321", "nopin": ""})
+
+    async def listen(box: str | None):  # type: ignore[no-untyped-def]
+        async def flow_(call: Session) -> None:
+            await check_messages(call, boxes, box)
+
+        return flow_
+
+    wrong = run(asyncio.run(listen("1002")), ["1#", "2#", "3#"], mailboxes=boxes)
+    assert wrong.prompts.count("pin-incorrect") == 3
+    assert wrong.prompts[-1] == "goodbye" and wrong.outcome is Outcome.HUNG_UP
+    nopin = run(asyncio.run(listen("nopin")), [], mailboxes=boxes)
+    assert nopin.prompts == ["mailbox-no-pin", "goodbye"]
+    asked = run(asyncio.run(listen(None)), ["77#"], mailboxes=boxes)
+    assert asked.prompts == ["enter-mailbox", "invalid", "goodbye"]
+
+
+def test_too_short_a_message_is_dropped(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"refills": ""}, min_seconds=1.0)
+
+    async def leave(call: Session) -> None:
+        await call.voicemail("refills")
+
+    result = run(leave, [HangUp()], mailboxes=boxes, patience=0.0)
+    assert boxes.stored == {}
+    assert ("message", "too short, dropped") in result.steps or result.outcome is (
+        Outcome.CALLER_HUNG_UP
+    )
+
+
+def test_voicemail_to_a_box_that_does_not_exist_goes_on(tmp_path: Path) -> None:
+    async def flow_(call: Session) -> None:
+        if not await call.voicemail("nobody"):
+            await call.transfer("1001")
+
+    result = run(flow_, [], mailboxes=MemoryMailboxes(tmp_path))
+    assert result.transfers == ["1001"]
+
+
+def test_run_async_works_inside_a_loop() -> None:
+    async def flow_(call: Session) -> None:
+        await call.enqueue("nurse", priority=3)
+
+    async def main() -> tuple[str, int] | None:
+        return (await run_async(flow_, [])).queued
+
+    assert asyncio.run(main()) == ("nurse", 3)
