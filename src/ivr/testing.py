@@ -213,7 +213,7 @@ class ScriptedChannel:
                 self._script.popleft()
                 if step.seconds > seconds:
                     self._script.appendleft(Speak(step.seconds - seconds))
-                pieces.append(_speech(seconds))
+                pieces.append(speech_like(seconds))
                 self.now += seconds
                 elapsed, quiet, self._idle = elapsed + seconds, 0.0, 0.0
                 continue
@@ -287,7 +287,7 @@ def _steps(script: Iterable[Step]) -> list[Step]:
     return out
 
 
-def _speech(seconds: float) -> Samples:
+def speech_like(seconds: float) -> Samples:
     """Something webrtcvad calls speech: a voiced buzz of harmonics."""
     t = np.arange(round(seconds * RATE)) / RATE
     wave = np.zeros(len(t))
