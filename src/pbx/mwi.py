@@ -24,7 +24,7 @@ from typing import Any
 from pbx.config import Config, MwiConfig
 from pbx.errors import LocalProtocolError, PbxError, RemoteProtocolError, SipStatus
 from pbx.events import Event, EventBus, RegistrationChanged
-from pbx.registrar import Registrar, peer_for_binding, throttle_key
+from pbx.registrar import Registrar, expires_header, peer_for_binding, throttle_key
 from pbx.sip.aio import Peer, SipEndpoint
 from pbx.sip.dialog import Dialog, DialogId, dialog_id_for_request
 from pbx.sip.digest import Credentials, Verdict, parse_credentials
@@ -36,7 +36,7 @@ from pbx.sip.message import (
     new_branch,
     new_tag,
 )
-from pbx.sip.uri import SipUri, is_digits, parse_uri, split_params, unescape
+from pbx.sip.uri import SipUri, parse_uri, split_params, unescape
 from pbx.store import Binding
 
 log = logging.getLogger("pbx.mwi")
@@ -153,17 +153,6 @@ def accepts_summary(request: Request) -> bool:
         return True
     types = [v.partition(";")[0].strip().lower() for v in request.list_values("Accept")]
     return any(t in (CONTENT_TYPE, "application/*", "*/*") for t in types)
-
-
-def requested_expires(request: Request, default: int) -> int:
-    """The Expires a SUBSCRIBE asks for, `default` without one (RFC 6665 §4.1.2.1)."""
-    value = request.header("Expires")
-    if value is None:
-        return default
-    value = value.strip()
-    if not is_digits(value):
-        raise RemoteProtocolError(f"bad Expires {value!r}")
-    return int(value) if len(value) <= 10 else default
 
 
 def granted_expires(requested: int, config: MwiConfig) -> int | None:
@@ -446,7 +435,7 @@ class MwiService:
 
     def _granted(self, request: Request) -> int | None:
         """The Expires to grant, or None when a 423 has been sent."""
-        requested = requested_expires(request, self.config.default_expires)
+        requested = expires_header(request, self.config.default_expires)
         expires = granted_expires(requested, self.config)
         if expires is None:
             self._reply(request, SipStatus.INTERVAL_TOO_BRIEF,

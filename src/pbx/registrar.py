@@ -52,7 +52,8 @@ def aor_of(request: Request) -> str:
     return unescape(uri.user)
 
 
-def _expires_header(request: Request, default: int) -> int:
+def expires_header(request: Request, default: int) -> int:
+    """The Expires header of a REGISTER or SUBSCRIBE, `default` without one."""
     value = request.header("Expires")
     if value is None:
         return default
@@ -88,7 +89,7 @@ def apply_register(
         raise RemoteProtocolError(
             f"{len(contacts)} contacts in one REGISTER; at most {config.max_contacts}"
         )
-    header_expires = _expires_header(request, config.default_expires)
+    header_expires = expires_header(request, config.default_expires)
     call_id, cseq = request.call_id, request.cseq.number
     upserts: list[Binding] = []
     removed: list[str] = []

@@ -15,9 +15,9 @@ from pbx.mwi import (
     accepts_summary,
     event_package,
     granted_expires,
-    requested_expires,
     subscription_state,
 )
+from pbx.registrar import expires_header
 from pbx.sip.aio import Peer
 from pbx.sip.dialog import Dialog
 from pbx.sip.message import Request, build_response, parse_message
@@ -144,10 +144,10 @@ def test_accept() -> None:
 
 def test_expires_granted_within_bounds() -> None:
     config = MwiConfig(min_expires=60, max_expires=3600, default_expires=1800)
-    assert requested_expires(subscribe(), config.default_expires) == 1800
-    assert requested_expires(subscribe("Expires: 120\r\n"), 1800) == 120
+    assert expires_header(subscribe(), config.default_expires) == 1800
+    assert expires_header(subscribe("Expires: 120\r\n"), 1800) == 120
     with pytest.raises(RemoteProtocolError):
-        requested_expires(subscribe("Expires: soon\r\n"), 1800)
+        expires_header(subscribe("Expires: soon\r\n"), 1800)
     assert granted_expires(0, config) == 0  # unsubscribe, or a fetch
     assert granted_expires(30, config) is None  # 423 with Min-Expires
     assert granted_expires(60, config) == 60
