@@ -348,6 +348,7 @@ class Session:
         channel = self._live()
         await channel.answer()
         if beep_first:
+            channel.report("play", BEEP_NAME)
             await channel.play(beep(), False)
         channel.flush()
         recording = await channel.record(max_seconds, silence_seconds, keys)

@@ -496,7 +496,10 @@ def import_file(path: Path, key: str = "dialplan.hook", prefix: str = "pbx_hook_
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        # Compiled from the source, not a cached .pyc: the cache goes by size and mtime in
+        # whole seconds, so an edit saved within the second of the last load would be missed.
+        code = compile(path.read_bytes(), str(path), "exec")
+        exec(code, module.__dict__)  # the site's own code, named in its config
     except BaseException:
         del sys.modules[name]
         raise

@@ -219,6 +219,7 @@ class LiveChannel:
         result = await manager._bring_in(call, call.b, route, by=f"ivr:{self.flow}",
                                          ring_timeout=ring)  # fmt: skip
         if result is True:
+            call.answered_by = call.b.party  # the CDR names who took the call, not the flow
             self._leave()
             return True
         self._service.last_status[call.id] = int(result)

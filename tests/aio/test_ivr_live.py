@@ -1,0 +1,507 @@
+"""IVR flows on live calls through an in-process exchange on loopback: the phone (our test
+phone, tests/support/phone.py) hears the prompts as RTP and keys RFC 4733 digits; the flows
+are a small module written into tmp_path, loaded as `[ivr] modules` names it.
+
+What the phone receives is measured (energy, length, strongest frequency), never assumed;
+what the flow did is read from the event bus (IvrStep, CallTransferred, CallEnded)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from media.g711 import alaw_decode, ulaw_decode, ulaw_encode
+from pbx import config as pbx_config
+from pbx.events import Event
+from pbx.server import Exchange
+from tests.aio.test_mwi import Subscriber, notified, summary_of
+from tests.aio.test_register_flow import server_of
+from tests.conftest import add_users
+from tests.support.audio import sine, strongest
+from tests.support.espeak import espeak
+from tests.support.pbxproc import write_config
+from tests.support.phone import Call, Phone
+from tests.support.ports import free_port
+from tests.support.sipclient import SipTestClient
+
+RATE = 8000
+LOW, HIGH, LONG = 440.0, 1000.0, 600.0  # the tones of the prompts "low", "high", "long"
+PIN = "4321"
+
+FLOWS = """
+from ivr import Session, flow
+
+VERSION = "{version}"
+
+
+@flow("menu")
+async def menu(call: Session) -> None:
+    await call.answer()
+    choice = await call.menu("low", "12", retries=2, timeout=4.0)
+    call.set_var("choice", choice or "none")
+    if choice == "1":
+        await call.play("high", interruptible=False)
+
+
+@flow("long")
+async def long_prompt(call: Session) -> None:
+    await call.answer()
+    await call.play("long")
+    call.set_var("after", "the prompt")  # never: the caller hangs up during it
+
+
+@flow("broken", fallback="1002")
+async def broken(call: Session) -> None:
+    await call.answer()
+    raise RuntimeError("a bug in the flow")
+
+
+@flow("versioned")
+async def versioned(call: Session) -> None:
+    await call.answer()
+    call.set_var("version", VERSION)
+    await call.collect(timeout=10.0)
+    call.set_var("finished", VERSION)
+"""
+
+
+def write_flows(directory: Path, version: str) -> Path:
+    path = directory / "flows.py"
+    path.write_text(FLOWS.format(version=version))
+    return path
+
+
+def write_prompts(directory: Path) -> None:
+    prompts = directory / "prompts"
+    prompts.mkdir()
+    for name, hz, seconds in (("low", LOW, 1.0), ("high", HIGH, 0.5), ("long", LONG, 10.0)):
+        soundfile.write(str(prompts / f"{name}.wav"), sine(hz, seconds), RATE, subtype="PCM_16")
+
+
+@pytest.fixture
+async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
+    """Flows menu (200), long (201), broken (202, falls back to 1002), versioned (203);
+    every extension has a mailbox; *97 checks one's own."""
+    write_flows(tmp_path, "old")
+    write_prompts(tmp_path)
+    extra = """
+[registrar]
+qualify_interval = 0
+
+[ivr]
+modules = ["flows.py"]
+prompts = ["prompts"]
+
+[ivr.numbers]
+"200" = "menu"
+"201" = "long"
+"202" = "broken"
+"203" = "versioned"
+
+[voicemail]
+extensions = true
+access = "*97"
+ring_seconds = 2
+max_seconds = 30
+silence_seconds = 1.5
+"""
+    ex = Exchange(pbx_config.load(write_config(tmp_path, free_port(), extra)))
+    await ex.start()
+    await add_users(ex, {"1001": "pw1001", "1002": "pw1002", "1003": "pw1003"})
+    yield ex
+    await ex.stop()
+
+
+# ---- what happened: the event bus
+
+
+class Bus:
+    """Every event the exchange publishes from now on; `wait` for one."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.events: list[Event] = []
+        self.times: dict[int, float] = {}  # id(event) -> the loop's time it came
+        self._arrived = asyncio.Event()
+        self.unsubscribe = exchange.events.subscribe(self._add)
+
+    def _add(self, event: Event) -> None:
+        self.events.append(event)
+        self.times[id(event)] = asyncio.get_running_loop().time()
+        self._arrived.set()
+
+    def matching(self, type: str, **fields: Any) -> list[Event]:
+        wanted = fields.items()
+        return [e for e in self.events if e.type == type and wanted <= e.to_json().items()]
+
+    async def wait(self, type: str, timeout: float = 10.0, **fields: Any) -> Event:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = self.matching(type, **fields)
+                if found:
+                    return found[0]
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def at(self, event: Event) -> float:
+        return self.times[id(event)]
+
+    def steps(self, call_id: str) -> list[tuple[str, str]]:
+        return [(e.step, e.detail) for e in self.matching("ivr", call_id=call_id)]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def bus(exchange: Exchange) -> Bus:
+    return Bus(exchange)
+
+
+# ---- the phone's ears and keys
+
+
+@dataclass
+class Ear:
+    """The audio a phone receives on a call, frame by frame, as it arrives."""
+
+    phone: Phone
+    frames: list[np.ndarray] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # when each frame arrived
+    task: asyncio.Task[None] | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self) -> Ear:
+        self.task = asyncio.create_task(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            packet = await loop.sock_recv(self.phone.rtp, 2048)
+            payload_type = packet[1] & 0x7F
+            if payload_type in (0, 8):
+                decode = ulaw_decode if payload_type == 0 else alaw_decode
+                self.frames.append(decode(packet[12:]).astype(np.float64))
+                self.times.append(loop.time())
+                self._arrived.set()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def between(self, start: float, end: float) -> np.ndarray:
+        """What was heard from `start` to `end` (loop times; the RTP of what the exchange
+        starts to play at `start` arrives a moment later)."""
+        lag = 0.04
+        heard = [f for f, t in zip(self.frames, self.times, strict=True)
+                 if start + lag <= t <= end + lag]  # fmt: skip
+        return np.concatenate(heard) if heard else np.zeros(0)
+
+    def sounds(self, threshold: float = 500.0) -> list[np.ndarray]:
+        """The stretches of sound heard, in order (frames with an RMS above `threshold`;
+        a quiet frame, or 100 ms without a packet, ends a stretch)."""
+        stretches: list[list[np.ndarray]] = [[]]
+        last = 0.0
+        for frame, at in zip(self.frames, self.times, strict=True):
+            if at - last > 0.1 and stretches[-1]:
+                stretches.append([])
+            last = at
+            if np.sqrt(np.mean(frame**2)) > threshold:
+                stretches[-1].append(frame)
+            elif stretches[-1]:
+                stretches.append([])
+        return [np.concatenate(s) for s in stretches if s]
+
+    async def until(self, count: int, timeout: float = 15.0) -> list[np.ndarray]:
+        """The stretches of sound once `count` have ended (a quiet frame followed each)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                ended = self.sounds()
+                quiet = bool(self.frames) and np.sqrt(np.mean(self.frames[-1] ** 2)) <= 500
+                if len(ended) > count or (len(ended) == count and quiet):
+                    return ended
+                self._arrived.clear()
+                try:  # nothing sent for 200 ms is quiet too: no prompt plays
+                    await asyncio.wait_for(self._arrived.wait(), 0.2)
+                except TimeoutError:
+                    if len(ended) == count:
+                        return ended
+
+    async def hears(self, hz: float, timeout: float = 10.0) -> None:
+        """Until the last 100 ms heard are a tone of `hz` (the beep before a message)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if len(self.frames) >= 5:
+                    recent = np.concatenate(self.frames[-5:])
+                    loud = np.sqrt(np.mean(recent**2)) > 500
+                    if loud and abs(strongest(recent, 1)[0] - hz) < 30:
+                        return
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+def seconds_of(samples: np.ndarray) -> float:
+    return len(samples) / RATE
+
+
+def tone_of(samples: np.ndarray) -> float:
+    return strongest(samples, 1)[0]
+
+
+@dataclass
+class Mouth:
+    """The RTP a phone sends on a call: PCMU audio and RFC 4733 events, one stream."""
+
+    phone: Phone
+    port: int
+    seq: int = 0
+    timestamp: int = 0
+    ssrc: int = field(default_factory=lambda: int.from_bytes(os.urandom(4), "big"))
+
+    def _send(self, payload_type: int, payload: bytes, marker: bool = False) -> None:
+        header = struct.pack("!BBHII", 0x80, payload_type | (0x80 if marker else 0),
+                             self.seq & 0xFFFF, self.timestamp & 0xFFFFFFFF, self.ssrc)  # fmt: skip
+        self.phone.rtp.sendto(header + payload, ("127.0.0.1", self.port))
+        self.seq += 1
+
+    async def key(self, digit: str) -> None:
+        """An RFC 4733 event of 100 ms, paced as a phone sends it (the end thrice)."""
+        code = "0123456789*#".index(digit)
+        for frame in range(1, 6):
+            end = frame == 5
+            body = struct.pack("!BBH", code, (0x80 if end else 0) | 10, frame * 160)
+            for _ in range(3 if end else 1):
+                self._send(101, body, marker=frame == 1)
+            await asyncio.sleep(0.02)  # the media pace, not a wait for something
+        self.timestamp += 5 * 160
+
+    async def keys(self, digits: str) -> None:
+        for digit in digits:
+            await self.key(digit)
+            await self.say(np.zeros(800, dtype=np.int16))
+
+    async def say(self, samples: np.ndarray) -> None:
+        """`samples` as PCMU, 20 ms a packet, in real time."""
+        for start in range(0, len(samples) - 159, 160):
+            self._send(0, ulaw_encode(samples[start : start + 160]))
+            self.timestamp += 160
+            await asyncio.sleep(0.02)  # the media pace
+
+
+@contextlib.asynccontextmanager
+async def phone(exchange: Exchange, ext: str, register: bool = True) -> AsyncIterator[Phone]:
+    handset = await Phone(server_of(exchange), ext, f"pw{ext}").start(register=register)
+    try:
+        yield handset
+    finally:
+        await handset.stop()
+
+
+async def dial(handset: Phone, number: str) -> tuple[Call, Ear, Mouth]:
+    ear = Ear(handset).start()
+    call = await handset.call(number, handset.offer(formats=(0, 101)))
+    return call, ear, Mouth(handset, call.media_port)
+
+
+def call_id_of(bus: Bus, caller: str) -> str:
+    [started] = bus.matching("call_started", caller=caller)
+    return started.call_id
+
+
+# ---- the tests
+
+
+async def test_the_caller_hears_the_prompt_and_keys_drive_the_menu(
+    exchange: Exchange, bus: Bus
+) -> None:
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "200")
+        try:
+            call_id = call_id_of(bus, "1001")
+            # The menu prompt: 1 s of 440 Hz, then the menu waits (4 s) for a key.
+            [prompt] = await ear.until(1)
+            assert tone_of(prompt) == pytest.approx(LOW, abs=10)
+            assert seconds_of(prompt) == pytest.approx(1.0, abs=0.1)
+            await mouth.key("1")
+            await bus.wait("ivr", call_id=call_id, step="menu", detail="1")
+            # Key 1: 0.5 s of 1 kHz, then the flow ends and hangs up.
+            bye = await alice.next("BYE")
+            assert bye.call_id == call.dialog.id.call_id
+            prompt, answer = ear.sounds()
+            assert tone_of(answer) == pytest.approx(HIGH, abs=10)
+            assert seconds_of(answer) == pytest.approx(0.5, abs=0.1)
+        finally:
+            ear.stop()
+    [key] = bus.matching("dtmf", call_id=call_id)
+    assert (key.digit, key.source) == ("1", "rfc4733")  # type: ignore[attr-defined]
+    await bus.wait("ivr", call_id=call_id, step="ended")
+    assert bus.steps(call_id) == [
+        ("started", "menu"), ("play", "low"), ("menu", "1"), ("set", "choice=1"),
+        ("play", "high"), ("hangup", ""), ("ended", "hung up"),
+    ]  # fmt: skip
+
+
+async def test_hanging_up_during_a_prompt_ends_the_flow(exchange: Exchange, bus: Bus) -> None:
+    assert exchange.calls is not None
+    async with phone(exchange, "1001") as alice:
+        call, ear, _ = await dial(alice, "201")
+        try:
+            call_id = call_id_of(bus, "1001")
+            channel = exchange.calls.calls[call_id].ivr
+            assert channel is not None and channel.task is not None
+            await ear.hears(LONG)  # the 10 s prompt is playing
+            assert (await alice.bye(call)).status == 200
+            ended = await bus.wait("ivr", call_id=call_id, step="ended")
+        finally:
+            ear.stop()
+    assert ended.detail == "caller hung up"  # type: ignore[attr-defined]
+    await asyncio.wait_for(asyncio.wait([channel.task]), 2)
+    assert channel.task.cancelled()
+    assert ("set", "after=the prompt") not in bus.steps(call_id)
+    assert call_id not in exchange.calls.calls
+    await bus.wait("call_ended", call_id=call_id)
+
+
+async def test_a_flow_that_fails_apologises_and_goes_to_its_fallback(
+    exchange: Exchange, bus: Bus
+) -> None:
+    async with phone(exchange, "1001") as alice, phone(exchange, "1002") as bob:
+        call, ear, _ = await dial(alice, "202")
+        try:
+            call_id = call_id_of(bus, "1001")
+            ringing = await bob.incoming(timeout=10)
+            sorry = await bus.wait("ivr", call_id=call_id, step="play", detail="sorry-error")
+            moving = await bus.wait("ivr", call_id=call_id, step="transfer")
+            # The apology came first: the sorry-error prompt (2.3 s of speech), all of it.
+            apology = ear.between(bus.at(sorry), bus.at(moving))
+            assert seconds_of(apology) == pytest.approx(2.3, abs=0.15)
+            assert np.sqrt(np.mean(apology**2)) > 300
+            await bob.answer(ringing)
+            moved = await bus.wait("call_transferred", call_id=call_id)
+            assert alice.received("BYE") == 0
+            assert (await alice.bye(call)).status == 200
+            ended = await bus.wait("call_ended", call_id=call_id)
+        finally:
+            ear.stop()
+    steps = bus.steps(call_id)
+    assert steps[1] == ("error", "RuntimeError: a bug in the flow"), steps
+    assert steps[2:4] == [("play", "sorry-error"), ("transfer", "1002")], steps
+    assert steps[-1] == ("ended", "fallback"), steps
+    assert (moved.to, moved.by) == ("1002", "ivr:broken")  # type: ignore[attr-defined]
+    assert ended.answered_by == "1002"  # type: ignore[attr-defined]
+
+
+async def test_reload_gives_new_calls_the_new_flow_and_lets_old_calls_finish(
+    exchange: Exchange, bus: Bus, tmp_path: Path
+) -> None:
+    async with phone(exchange, "1001") as alice, phone(exchange, "1002") as bob:
+        _, old_ear, old_mouth = await dial(alice, "203")
+        old_id = call_id_of(bus, "1001")
+        await bus.wait("ivr", call_id=old_id, step="set", detail="version=old")
+        # A longer source: Python's bytecode cache checks size and mtime (whole seconds), so
+        # a same-size edit within the second it was loaded is not seen (reported upstream).
+        path = write_flows(tmp_path, "newer")
+        answer = await exchange._reload({})
+        assert answer == {"flows": ["broken", "long", "menu", "versioned"], "errors": []}
+        new_call, new_ear, _ = await dial(bob, "203")
+        new_id = call_id_of(bus, "1002")
+        await bus.wait("ivr", call_id=new_id, step="set", detail="version=newer")
+        # The call that was in the flow before goes on in the old code.
+        await old_mouth.key("5")
+        await bus.wait("ivr", call_id=old_id, step="set", detail="finished=old")
+        await alice.next("BYE")
+        assert (await bob.bye(new_call)).status == 200
+        for ear in (old_ear, new_ear):
+            ear.stop()
+    assert path.read_text().count('VERSION = "newer"') == 1
+
+
+async def test_a_message_ends_by_silence_raises_mwi_and_plays_back_on_97(
+    exchange: Exchange, bus: Bus, tmp_path: Path
+) -> None:
+    assert exchange.store is not None
+    await exchange.store.set_mailbox_pin("1001", PIN, 0.0)
+    speech = espeak(tmp_path)
+    spoken = seconds_of(speech)
+    async with SipTestClient(server_of(exchange)) as lamp:
+        # 1001's phone watches its mailbox (and is not registered: calls go to voicemail).
+        watcher = Subscriber(lamp)
+        ok, first = await watcher.subscribe(expires=600)
+        assert ok.status == 200 and first is not None
+        assert summary_of(first).waiting is False
+        async with phone(exchange, "1002") as bob:
+            call, ear, mouth = await dial(bob, "1001")
+            try:
+                call_id = call_id_of(bus, "1002")
+                await ear.hears(1000.0)  # the beep: the message starts after it
+                await mouth.say(np.zeros(4000, dtype=np.int16))  # 0.5 s before speaking
+                await mouth.say(speech)
+                talking = asyncio.create_task(mouth.say(np.zeros(RATE * 10, dtype=np.int16)))
+                recorded = await bus.wait("ivr", call_id=call_id, step="recorded")
+                await bob.next("BYE", timeout=10)
+                talking.cancel()
+            finally:
+                ear.stop()
+        assert recorded.detail.endswith("silence"), recorded  # type: ignore[attr-defined]
+        notify = await notified(lamp)
+    summary = summary_of(notify)
+    assert summary.waiting is True and (summary.new, summary.old) == (1, 0), notify.body
+    assert b"Voice-Message: 1/0" in notify.body
+    assert exchange.voicemail is not None
+    [message] = await exchange.voicemail.messages("1001")
+    assert message.caller == "1002"
+    stored, rate = soundfile.read(str(message.path), dtype="int16")
+    assert rate == RATE
+    # Trimmed to the speech (with a little margin), not the silence that ended it.
+    assert seconds_of(stored) == pytest.approx(spoken, abs=0.8), (seconds_of(stored), spoken)
+    assert message.seconds == pytest.approx(seconds_of(stored), abs=0.05)
+    assert np.sqrt(np.mean(stored.astype(np.float64) ** 2)) > 300
+
+    # *97 from 1001: the PIN, then "you have 1 new message", then the message itself.
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "*97")
+        try:
+            access = call_id_of(bus, "1001")
+            await bus.wait("ivr", call_id=access, step="play", detail="enter-pin")
+            await mouth.keys(PIN + "#")
+            await bus.wait("ivr", call_id=access, step="pin", detail="accepted")
+            playing = await bus.wait("ivr", call_id=access, step="play", detail=str(message.path))
+            menu = await bus.wait("ivr", call_id=access, step="play", detail="voicemail-menu")
+            played = ear.between(bus.at(playing), bus.at(menu))
+            assert (await alice.bye(call)).status == 200
+            await bus.wait("ivr", call_id=access, step="ended")
+        finally:
+            ear.stop()
+    plays = [detail for step, detail in bus.steps(access) if step == "play"]
+    counts = plays.index("you-have 1 new-message and 0 saved-messages")
+    assert plays[counts + 1 :][:2] == ["message-from 1 0 0 2", str(message.path)], plays
+    # What the phone heard: the message, as long as stored, and its loudness follows the
+    # stored one's, 20 ms by 20 ms (G.711 twice over changes the samples, not the shape).
+    assert seconds_of(played) == pytest.approx(seconds_of(stored), abs=0.15)
+    assert envelope_match(played, stored.astype(np.float64)) > 0.9
+    [heard] = await exchange.voicemail.messages("1001")
+    assert heard.folder.value == "saved"
+
+
+def envelope_match(heard: np.ndarray, sent: np.ndarray) -> float:
+    """How well the loudness of `heard` follows that of `sent`, 20 ms by 20 ms: the best
+    correlation over shifts of up to 100 ms (where the slice of what was heard began)."""
+
+    def envelope(x: np.ndarray) -> np.ndarray:
+        usable = len(x) // 160 * 160
+        return np.sqrt(np.mean(x[:usable].reshape(-1, 160) ** 2, axis=1))
+
+    a, b = envelope(heard), envelope(sent)
+    best = -1.0
+    for shift in range(-5, 6):
+        x, y = (a[shift:], b) if shift >= 0 else (a, b[-shift:])
+        n = min(len(x), len(y))
+        best = max(best, float(np.corrcoef(x[:n], y[:n])[0, 1]))
+    return best
