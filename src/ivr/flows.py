@@ -56,16 +56,24 @@ def flow(name: str, fallback: str = "") -> Callable[[FlowFunction], FlowFunction
     return mark
 
 
+def flow_of(value: object, source: str = "") -> Flow | None:
+    """The flow that `@flow` made of `value`; None if it is not one."""
+    mark = getattr(value, _MARK, None)
+    if mark is None or not callable(value):
+        return None
+    name, fallback = mark
+    return Flow(name, value, fallback, source)
+
+
 def flows_in(module: object, source: str = "") -> dict[str, Flow]:
     found: dict[str, Flow] = {}
     for value in vars(module).values():
-        mark = getattr(value, _MARK, None)
-        if mark is None or not callable(value):
+        item = flow_of(value, source)
+        if item is None:
             continue
-        name, fallback = mark
-        if name in found:
-            raise ConfigError(f"{source}: two flows are named {name!r}", key="ivr.modules")
-        found[name] = Flow(name, value, fallback, source)
+        if item.name in found:
+            raise ConfigError(f"{source}: two flows are named {item.name!r}", key="ivr.modules")
+        found[item.name] = item
     return found
 
 

@@ -20,10 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from media.prompts import RATE, PromptCache, Samples
-from media.speech import GAP, digits_words, number_words, sound_path
+from media.speech import GAP, digits_words, joined, number_words, sound_path
 from media.tones import Tone
 
 if TYPE_CHECKING:
@@ -170,13 +168,7 @@ class Prompts:
         """The prompt(s) as one sound, `GAP` seconds apart. MediaError if one cannot be read,
         ValueError for a name that is not a plain prompt name."""
         parts = [prompt] if isinstance(prompt, (str, Path)) else list(prompt)
-        gap = np.zeros(round(GAP * RATE), dtype=np.int16)
-        pieces: list[Samples] = []
-        for part in parts:
-            if pieces:
-                pieces.append(gap)
-            pieces.append(self.cache.get(self.path(part)))
-        samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+        samples = joined([self.cache.get(self.path(part)) for part in parts], GAP)
         return Sound(tuple(str(p) for p in parts), samples)
 
 

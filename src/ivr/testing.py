@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from ivr.flows import Flow, FlowFunction, run_flow
+from ivr.flows import Flow, FlowFunction, flow_of, run_flow
 from ivr.session import (
     HungUp,
     Outcome,
@@ -330,10 +330,7 @@ def run(
 
 
 def _as_flow(function: FlowFunction) -> Flow:
-    mark = getattr(function, "__ivr_flow__", None)
-    if mark is not None:
-        return Flow(mark[0], function, mark[1])
-    return Flow(getattr(function, "__name__", "flow"), function)
+    return flow_of(function) or Flow(getattr(function, "__name__", "flow"), function)
 
 
 class MemoryMailboxes:

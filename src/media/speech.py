@@ -180,16 +180,21 @@ def sequence_samples(
 ) -> Samples:
     """The prompts one after the other, `gap` seconds apart, as 8 kHz int16 samples.
     MediaError if one of them has no file or cannot be read."""
+    return joined([cache.get(sound_path(slug, language)) for slug in slugs], gap)
+
+
+def joined(sounds: Iterable[Samples], gap: float = GAP) -> Samples:
+    """The sounds one after the other, `gap` seconds of silence apart."""
     silence = np.zeros(round(gap * RATE), dtype=np.int16)
     parts: list[Samples] = []
-    for slug in slugs:
+    for sound in sounds:
         if parts:
             parts.append(silence)
-        parts.append(cache.get(sound_path(slug, language)))
+        parts.append(sound)
     if not parts:
         return np.zeros(0, dtype=np.int16)
-    joined: Samples = np.concatenate(parts)
-    return joined
+    together: Samples = np.concatenate(parts)
+    return together
 
 
 def sequence(

@@ -622,7 +622,7 @@ class CallManager:
         if route.kind is not RouteKind.EXTENSION or self.flows is None:
             return None
         box = route.number
-        if self.flows.voicemail is None or not self.dialplan.has_mailbox(box):
+        if self.flows.voicemail is None or not self.flows.voicemail.has(box):
             return None
         return Route(RouteKind.VOICEMAIL, box, reason=f"{box} does not answer: voicemail")
 

@@ -381,12 +381,6 @@ class Dialplan:
             reason=f"{prefix}voicemail box {box}",
         )  # fmt: skip
 
-    def has_mailbox(self, box: str) -> bool:
-        """Whether mailbox `box` exists: a [[mailbox]], or an extension's own one."""
-        if self._config.mailbox(box) is not None:
-            return True
-        return self._config.voicemail.extensions and self._is_extension(box)
-
     def _time_route(self, route: TimeRouteConfig, prefix: str) -> Route:
         """Where a time_route sends a call now: its open or closed target, following
         time_routes that name time_routes. A "trunk:NAME:NUMBER" target goes out through the

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -85,6 +84,7 @@ class LiveChannel:
         self._arrived = asyncio.Event()
         self._gone = False
         self._taker: MessageTaker | None = None
+        self._taker_keys = ""  # the keys that end the message being recorded
         self.task: asyncio.Task[object] | None = None
 
     # from the call manager
@@ -189,8 +189,6 @@ class LiveChannel:
             self._keys.clear()
         return Recording(taker.samples(), why, key)
 
-    _taker_keys = ""
-
     async def transfer(self, target: str) -> bool:
         self._check()
         manager, call = self._manager, self._call
@@ -222,7 +220,6 @@ class LiveChannel:
             call.answered_by = call.b.party  # the CDR names who took the call, not the flow
             self._leave()
             return True
-        self._service.last_status[call.id] = int(result)
         if not call.ended:
             manager._stop_music(leg)
         self._check()
@@ -290,8 +287,6 @@ class FlowService:
         self.prompts = Prompts(
             [base / d for d in config.ivr.prompts], base=base, cache=manager.prompts
         )
-        self.last_status: dict[str, int] = {}
-        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def load(self) -> list[str]:
         """(Re)import the flow modules; the errors (the flows loaded before are kept)."""
@@ -305,7 +300,7 @@ class FlowService:
         if route.kind is RouteKind.IVR:
             return self.registry.get(route.number) is not None
         if route.kind is RouteKind.VOICEMAIL:
-            return self.voicemail is not None and self.manager.dialplan.has_mailbox(route.number)
+            return self.voicemail is not None and self.voicemail.has(route.number)
         return route.kind is RouteKind.VOICEMAIL_ACCESS and self.voicemail is not None
 
     def flow_for(self, route: Route, caller: str) -> Flow | None:
@@ -358,17 +353,14 @@ class FlowService:
 
     async def _run(self, item: Flow, channel: LiveChannel) -> None:
         session = Session(channel, self.prompts)
-        try:
-            outcome = await run_flow(item, session, self.config.ivr.fallback)
-        finally:
-            self.last_status.pop(channel.call_id, None)
+        outcome = await run_flow(item, session, self.config.ivr.fallback)
         log.info("call %s: flow %s done: %s %s", channel.call_id, item.name, outcome.value,
                  session.destination)  # fmt: skip
 
     def ring_seconds(self, route: Route) -> float | None:
         """An extension with a mailbox rings for [voicemail] ring_seconds, then the flow
         may take a message."""
-        if route.kind is RouteKind.EXTENSION and self.manager.dialplan.has_mailbox(route.number):
+        if self.manager._mailbox_of(route) is not None:
             return self.config.voicemail.ring_seconds
         return None
 

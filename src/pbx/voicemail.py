@@ -53,13 +53,13 @@ def message_from_row(row: dict[str, object]) -> Message:
     )  # fmt: skip
 
 
-def trimmed(samples: np.ndarray, keep_from: int = 0) -> np.ndarray:
+def trimmed(samples: np.ndarray) -> np.ndarray:
     """The message without the silence the caller left after speaking (the end detector's
     wait) or before it; all of it when no speech is found (a fax tone, a quiet caller)."""
     bounds = speech_bounds(samples, margin=TRIM_MARGIN)
     if bounds is None:
         return samples
-    return samples[max(keep_from, bounds[0]) : bounds[1]]
+    return samples[bounds[0] : bounds[1]]
 
 
 class Voicemail:
@@ -84,10 +84,14 @@ class Voicemail:
         self.silence_seconds = settings.silence_seconds
         self.min_seconds = settings.min_seconds
 
-    async def exists(self, box: str) -> bool:
+    def has(self, box: str) -> bool:
+        """Whether mailbox `box` exists: a [[mailbox]], or an extension's own one."""
         if self.config.mailbox(box) is not None:
             return True
         return self.config.voicemail.extensions and self._is_extension(box)
+
+    async def exists(self, box: str) -> bool:
+        return self.has(box)
 
     async def is_personal(self, box: str) -> bool:
         return self.config.mailbox(box) is None and self._is_extension(box)

@@ -144,7 +144,7 @@ def test_prompts_tts(tmp_path: Path) -> None:
     import shutil
 
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (make test installs it)")
+        pytest.fail("espeak-ng is missing: `make test-deps` installs it")
     out = tmp_path / "p" / "hello.wav"
     result = CliRunner().invoke(main, ["prompts", "tts", "hello there", str(out)])
     assert result.exit_code == 0, result.output
