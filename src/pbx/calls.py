@@ -382,7 +382,7 @@ class CallManager:
                 await asyncio.wait_for(asyncio.gather(*hang_ups), SHUTDOWN_GRACE)
         for call in list(self.calls.values()):
             await self._release(call)
-        self.recordings.stop_all()
+        await self.recordings.stop_all()
         self.media_clock.stop()
         for task in list(self._tasks):
             task.cancel()

@@ -222,7 +222,7 @@ class RecordingManager:
         """On the loop: a stopped recording is finished; say so."""
         recording = self._finishing.pop(recording_id, None)
         if recording is None or recording.finished is None:
-            return  # published already (`wait_finished` came first)
+            return  # published already (`stop_all` came first)
         finished = recording.finished.result()
         self.events.publish(
             RecordingStopped(self.now(), recording.call_id, recording.caller, recording.callee,
@@ -231,34 +231,31 @@ class RecordingManager:
                              paused_seconds=finished.paused_seconds)
         )  # fmt: skip
 
-    def wait_finished(self, timeout: float | None = SHUTDOWN_WAIT) -> bool:
-        """Block until every stopped recording is finished, and publish their events
-        (shutdown: the loop is about to stop). False if some were not within `timeout`
-        seconds: those stay unfinished in the index, for the next start to repair."""
-        pending = list(self._finishing.values())
-        futures = [r.finished for r in pending if r.finished is not None]
-        concurrent.futures.wait(futures, timeout)
-        for recording in pending:
-            if recording.finished is not None and recording.finished.done():
-                self._stopped(recording.id)
-            else:
-                log.error("call %s: %s is not finished after %s s; the next start repairs it",
-                          recording.call_id, recording.path, timeout)  # fmt: skip
-        return not self._finishing
-
     def ended(self, call_id: str) -> None:
         """The call is over: its recording is finished and nothing more is kept of it."""
         self.stop(call_id)
         self.declined.discard(call_id)
 
-    def stop_all(self) -> None:
-        """Shutdown: stop every recording and wait until all are finished (this blocks
-        the loop, as it is stopping anyway); the threads end."""
+    async def stop_all(self, timeout: float = SHUTDOWN_WAIT) -> bool:
+        """Shutdown: stop every recording, wait (the loop going on meanwhile) until each
+        file is finished and its `RecordingStopped` published, then end the threads. False
+        if some were not finished within `timeout` seconds: those stay unfinished in the
+        index, for the next start to repair."""
         for call_id in list(self.active):
             self.stop(call_id)
-        self.wait_finished()
-        self.files.close(SHUTDOWN_WAIT)
-        self.finisher.close(SHUTDOWN_WAIT)
+        pending = list(self._finishing.values())
+        futures = [asyncio.wrap_future(r.finished) for r in pending if r.finished is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+        for recording in pending:
+            if recording.finished is not None and recording.finished.done():
+                self._stopped(recording.id)  # unless its own callback came first
+            else:
+                log.error("call %s: %s is not finished after %s s; the next start repairs it",
+                          recording.call_id, recording.path, timeout)  # fmt: skip
+        await asyncio.to_thread(self.files.close, timeout)
+        await asyncio.to_thread(self.finisher.close, timeout)
+        return not self._finishing
 
 
 def _finish(recording: Recording, closing: Future[float], trim: bool) -> Finished:
@@ -288,7 +285,7 @@ def _finish(recording: Recording, closing: Future[float], trim: bool) -> Finishe
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[str], None], arg: str) -> None:
-    # A closed loop: `wait_finished` published the event, or nobody is left to hear it.
+    # A closed loop: `stop_all` published the event, or nobody is left to hear it.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback, arg)
 

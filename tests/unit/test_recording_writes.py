@@ -239,13 +239,18 @@ def start(recordings: RecordingManager, call_id: str, caller: Party, callee: Par
     return recording.path
 
 
-async def stopped_event(seen: list[Event], count: int = 1) -> list[RecordingStopped]:
-    for _ in range(500):
-        found = [e for e in seen if isinstance(e, RecordingStopped)]
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.01)
-    raise AssertionError("no recording_stopped")
+async def stopped_event(recordings: RecordingManager, seen: list[Event]) -> RecordingStopped:
+    """The first `RecordingStopped`, awaited: the loop publishes it once the file is done."""
+    published = asyncio.Event()
+    unsubscribe = recordings.events.subscribe(
+        lambda event: published.set() if isinstance(event, RecordingStopped) else None
+    )
+    try:
+        await asyncio.wait_for(published.wait(), 10)
+    finally:
+        unsubscribe()
+    [event] = [e for e in seen if isinstance(e, RecordingStopped)]
+    return event
 
 
 @pytest.mark.parametrize("trim", [False, True])
@@ -256,7 +261,7 @@ async def test_recording_stopped_comes_when_the_file_is_complete(
     try:
         await stopped_when_complete(recordings, clock, seen, espeak(tmp_path), trim)
     finally:
-        recordings.stop_all()
+        await recordings.stop_all()
 
 
 async def stopped_when_complete(
@@ -279,7 +284,7 @@ async def stopped_when_complete(
     clock.tick(ticks - 50, caller, callee)
     recording = recordings.stop("c1")
     assert recording is not None and recording.finished is not None
-    [event] = await stopped_event(seen)
+    event = await stopped_event(recordings, seen)
     untrimmed = ticks * FRAME / RATE
     if trim:
         sound = np.flatnonzero(words)  # the sentence, and 0.5 s of silence each side
@@ -300,7 +305,12 @@ async def test_shutdown_waits_for_every_recording_to_be_finished(tmp_path: Path)
     paths = [start(recordings, f"c{i}", parties[2 * i], parties[2 * i + 1]) for i in range(3)]
     clock.tick(130, *parties)
     recordings.stop("c0")  # finished off the loop; its event may or may not be out yet
-    recordings.stop_all()  # the others too, and waits for all three
+    # The finisher is held up until the loop itself lets it go: a stop_all that blocked
+    # the loop while it waited would never finish in time.
+    gate = threading.Event()
+    recordings.finisher.submit(gate.wait, 10.0)
+    asyncio.get_running_loop().call_later(0.05, gate.set)
+    assert await recordings.stop_all(timeout=5.0)  # the others too, and waits for all three
     stopped = [e for e in seen if isinstance(e, RecordingStopped)]
     assert sorted(e.call_id for e in stopped) == ["c0", "c1", "c2"]
     for event, path in zip(sorted(stopped, key=lambda e: e.call_id), paths, strict=True):
