@@ -236,25 +236,25 @@ class RecordingManager:
         self.stop(call_id)
         self.declined.discard(call_id)
 
-    async def stop_all(self, timeout: float = SHUTDOWN_WAIT) -> bool:
+    async def stop_all(self, grace: float = SHUTDOWN_WAIT) -> bool:
         """Shutdown: stop every recording, wait (the loop going on meanwhile) until each
         file is finished and its `RecordingStopped` published, then end the threads. False
-        if some were not finished within `timeout` seconds: those stay unfinished in the
+        if some were not finished within `grace` seconds: those stay unfinished in the
         index, for the next start to repair."""
         for call_id in list(self.active):
             self.stop(call_id)
         pending = list(self._finishing.values())
         futures = [asyncio.wrap_future(r.finished) for r in pending if r.finished is not None]
         if futures:
-            await asyncio.wait(futures, timeout=timeout)
+            await asyncio.wait(futures, timeout=grace)
         for recording in pending:
             if recording.finished is not None and recording.finished.done():
                 self._stopped(recording.id)  # unless its own callback came first
             else:
                 log.error("call %s: %s is not finished after %s s; the next start repairs it",
-                          recording.call_id, recording.path, timeout)  # fmt: skip
-        await asyncio.to_thread(self.files.close, timeout)
-        await asyncio.to_thread(self.finisher.close, timeout)
+                          recording.call_id, recording.path, grace)  # fmt: skip
+        await asyncio.to_thread(self.files.close, grace)
+        await asyncio.to_thread(self.finisher.close, grace)
         return not self._finishing
 
 

@@ -310,7 +310,7 @@ async def test_shutdown_waits_for_every_recording_to_be_finished(tmp_path: Path)
     gate = threading.Event()
     recordings.finisher.submit(gate.wait, 10.0)
     asyncio.get_running_loop().call_later(0.05, gate.set)
-    assert await recordings.stop_all(timeout=5.0)  # the others too, and waits for all three
+    assert await recordings.stop_all(grace=5.0)  # the others too, and waits for all three
     stopped = [e for e in seen if isinstance(e, RecordingStopped)]
     assert sorted(e.call_id for e in stopped) == ["c0", "c1", "c2"]
     for event, path in zip(sorted(stopped, key=lambda e: e.call_id), paths, strict=True):
