@@ -104,3 +104,46 @@ def dominant_hz(samples: np.ndarray, rate: int, what: str, min_seconds: float = 
     assert len(samples) >= min_seconds * rate, f"{what}: only {len(samples) / rate:.2f} s"
     assert np.abs(samples).max() > 1000, f"{what}: silence"
     return strongest(samples, 1, rate)[0]
+
+
+CLINIC = Path(__file__).resolve().parents[2] / "examples" / "clinic"
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def clinic_setup(directory: Path, open_hours: str, silence_seconds: float, max_seconds: int) -> str:
+    """Copy the example clinic's flows and prompts into `directory` and give the pbx.toml
+    text that names them as the example's does, with an [[hours]] "clinic" of
+    `open_hours` every day ("": closed all week)."""
+    import shutil
+
+    shutil.copy(CLINIC / "clinic_flows.py", directory / "clinic_flows.py")
+    shutil.copytree(CLINIC / "prompts", directory / "prompts")
+    days = "".join(f'{day} = "{open_hours}"\n' for day in _DAYS) if open_hours else ""
+    return f"""
+[registrar]
+qualify_interval = 0
+
+[ivr]
+modules = ["clinic_flows.py"]
+prompts = ["prompts"]
+fallback = "1001"
+
+[ivr.numbers]
+"100" = "main"
+
+[voicemail]
+extensions = true
+ring_seconds = 10
+max_seconds = {max_seconds}
+silence_seconds = {silence_seconds}
+
+[[mailbox]]
+box = "refills"
+
+[[mailbox]]
+box = "clinic"
+
+[[hours]]
+name = "clinic"
+timezone = "America/New_York"
+{days}"""

@@ -19,7 +19,6 @@ heard (baresip's sndfile) go to DIR/result.json.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 import wave
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.interop.helpers import configure, wait_for
+from tests.interop.helpers import clinic_setup, configure, wait_for
 from tests.interop.netns_call import HOST, SIP_PORT, network, register, run
 from tests.interop.netns_hold_transfer import EventLog, Tap, reregister
 from tests.support.baresip import Baresip
@@ -43,34 +42,6 @@ WELCOME_HEARD = 1.0  # seconds of the welcome the caller hears before its first 
 SILENCE_SECONDS = 2.0  # [voicemail] silence_seconds: what ends the message
 SPEECH_LEAD = 0.3  # silence before the sentence in the caller's speech file
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-CLINIC_TOML = f"""
-[registrar]
-qualify_interval = 0
-
-[ivr]
-modules = ["clinic_flows.py"]
-prompts = ["prompts"]
-fallback = "1001"
-
-[ivr.numbers]
-"100" = "main"
-
-[voicemail]
-extensions = true
-ring_seconds = 10
-max_seconds = 30
-silence_seconds = {SILENCE_SECONDS}
-
-[[mailbox]]
-box = "refills"
-
-[[mailbox]]
-box = "clinic"
-
-[[hours]]
-name = "clinic"
-timezone = "America/New_York"
-{"".join(f'{day} = "00:00-24:00"{chr(10)}' for day in DAYS)}"""
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:
@@ -85,9 +56,7 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
 
 def clinic(work: Path, pbx: PbxProcess) -> None:
     """The example's flows and prompts beside pbx's configuration, which names them."""
-    shutil.copy(CLINIC / "clinic_flows.py", work / "clinic_flows.py")
-    shutil.copytree(CLINIC / "prompts", work / "prompts")
-    configure(pbx, CLINIC_TOML)
+    configure(pbx, clinic_setup(work, "00:00-24:00", SILENCE_SECONDS, 30))
 
 
 def phone(work: Path, user: str, source: Path, mwi: bool) -> Baresip:

@@ -14,7 +14,6 @@ speech where a message is left) with RFC 4733 events where a key is pressed."""
 
 from __future__ import annotations
 
-import shutil
 import struct
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,7 @@ import pytest
 from acd.model import Entered
 from ivr.session import Prompts
 from media.g711 import alaw_encode
-from tests.interop.helpers import add_users, configure
+from tests.interop.helpers import add_users, clinic_setup, configure
 from tests.interop.netns_hold_transfer import EventLog
 from tests.interop.test_sipp_acd import logged, of
 from tests.support.espeak import espeak
@@ -52,41 +51,8 @@ def clinic_config(directory: Path, open_hours: str) -> PbxProcess:
     names them as pbx.toml does) and an [[hours]] "clinic" of `open_hours` every day ("":
     closed all week)."""
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(CLINIC / "clinic_flows.py", directory / "clinic_flows.py")
-    shutil.copytree(CLINIC / "prompts", directory / "prompts")
     proc = make_pbx(directory)
-    days = "".join(f'{day} = "{open_hours}"\n' for day in DAYS) if open_hours else ""
-    configure(
-        proc,
-        f"""
-[registrar]
-qualify_interval = 0
-
-[ivr]
-modules = ["clinic_flows.py"]
-prompts = ["prompts"]
-fallback = "1001"
-
-[ivr.numbers]
-"100" = "main"
-
-[voicemail]
-extensions = true
-ring_seconds = 10
-max_seconds = 60
-silence_seconds = {SILENCE_SECONDS}
-
-[[mailbox]]
-box = "refills"
-
-[[mailbox]]
-box = "clinic"
-
-[[hours]]
-name = "clinic"
-timezone = "America/New_York"
-{days}""",
-    )
+    configure(proc, clinic_setup(directory, open_hours, SILENCE_SECONDS, 60))
     return proc
 
 
