@@ -88,7 +88,12 @@ from media.g711 import (  # noqa: E402
 from media.jitter import JitterBuffer  # noqa: E402
 from media.mix import mix_minus  # noqa: E402
 from media.ports import PortPool  # noqa: E402
-from media.recording import Recorder, audio_duration  # noqa: E402
+from media.recording import (  # noqa: E402
+    FIRST_WRITE_TICKS,
+    RecordedStream,
+    Recorder,
+    audio_duration,
+)
 from media.rtp import RtpPacket  # noqa: E402
 from register import Server, cpu_model, free_port, git_commit, write_users  # noqa: E402
 
@@ -371,11 +376,11 @@ async def recording_run(
             bridges.append(Bridge(a, b))
         if fmt is not None:
             for i, (a, b) in enumerate(legs):
-                left, right = clock.listen(a, "PCMA"), clock.listen(b, "PCMA")
+                left, right = RecordedStream("PCMA", a), RecordedStream("PCMA", b)
                 path = directory / f"{fmt}-{calls}-{i}.{fmt}"
-                recorder = Recorder(path, fmt, left, right, files)
+                recorder = Recorder(path, fmt, left, right, files, sim.time)
                 recorders.append(recorder)
-                clock.add_job(recorder)
+                clock.add_second_job(recorder, FIRST_WRITE_TICKS)
             clock.stop()  # ticks come from run_tick below, not the loop
         # A whole sequence cycle (the timestamps jump back once, a resync, every 22 min).
         audio = [alaw_encode(f[0]) for f in talk(CYCLE, 1, seed=5)]

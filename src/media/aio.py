@@ -73,7 +73,7 @@ Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RtpHandler = Callable[[bytes, float], None]
 
 _SEQ_TS_SSRC = Struct("!HII")  # RFC 3550 §5.1 fixed header from octet 2
-_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 static payload types: what we transcode
+PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}  # RFC 3551 static payload types: what we transcode
 _TABLES = {("PCMU", "PCMA"): ULAW_TO_ALAW, ("PCMA", "PCMU"): ALAW_TO_ULAW}
 # Slack for the loop firing a timer up to its clock resolution early.
 _TIMER_SLACK = 1e-3
@@ -145,7 +145,9 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self._event_pt = -1  # the phone's telephone-event payload type, watched for DTMF
         self._events: DtmfTap | None = None
         self.audio_tap: RtpHandler | None = None
-        """Sees every RTP packet accepted from the phone (a decoder for recording...)."""
+        """Sees every RTP packet accepted from the phone (the media clock's decoder)."""
+        self.record_taps: tuple[RtpHandler, ...] = ()
+        """See them too: the recorders' streams (a recorded phone may be decoded as well)."""
         self.local = False
         """Audio of ours plays to the phone (a prompt, music, a conference): relayed packets
         are dropped meanwhile."""
@@ -296,6 +298,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self._events.packet(data, now)
         tap = self.audio_tap
         if tap is not None:
+            tap(data, now)
+        for tap in self.record_taps:
             tap(data, now)
         handler = self.on_rtp
         if handler is not None:
@@ -505,6 +509,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self._send_rtcp(bye)
         self._closed = True
         self.on_rtp = self.on_rtcp = self.audio_tap = None
+        self.record_taps = ()
         self.watch_dtmf(None, None)
         self.on_inactive = None
         for timer in (self._timer, self._rtcp_timer):
@@ -585,7 +590,7 @@ class Bridge:
             codec_a, codec_b = (name.upper() for name in transcode)
             if codec_a == codec_b:
                 codec_a = codec_b = None
-            elif codec_a not in _PAYLOAD_TYPES or codec_b not in _PAYLOAD_TYPES:
+            elif codec_a not in PAYLOAD_TYPES or codec_b not in PAYLOAD_TYPES:
                 why = "we transcode only PCMU <-> PCMA"
                 if "G722" in (codec_a, codec_b):
                     why = "G722 is passthrough only (we never decode it)"
@@ -610,7 +615,7 @@ def _mapping(
 ) -> _Mapping:
     mapping: _Mapping = {}
     if source is not None and target is not None and source != target:
-        mapping[_PAYLOAD_TYPES[source]] = (_PAYLOAD_TYPES[target], _TABLES[source, target])
+        mapping[PAYLOAD_TYPES[source]] = (PAYLOAD_TYPES[target], _TABLES[source, target])
     if event_in is not None and event_in != event_out:
         mapping[event_in] = (-1 if event_out is None else event_out, None)
     return mapping

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from media.aio import MediaEndpoint
+from media.aio import PAYLOAD_TYPES, MediaEndpoint
 from media.dtmf import Digit, InbandDetector, feed_many
 from media.g711 import ALAW_DECODE, ULAW_DECODE, alaw_encode, ulaw_encode
 from media.jitter import JitterBuffer, pop_many
@@ -37,17 +37,17 @@ log = logging.getLogger("media.clock")
 TICK = 0.02
 FRAME = 160
 Samples = npt.NDArray[np.int16]
-_DECODE = {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
+DECODE = {"PCMU": ULAW_DECODE, "PCMA": ALAW_DECODE}
 _ENCODE = {"PCMU": ulaw_encode, "PCMA": alaw_encode}
-_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
 _SKIP_AHEAD = 6 * TICK  # `_tick` skips ahead when a tick comes later than this
 _COUNT_TICKS = 50  # the audio dropped is counted once a second
+_SPREAD = 10  # ticks a second job's slot may come after its due tick
 _WARN_EVERY = 60.0  # seconds between warnings of it
 
 
 def decodable(codec: str) -> bool:
     """Whether we can decode (and make) audio in this codec: G.711 only."""
-    return codec.upper() in _DECODE
+    return codec.upper() in DECODE
 
 
 class Source(Protocol):
@@ -74,7 +74,7 @@ class Listener:
 
     def __init__(self, clock: MediaClock, endpoint: MediaEndpoint, codec: str) -> None:
         self._clock, self.endpoint = clock, endpoint
-        self.jitter = JitterBuffer(decode=_DECODE[_decodable_name(codec)])
+        self.jitter = JitterBuffer(decode=DECODE[_decodable_name(codec)])
         self.frame: Samples = np.zeros(FRAME, dtype=np.int16)
         self.real = False
         self.users = 0
@@ -86,9 +86,9 @@ class Listener:
 
     def set_codec(self, codec: str) -> None:
         name = _decodable_name(codec)
-        self._payload_type = _PAYLOAD_TYPES[name]
-        if self.jitter.decode is not _DECODE[name]:
-            self.jitter.set_decode(_DECODE[name])
+        self._payload_type = PAYLOAD_TYPES[name]
+        if self.jitter.decode is not DECODE[name]:
+            self.jitter.set_decode(DECODE[name])
 
     @property
     def dropped_samples(self) -> int:
@@ -128,7 +128,7 @@ class Listener:
 
 def _decodable_name(codec: str) -> str:
     name = codec.upper()
-    if name not in _DECODE:
+    if name not in DECODE:
         raise MediaError(f"cannot decode {codec}: only PCMU and PCMA")
     return name
 
@@ -147,7 +147,7 @@ class Player:
         name = codec.upper()
         if name not in _ENCODE:
             raise MediaError(f"cannot play audio in {codec}: only PCMU and PCMA")
-        self._encode, self._payload_type = _ENCODE[name], _PAYLOAD_TYPES[name]
+        self._encode, self._payload_type = _ENCODE[name], PAYLOAD_TYPES[name]
 
     @property
     def playing(self) -> bool:
@@ -195,6 +195,9 @@ class MediaClock:
         self._players: list[Player] = []
         self._player_of: dict[int, Player] = {}  # by id(endpoint)
         self._jobs: list[Job] = []
+        # Jobs ticked once a second, each on a tick of its own: a bucket a tick.
+        self._second_jobs: list[list[Job]] = [[] for _ in range(_COUNT_TICKS)]
+        self._second_count = 0
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
         self.ticks = 0
@@ -273,9 +276,32 @@ class MediaClock:
         if job in self._jobs:
             self._jobs.remove(job)
 
+    def add_second_job(self, job: Job, due_in: int = 0) -> None:
+        """Tick `job` once a second (work that needs no more: a recorder's writes), first
+        `due_in` ticks from now or up to `_SPREAD` ticks later: on the one of those with
+        the fewest such jobs, so that jobs added together spread their work."""
+        if any(job in bucket for bucket in self._second_jobs):
+            return
+        first = self.ticks + due_in
+        slots = [(first + k) % _COUNT_TICKS for k in range(_SPREAD)]
+        self._second_jobs[min(slots, key=lambda slot: len(self._second_jobs[slot]))].append(job)
+        self._second_count += 1
+        self._arm()
+
+    def remove_second_job(self, job: Job) -> None:
+        for bucket in self._second_jobs:
+            if job in bucket:
+                bucket.remove(job)
+                self._second_count -= 1
+
+    def time(self) -> float:
+        """The clock's time: its loop's, which the endpoints stamp packets with."""
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
+
     @property
     def busy(self) -> bool:
-        return bool(self._listeners or self._players or self._jobs)
+        return bool(self._listeners or self._players or self._jobs or self._second_count)
 
     # ticking
 
@@ -333,6 +359,9 @@ class MediaClock:
                         listener.on_digit(digit)
         for job in list(self._jobs):
             job.tick(now)
+        if self._second_count:
+            for job in list(self._second_jobs[self.ticks % _COUNT_TICKS]):
+                job.tick(now)
         for player in list(self._players):
             player._tick(now)
 
@@ -355,7 +384,8 @@ class MediaClock:
 
     def _count_loss(self, now: float, listeners: list[Listener]) -> None:
         """Once a second: the audio dropped to catch up. A server too busy to tick on time
-        makes gaps in every recording and conference; say so, at most once a minute."""
+        makes gaps in every conference and voicemail message (not in recordings: those
+        place packets by their timestamps); say so, at most once a minute."""
         for listener in listeners:
             self._count_dropped(listener)
         dropped, self._dropped_new = self._dropped_new, 0
@@ -365,8 +395,8 @@ class MediaClock:
         if (skipped or lost) and now >= self._warn_after:
             log.warning(
                 "media clock behind (server overloaded?): %d ticks skipped, %.0f ms of "
-                "decoded audio dropped to catch up (over %d streams); recordings, "
-                "conferences and in-band DTMF lose that audio",
+                "decoded audio dropped to catch up (over %d streams); conferences, "
+                "voicemail and in-band DTMF lose that audio",
                 skipped, lost * 1000 / 8000, len(listeners),
             )  # fmt: skip
             self._skipped_unreported = self._dropped_unreported = 0

@@ -1,16 +1,18 @@
-"""Call recording: two decoded parties as the left and right channels of a WAV or FLAC
+"""Call recording: two phones' audio as the left and right channels of a WAV or FLAC
 file, written as the call goes.
 
-A `Recorder` is a job of the media clock: each tick it takes the frame each party's
-`Listener` got (the caller left, the callee right), and every second it hands what it has
-gathered to be written: to a `FileJobs` thread (the exchange's `media.aio.FileWriter`, off
-the event loop), or, without one, at once. The WAV writer rewrites its header sizes at each
-of those writes, so a process killed mid-call leaves a file that plays up to the last
-second; `repair_wav` fixes the header of one cut off before that (a crash between two
-writes). FLAC frames stand on their own: libsndfile leaves "length unknown" in the header
-until it closes, which players accept. While paused (a card number being read out) the
-recorder writes silence, so the two channels stay in step with the call and the pause
-shows where it was.
+Each side is a `RecordedStream`: a tap on the phone's media endpoint that only keeps the
+packets as they come. A `Recorder` is a job of the media clock, ticked once a second; it
+has the streams place their packets on its timeline, all at once in numpy (a packet
+decoded and jitter-buffered on its own costs several times as much), and hands each second
+whose packets have had 0.2 s to come to be written: to a `FileJobs` thread (the exchange's
+`media.aio.FileWriter`, off the event loop), or, without one, at once. The file trails the
+call by 0.2 to 1.4 s. The WAV writer rewrites its header sizes at each of those writes, so
+a process killed mid-call leaves a file that plays up to the last write; `repair_wav`
+fixes the header of one cut off before that (a crash between two writes). FLAC frames
+stand on their own: libsndfile leaves "length unknown" in the header until it closes,
+which players accept. While paused (a card number being read out) the recorder writes
+silence, so the two channels stay in step with the call and the pause shows where it was.
 
 `trim_silence` cuts a finished recording's leading and trailing silence (voice activity by
 webrtcvad on both channels), rewriting the file beside it and renaming it over the old one.
@@ -18,6 +20,7 @@ webrtcvad on both channels), rewriting the file beside it and renaming it over t
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Callable
@@ -29,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import soundfile
 
-from media.clock import FRAME, Listener
+from media.aio import PAYLOAD_TYPES, MediaEndpoint
+from media.clock import DECODE, FRAME, TICK, Samples, decodable
 from media.vad import speech_extent
 from pbx.errors import MediaError
 
@@ -37,10 +41,16 @@ RATE = 8000
 FORMATS = ("wav", "flac")
 TRIM_MARGIN = 0.5  # seconds of silence left before the first speech and after the last
 TRIM_KEEP = 1.0  # seconds kept of a recording with no speech at all (its first)
-_WRITE_TICKS = 50  # a write (and a header update) every second
+_MARGIN = RATE // 5  # samples a second waits after its end for late packets to come
+FIRST_WRITE_TICKS = (RATE + _MARGIN) // FRAME  # after its start: a recorder's first write
+_SPAN = 3 * RATE  # the recorder's timeline not yet written (packets beyond wait)
+_HOLD_AHEAD = 2 * RATE  # packets further past the timeline's end: misplaced, lost
+_JUMP = RATE // 4  # a step in packets' lateness bigger than this: a timestamp jump
+_DRIFT = FRAME  # a stream's earliest packets this far from its anchor: re-anchored
 _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")  # RIFF, fmt (PCM), data: 44 bytes
 _COPY = 30 * RATE  # samples a trim copies at a time
 T = TypeVar("T")
+_Placed = tuple[npt.NDArray[np.int64], Samples]  # packets' timeline positions, their samples
 
 
 class Writer(Protocol):
@@ -125,40 +135,211 @@ def open_writer(path: Path, fmt: str, channels: int = 2) -> Writer:
     raise MediaError(f"unknown recording format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-class Recorder:
-    """Stereo recording of two listeners (None for a side with nobody on it: silence).
+class RecordedStream:
+    """One phone's audio for a recorder. Its packets are kept as they come (the bytes and
+    the arrival: two appends, no decoding and no jitter buffer per packet) and placed on
+    the recording's timeline all together, in numpy, when the recorder writes a second.
 
-    With `files` the writes run there (`media.aio.FileWriter`'s thread): each second the
-    recorder hands over its two arrays of frames and starts new ones, and the thread
-    interleaves and writes them. Without, it writes at once (tests, tools)."""
+    A packet's samples are placed to end at the moment it arrived, less its lateness: the
+    stream is anchored on its earliest packets (jitter only ever delays), so a late,
+    reordered or repeated packet lands where its RTP timestamp says. A new SSRC, or a
+    timestamp jump (a sender that restarts its clock after a hold), anchors it afresh; a
+    sender whose clock drifts from ours is re-anchored once it is 20 ms off, a gap or an
+    overlap of 20 ms, as a jitter buffer's catching up makes.
+
+    `endpoint`: take that endpoint's packets (a second tap beside the media clock's, so a
+    phone can be recorded and heard by the in-band DTMF detector too) until `close`."""
 
     __slots__ = (
-        "_buffer", "_closing", "_error", "_files", "_filled", "_lefts", "_paused", "_pauses",
-        "_rights", "_writer", "_written", "closed", "dropped_frames", "format", "frames",
-        "left", "path", "right",
+        "_arrivals", "_data", "_decode", "_extended", "_held", "_offset", "_payload_type",
+        "_reference", "_ssrc", "endpoint", "lost_samples",
+    )  # fmt: skip
+
+    def __init__(self, codec: str, endpoint: MediaEndpoint | None = None) -> None:
+        name = codec.upper()
+        if not decodable(name):
+            raise MediaError(f"cannot record {codec}: only PCMU and PCMA")
+        self._payload_type = PAYLOAD_TYPES[name]
+        self._decode = DECODE[name]
+        self._data: list[bytes] = []
+        self._arrivals: list[float] = []
+        self._held: list[_Placed] = []  # placed, but reaching past the timeline given
+        self._ssrc = -1
+        self._reference = 0  # the last timestamp seen, and its unwrapped value
+        self._extended = 0
+        self._offset: int | None = None  # timeline position - unwrapped timestamp
+        self.lost_samples = 0
+        """Samples of packets that came after their place on the timeline was written (or
+        far ahead of it): lost."""
+        self.endpoint = endpoint
+        if endpoint is not None:
+            endpoint.record_taps += (self.packet,)
+
+    def packet(self, data: bytes, now: float) -> None:
+        if data[1] & 0x7F == self._payload_type:  # not telephone-events, comfort noise...
+            self._data.append(data)
+            self._arrivals.append(now)
+
+    def close(self) -> None:
+        """No more packets (those kept are still placed)."""
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            endpoint.record_taps = tuple(t for t in endpoint.record_taps if t != self.packet)
+
+    def place(self, out: Samples, start: int, origin: float) -> None:
+        """Put the packets kept so far in `out`: timeline samples from `start` on, the
+        timeline's sample 0 being time `origin`. Those reaching past its end are kept for
+        the next time (up to `_HOLD_AHEAD` past it); those before its start are lost."""
+        groups, self._held = self._held, []
+        if self._data:
+            data, arrivals = self._data, self._arrivals
+            self._data, self._arrivals = [], []
+            groups += self._parse(data, arrivals, origin)
+        size = len(out)
+        for positions, samples in groups:
+            count, width = samples.shape
+            relative = positions - start
+            first, last = int(relative[0]), int(relative[-1])
+            if last - first == (count - 1) * width and (
+                count == 1 or bool((np.diff(relative) == width).all())
+            ):  # in order, none missing or twice (the usual second): one run, clipped
+                self.lost_samples += min(max(-first // width, 0), count) * width
+                low, high = max(first, 0), min(last + width, size)
+                if high > low:
+                    out[low:high] = samples.ravel()[low - first : high - first]
+            else:
+                self.lost_samples += int((relative + width <= 0).sum()) * width
+                index = relative[:, None] + np.arange(width)
+                inside = (index >= 0) & (index < size)
+                out[index[inside]] = samples[inside]
+            if max(first, last) + width > size:  # the rest next time
+                ahead = relative + width > size
+                keep = ahead & (relative < size + _HOLD_AHEAD)
+                self.lost_samples += int((ahead & ~keep).sum()) * width  # misplaced
+                self._held.append((positions[keep], samples[keep]))
+
+    def _parse(self, data: list[bytes], arrivals: list[float], origin: float) -> list[_Placed]:
+        length = len(data[0])
+        if length > 12 and len(set(map(len, data))) == 1:
+            raw = np.frombuffer(b"".join(data), dtype=np.uint8).reshape(len(data), length)
+            if (raw[:, 0] == 0x80).all():  # version 2; no padding, extension or CSRCs
+                fields = raw[:, 4:12].copy().view(">u4").astype(np.uint32)
+                ends = (np.array(arrivals) - origin) * RATE
+                payloads = self._decode.take(raw[:, 12:])
+                return self._placed(fields[:, 0], fields[:, 1], ends, payloads)
+        return self._parse_each(data, arrivals, origin)
+
+    def _parse_each(self, data: list[bytes], arrivals: list[float], origin: float) -> list[_Placed]:
+        """The packets with RFC 3550's optional parts (or payloads of several lengths)."""
+        timestamps, ssrcs, ends, payloads = [], [], [], []
+        for packet, arrival in zip(data, arrivals, strict=True):
+            b0 = packet[0]
+            if b0 >> 6 != 2 or len(packet) < 12:
+                continue
+            start = 12 + 4 * (b0 & 0x0F)
+            if b0 & 0x10:
+                if len(packet) < start + 4:
+                    continue
+                start += 4 + 4 * int.from_bytes(packet[start + 2 : start + 4], "big")
+            end = len(packet) - packet[-1] if b0 & 0x20 else len(packet)
+            if end <= start:
+                continue
+            timestamps.append(int.from_bytes(packet[4:8], "big"))
+            ssrcs.append(int.from_bytes(packet[8:12], "big"))
+            ends.append((arrival - origin) * RATE)
+            payloads.append(packet[start:end])
+        placed: list[_Placed] = []
+        first = 0
+        for i in range(1, len(payloads) + 1):  # runs of one payload length
+            if i == len(payloads) or len(payloads[i]) != len(payloads[first]):
+                samples = np.frombuffer(b"".join(payloads[first:i]), dtype=np.uint8)
+                placed += self._placed(
+                    np.array(timestamps[first:i], dtype=np.uint32),
+                    np.array(ssrcs[first:i], dtype=np.uint32),
+                    np.array(ends[first:i]),
+                    self._decode.take(samples.reshape(i - first, -1)),
+                )
+                first = i
+        return placed
+
+    def _placed(
+        self,
+        timestamps: npt.NDArray[np.uint32],
+        ssrcs: npt.NDArray[np.uint32],
+        ends: npt.NDArray[np.float64],
+        samples: Samples,
+    ) -> list[_Placed]:
+        """Timeline positions of packets in arrival order (`ends`: where each would end
+        had it come without delay), by their timestamps and the stream's anchor."""
+        count, width = samples.shape
+        # Unwrapped against the last timestamp seen: within 2**31 of it (three days).
+        step = (timestamps - np.uint32(self._reference)).view(np.int32)
+        extended = step.astype(np.int64) + self._extended
+        lateness = ends - width - extended  # the anchor each packet alone would give
+        # A new SSRC is a new stream, anchored afresh.
+        if ssrcs[0] == self._ssrc and (ssrcs == ssrcs[0]).all():
+            resets = set()
+        else:
+            resets = set(np.flatnonzero(ssrcs != np.append(self._ssrc, ssrcs[:-1])).tolist())
+        cuts = {0, count} | resets
+        if count > 1:  # a jump: the packets after it are anchored on their own
+            cuts.update((np.flatnonzero(np.abs(np.diff(lateness)) > _JUMP) + 1).tolist())
+        positions = np.empty(count, dtype=np.int64)
+        for first, last in itertools.pairwise(sorted(cuts)):
+            if first in resets:
+                self._offset, self._ssrc = None, int(ssrcs[first])
+            earliest = round(float(lateness[first:last].min()))
+            offset = self._offset
+            # One packet alone is not followed: a very late one goes where it belongs.
+            if offset is None or (last - first > 1 and abs(earliest - offset) > _DRIFT):
+                offset = self._offset = earliest
+            positions[first:last] = extended[first:last] + offset
+        self._reference, self._extended = int(timestamps[-1]), int(extended[-1])
+        return [(positions, samples)]
+
+
+class Recorder:
+    """Stereo recording of two phones' streams (None for a side with nobody on it:
+    silence), the caller left and the callee right.
+
+    A job of the media clock, ticked once a second (`MediaClock.add_second_job`) or more
+    often: each tick, the seconds whose packets have had `_MARGIN` to come are placed and
+    handed over to be written. With `files` the writes run there (`media.aio.FileWriter`'s
+    thread); without, at once (tests, tools).
+
+    `time`: the clock the endpoints stamp packets with (`MediaClock.time`); the timeline
+    starts when the recorder is made, and a pause or the end falls when it is asked for.
+    Without, the timeline starts a tick before the first tick and everything falls on the
+    last tick."""
+
+    __slots__ = (
+        "_closing", "_error", "_files", "_lost", "_now", "_origin", "_pauses", "_placed",
+        "_streams", "_time", "_timeline", "_writer", "_written", "closed", "dropped_frames",
+        "format", "path",
     )  # fmt: skip
 
     def __init__(
         self,
         path: Path,
         fmt: str,
-        left: Listener | None,
-        right: Listener | None,
+        left: RecordedStream | None,
+        right: RecordedStream | None,
         files: FileJobs | None = None,
+        time: Callable[[], float] | None = None,
     ) -> None:
         self.path, self.format = path, fmt
-        self.left, self.right = left, right
+        self._streams = [left, right]
+        # Samples from `_placed` on, both sides: the packets placed so far of the second
+        # being gathered and of the ones after it.
+        self._timeline = np.zeros((_SPAN, 2), dtype=np.int16)
+        self._lost = 0  # by streams no longer followed
         self._writer = open_writer(path, fmt)  # at once: a file that cannot be made fails here
         self._files = files
-        self._buffer = np.zeros((_WRITE_TICKS * FRAME, 2), dtype=np.int16)  # for the writes
-        # Each party's frames of the second so far, a row a tick (one contiguous copy while
-        # the frame is fresh in the cache), interleaved into `_buffer` once, at the write.
-        self._lefts = np.zeros((_WRITE_TICKS, FRAME), dtype=np.int16)
-        self._rights = np.zeros((_WRITE_TICKS, FRAME), dtype=np.int16)
-        self._filled = 0  # ticks
-        self.frames = 0
-        self._paused = False
-        self._pauses: list[list[int]] = []  # [first, last + 1] tick of each pause
+        self._time = time
+        self._now = time() if time is not None else 0.0  # the last tick's, or asked for
+        self._origin: float | None = self._now if time is not None else None  # sample 0's
+        self._placed = 0  # samples placed and handed to be written
+        self._pauses: list[list[int]] = []  # [first, last + 1] sample of each pause
         self._written = 0  # samples in the file (the writes' side)
         self._error: BaseException | None = None  # the write that failed; no more then
         self._closing: Future[float] | None = None
@@ -167,86 +348,118 @@ class Recorder:
         self.closed = False
 
     @property
+    def left(self) -> RecordedStream | None:
+        return self._streams[0]
+
+    @property
+    def right(self) -> RecordedStream | None:
+        return self._streams[1]
+
+    def follow(self, side: int, stream: RecordedStream | None) -> None:
+        """A party's stream changed (a transfer, a new codec): record `stream` from now on
+        on that side (0 left, 1 right). The old one is closed, what it got placed."""
+        old, self._streams[side] = self._streams[side], stream
+        if old is not None and old is not stream:
+            old.close()
+            self._place(side, old)
+            self._lost += old.lost_samples
+
+    @property
     def paused(self) -> bool:
-        return self._paused
+        return bool(self._pauses) and self._pauses[-1][1] < 0
 
     @paused.setter
     def paused(self, paused: bool) -> None:
-        if paused == self._paused or self.closed:
+        if paused == self.paused or self.closed:
             return
-        self._paused = paused
         if paused:
-            self._pauses.append([self.frames, -1])
+            self._pauses.append([self._end, -1])
         else:
-            self._pauses[-1][1] = self.frames
+            self._pauses[-1][1] = self._end
+
+    @property
+    def _end(self) -> int:
+        """The timeline's samples up to now (`time`) or the last tick; frozen once closed."""
+        if self._time is not None and not self.closed:
+            self._now = self._time()
+        if self._origin is None:
+            return 0
+        return int((self._now - self._origin) * RATE + 0.5)
 
     @property
     def duration(self) -> float:
-        return self.frames * FRAME / RATE
+        return self._end / RATE
 
     @property
-    def paused_frames(self) -> int:
-        return sum((end if end >= 0 else self.frames) - start for start, end in self._pauses)
+    def lost_samples(self) -> int:
+        followed = sum(s.lost_samples for s in self._streams if s is not None)
+        return self._lost + followed
 
     @property
     def paused_seconds(self) -> float:
-        return self.paused_frames * FRAME / RATE
+        return self.paused_between(0, self._end)
 
     def paused_between(self, start: int, end: int) -> float:
         """Seconds paused within samples [start, end) of the recording (after a trim)."""
         paused = 0
         for first, last in self._pauses:
-            last = last if last >= 0 else self.frames
-            paused += max(0, min(end, last * FRAME) - max(start, first * FRAME))
+            last = last if last >= 0 else self._end
+            paused += max(0, min(end, last) - max(start, first))
         return paused / RATE
 
     def tick(self, now: float) -> None:
         if self.closed:
             return
-        filled = self._filled
-        if self._paused:
-            self._lefts[filled] = self._rights[filled] = 0
-        else:
-            self._lefts[filled] = self.left.frame if self.left is not None else 0
-            self._rights[filled] = self.right.frame if self.right is not None else 0
-        self._filled = filled + 1
-        self.frames += 1
-        if self._filled == _WRITE_TICKS:
+        if self._origin is None:
+            self._origin = now - TICK
+        self._now = now
+        end = int((now - self._origin) * RATE + 0.5)
+        while end - _MARGIN >= self._placed + RATE:
             self._flush()
 
+    def _place(self, side: int, stream: RecordedStream) -> None:
+        origin = self._origin if self._origin is not None else 0.0
+        stream.place(self._timeline[:, side], self._placed, origin)
+
+    def _take(self, count: int) -> Samples:
+        """The timeline's next `count` samples (the streams' packets placed, the pauses
+        silent), taken off it."""
+        for side, stream in enumerate(self._streams):
+            if stream is not None:
+                self._place(side, stream)
+        timeline, start = self._timeline, self._placed
+        block = timeline[:count].copy()
+        timeline[: _SPAN - count] = timeline[count:]
+        timeline[_SPAN - count :] = 0
+        self._placed = end = start + count
+        for first, last in self._pauses:
+            last = last if last >= 0 else end
+            if last > start and first < end:
+                block[max(first, start) - start : min(last, end) - start] = 0
+        return block
+
     def _flush(self) -> None:
-        filled, self._filled = self._filled, 0
+        block = self._take(RATE)
         files = self._files
         if files is None:
-            self._write(self._lefts, self._rights, filled)
-        elif files.submit(self._write, self._lefts, self._rights, filled):
-            # The thread has these two now: the next second goes into new ones.
-            self._lefts = np.empty((_WRITE_TICKS, FRAME), dtype=np.int16)
-            self._rights = np.empty((_WRITE_TICKS, FRAME), dtype=np.int16)
-        else:
-            self.dropped_frames += filled * FRAME
+            self._write(block)
+        elif not files.submit(self._write, block):
+            self.dropped_frames += len(block)
 
-    def _write(
-        self, lefts: npt.NDArray[np.int16], rights: npt.NDArray[np.int16], filled: int
-    ) -> None:
-        """One second (or the last part of one) to the file: on `files`' thread if any."""
-        if self._error is not None or not filled:
+    def _write(self, block: Samples) -> None:
+        """Samples to the file: on `files`' thread if any."""
+        if self._error is not None or not len(block):
             return
-        rows = self._buffer[: filled * FRAME]
-        rows[:, 0] = lefts[:filled].ravel()
-        rows[:, 1] = rights[:filled].ravel()
         try:
-            self._writer.write(rows)
+            self._writer.write(block)
         except BaseException as exc:
             self._error = exc  # logged once (by the thread, or our caller); no more writes
             raise
-        self._written += len(rows)
+        self._written += len(block)
 
-    def _finish(
-        self, lefts: npt.NDArray[np.int16], rights: npt.NDArray[np.int16], filled: int
-    ) -> float:
+    def _finish(self, block: Samples) -> float:
         try:
-            self._write(lefts, rights, filled)
+            self._write(block)
         finally:
             self._writer.close()
         if self._error is not None:
@@ -254,19 +467,26 @@ class Recorder:
         return self._written / RATE
 
     def close(self) -> Future[float]:
-        """Finish the file: the last part second written, then closed. The future gives the
-        seconds of audio in the file, or the error that spoilt it; it is done at return
-        without `files` (which raises the error itself), else when their thread is."""
+        """Finish the file: the rest up to now (or the last tick) written, then closed; the
+        streams are closed. The future gives the seconds of audio in the file, or the error that
+        spoilt it; it is done at return without `files` (which raises the error itself),
+        else when their thread is."""
         if self._closing is not None:
             return self._closing
-        self.closed = True
-        filled, self._filled = self._filled, 0
+        end = self._end
+        self.closed = True  # `_end` stays
+        while end - self._placed > RATE:  # the seconds not yet written
+            self._flush()
+        block = self._take(max(end - self._placed, 0))
+        for stream in self._streams:
+            if stream is not None:
+                stream.close()
         if self._files is not None:
-            self._closing = self._files.call(self._finish, self._lefts, self._rights, filled)
+            self._closing = self._files.call(self._finish, block)
             return self._closing
         self._closing = Future()
         try:
-            self._closing.set_result(self._finish(self._lefts, self._rights, filled))
+            self._closing.set_result(self._finish(block))
         except BaseException as exc:
             self._closing.set_exception(exc)
             raise

@@ -3,7 +3,8 @@ its [[recording_rule]]s), one `Recorder` per recorded call on the media clock, a
 events that index each file in the database (the server writes them, as for CDRs).
 
 A recorded call's caller is the left channel and the callee the right, whoever is on each
-side after transfers: the recorder follows the call's two media endpoints. Files go to
+side after transfers: the recorder follows the call's two media endpoints (a
+`RecordedStream` taps each; nothing is decoded until the recorder writes a second). Files go to
 `<data_dir>/<directory>/YYYY/MM/DD/<time>-<call id>.<format>`.
 
 The files are written off the event loop, by one `FileWriter` thread for every recording
@@ -27,8 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from media.aio import FileWriter, MediaEndpoint
-from media.clock import Listener, MediaClock, decodable
-from media.recording import RATE, Recorder, audio_duration, repair_wav, trim_silence
+from media.clock import MediaClock, decodable
+from media.recording import (
+    FIRST_WRITE_TICKS,
+    RATE,
+    RecordedStream,
+    Recorder,
+    audio_duration,
+    repair_wav,
+    trim_silence,
+)
 from pbx.config import Config, RecordPolicy
 from pbx.errors import MediaError
 from pbx.events import EventBus, RecordingPaused, RecordingStarted, RecordingStopped
@@ -63,7 +72,6 @@ class Recording:
     path: Path
     recorder: Recorder
     sides: list[Side | None] = field(default_factory=lambda: [None, None])
-    listeners: list[Listener | None] = field(default_factory=lambda: [None, None])
     finished: Future[Finished] | None = None
     """Once stopped: done when the file is complete (written, closed, trimmed)."""
 
@@ -129,14 +137,14 @@ class RecordingManager:
             path = path.with_name(f"{path.stem.split('~')[0]}~{suffix}{path.suffix}")
             suffix += 1
         try:
-            recorder = Recorder(path, settings.format, None, None, files=self.files)
+            recorder = Recorder(path, settings.format, None, None, self.files, self.clock.time)
         except MediaError as exc:
             log.error("call %s: not recorded: %s", call_id, exc)
             return None
         recording = Recording(os.urandom(6).hex(), call_id, caller, callee, path, recorder)
         self.active[call_id] = recording
         self.sync(call_id, a, b)
-        self.clock.add_job(recorder)
+        self.clock.add_second_job(recorder, FIRST_WRITE_TICKS)
         days = self.decide(()).retention_days if retention_days is None else retention_days
         log.info("call %s: recording to %s (%s)", call_id, path, by)
         self.events.publish(
@@ -147,7 +155,7 @@ class RecordingManager:
         return recording
 
     def sync(self, call_id: str, a: Side, b: Side) -> None:
-        """The call's endpoints or codecs changed (a transfer, a re-INVITE): listen to the
+        """The call's endpoints or codecs changed (a transfer, a re-INVITE): record the
         ones it has now. A side in a codec we cannot decode (G.722) is recorded silent."""
         recording = self.active.get(call_id)
         if recording is None:
@@ -155,19 +163,15 @@ class RecordingManager:
         for index, side in enumerate((a, b)):
             if side == recording.sides[index]:
                 continue
-            old = recording.listeners[index]
-            if old is not None:
-                self.clock.unlisten(old)
             endpoint, codec = side
-            listener = None
+            stream = None
             if codec is not None and decodable(codec):
-                listener = self.clock.listen(endpoint, codec)
+                stream = RecordedStream(codec, endpoint)
             elif codec is not None:
                 log.warning("call %s: the %s side (%s) is recorded silent", call_id,
                             "caller" if index == 0 else "callee", codec)  # fmt: skip
             recording.sides[index] = side
-            recording.listeners[index] = listener
-        recording.recorder.left, recording.recorder.right = recording.listeners
+            recording.recorder.follow(index, stream)
 
     def pause(self, call_id: str, paused: bool, by: str = "api") -> bool:
         """Pause (or resume) a call's recording; False if it is not being recorded."""
@@ -194,12 +198,9 @@ class RecordingManager:
         if recording is None:
             return None
         recorder = recording.recorder
-        self.clock.remove_job(recorder)
-        for listener in recording.listeners:
-            if listener is not None:
-                self.clock.unlisten(listener)
+        self.clock.remove_second_job(recorder)
         try:
-            closing = recorder.close()  # with `files`, queued: it raises nothing here
+            closing = recorder.close()  # and its streams; with `files`, queued: raises nothing
         except Exception as exc:  # whatever spoilt the file, the event follows
             closing = Future()
             closing.set_exception(exc)
@@ -267,6 +268,9 @@ def _finish(recording: Recording, closing: Future[float], trim: bool) -> Finishe
     except Exception as exc:  # a disk error, a full disk: logged, not raised
         log.error("call %s: finishing %s failed: %s", recording.call_id, recording.path, exc)
         return Finished(recorder.duration, recorder.paused_seconds)
+    if recorder.lost_samples:
+        log.warning("call %s: %.1f s of audio came too late for %s (network delay)",
+                    recording.call_id, recorder.lost_samples / RATE, recording.path)  # fmt: skip
     if recorder.dropped_frames:
         log.error("call %s: %.1f s of %s were not written: the disk was too slow",
                   recording.call_id, recorder.dropped_frames / RATE, recording.path)  # fmt: skip

@@ -23,6 +23,7 @@ from media.recording import FRAME, Recorder, WavWriter, audio_duration, repair_w
 from media.vad import VoiceDetector, speech_bounds
 from pbx.errors import MediaError
 from tests.support.audio import sine, strongest
+from tests.support.streams import Party, Ticks, heard
 
 TONES = (440.0, 700.0, 1100.0)
 
@@ -157,45 +158,33 @@ def test_silence_after_speech_is_measured(speech: np.ndarray) -> None:
 # --- recording ---------------------------------------------------------------
 
 
-def listener(hz: float) -> SimpleNamespace:
-    """Stands in for a media clock Listener: `frame` is this tick's audio."""
-    return SimpleNamespace(frame=np.zeros(FRAME, dtype=np.int16), tone=sine(hz, 10.0), n=0)
-
-
-def run(recorder: Recorder, parties: list[SimpleNamespace], ticks: int) -> None:
-    for _ in range(ticks):
-        for party in parties:
-            party.frame = party.tone[party.n * FRAME : (party.n + 1) * FRAME]
-            party.n += 1
-        recorder.tick(0.0)
-
-
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 def test_caller_left_callee_right_and_pause_is_silence(tmp_path: Path, fmt: str) -> None:
-    caller, callee = listener(500), listener(1200)
+    caller, callee = Party(sine(500, 10.0)), Party(sine(1200, 10.0))
     path = tmp_path / f"call.{fmt}"
-    recorder = Recorder(path, fmt, caller, callee)  # type: ignore[arg-type]
-    run(recorder, [caller, callee], 100)  # 2 s
+    recorder, ticks = Recorder(path, fmt, caller.stream, callee.stream), Ticks()
+    ticks.run(recorder, [caller, callee], 100)  # 2 s
     recorder.paused = True
-    run(recorder, [caller, callee], 50)
+    ticks.run(recorder, [caller, callee], 50)
     recorder.paused = False
-    run(recorder, [caller, callee], 25)
+    ticks.run(recorder, [caller, callee], 25)
     recorder.close()
     data, rate = soundfile.read(path, dtype="int16")
     assert rate == 8000 and data.shape == (175 * FRAME, 2)
     assert strongest(data[:16000, 0], 1) == pytest.approx([500.0], abs=5)
     assert strongest(data[:16000, 1], 1) == pytest.approx([1200.0], abs=5)
+    assert np.array_equal(data[:16000, 0], heard(caller.samples[:16000]))  # sample for sample
     assert not data[16000:24000].any()  # paused
-    assert np.abs(data[24000:, 0]).max() > 4000
+    assert np.array_equal(data[24000:, 1], heard(callee.samples[24000:28000]))
     assert (recorder.duration, recorder.paused_seconds) == (3.5, 1.0)
     assert audio_duration(path) == pytest.approx(3.5)
 
 
-def test_a_wav_in_progress_plays_up_to_the_last_second(tmp_path: Path) -> None:
-    caller = listener(500)
+def test_a_wav_in_progress_plays_up_to_the_second_before_last(tmp_path: Path) -> None:
+    caller = Party(sine(500, 10.0))
     path = tmp_path / "live.wav"
-    recorder = Recorder(path, "wav", caller, None)  # type: ignore[arg-type]
-    run(recorder, [caller], 130)  # 2.6 s: two whole seconds written so far
+    recorder, ticks = Recorder(path, "wav", caller.stream, None), Ticks()
+    ticks.run(recorder, [caller], 130)  # 2.6 s: the second 1-2 waited 0.2 s for late packets
     data, _ = soundfile.read(path, dtype="int16")  # read while the call goes on
     assert data.shape == (16000, 2) and not data[:, 1].any()
     recorder.close()
