@@ -30,6 +30,7 @@ from media.aio import PAYLOAD_TYPES, MediaEndpoint
 from media.dtmf import Digit, InbandDetector, feed_many
 from media.g711 import ALAW_DECODE, ULAW_DECODE, alaw_encode, ulaw_encode
 from media.jitter import JitterBuffer, pop_many
+from media.rtp import payload_span
 from pbx.errors import MediaError
 
 log = logging.getLogger("media.clock")
@@ -106,16 +107,10 @@ class Listener:
         # padding, extension or CSRCs) is taken first, with no numpy call at all.
         if data[1] & 0x7F != self._payload_type:
             return  # telephone-events, comfort noise...
-        b0 = data[0]
-        if b0 == 0x80:
+        if data[0] == 0x80:
             start, end = 12, len(data)
         else:
-            start = 12 + 4 * (b0 & 0x0F)
-            if b0 & 0x10:
-                if len(data) < start + 4:
-                    return
-                start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
-            end = len(data) - data[-1] if b0 & 0x20 else len(data)
+            start, end = payload_span(data)
         if end <= start:
             return
         self.jitter.push_bytes(int.from_bytes(data[4:8], "big"), data, start, end, now)

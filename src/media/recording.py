@@ -34,6 +34,7 @@ import soundfile
 
 from media.aio import PAYLOAD_TYPES, MediaEndpoint
 from media.clock import DECODE, FRAME, TICK, Samples, decodable
+from media.rtp import payload_span
 from media.vad import speech_extent
 from pbx.errors import MediaError
 
@@ -233,15 +234,9 @@ class RecordedStream:
         """The packets with RFC 3550's optional parts (or payloads of several lengths)."""
         timestamps, ssrcs, ends, payloads = [], [], [], []
         for packet, arrival in zip(data, arrivals, strict=True):
-            b0 = packet[0]
-            if b0 >> 6 != 2 or len(packet) < 12:
+            if len(packet) < 12 or packet[0] >> 6 != 2:
                 continue
-            start = 12 + 4 * (b0 & 0x0F)
-            if b0 & 0x10:
-                if len(packet) < start + 4:
-                    continue
-                start += 4 + 4 * int.from_bytes(packet[start + 2 : start + 4], "big")
-            end = len(packet) - packet[-1] if b0 & 0x20 else len(packet)
+            start, end = payload_span(packet)
             if end <= start:
                 continue
             timestamps.append(int.from_bytes(packet[4:8], "big"))

@@ -139,6 +139,19 @@ class RtpPacket(NamedTuple):
         return b"".join(parts)
 
 
+def payload_span(data: bytes) -> tuple[int, int]:
+    """Where a packet's payload lies, (start, end): after the CSRCs and the header
+    extension, before the padding (RFC 3550 §5.1, §5.3.1). The hot paths' quick look, with
+    no checks beyond that: end <= start when there is no payload or it cannot be found."""
+    b0 = data[0]
+    start = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if len(data) < start + 4:
+            return 0, 0
+        start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
+    return start, len(data) - data[-1] if b0 & 0x20 else len(data)
+
+
 def parse_rtp(data: bytes) -> RtpPacket:
     """Parse one RTP packet (RFC 3550 §5.1, §5.3.1); raise `RtpError` if malformed.
 

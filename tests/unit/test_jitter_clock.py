@@ -8,7 +8,6 @@ import random
 import struct
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from media.clock import TICK, Listener, MediaClock
 from media.g711 import ALAW_DECODE, ULAW_DECODE
 from media.jitter import FRAME, JitterBuffer, pop_many
 from pbx.errors import LocalProtocolError
+from tests.support.clock import armed_clock
 
 Packet = tuple[float, int, bytes]  # arrival, RTP timestamp, G.711 code bytes
 
@@ -177,26 +177,10 @@ def test_a_listener_takes_its_packets_with_any_header() -> None:
     assert [lst.jitter.stats for lst in listeners] == [listeners[0].jitter.stats] * 2
 
 
-class FakeLoop:
-    """The loop as the media clock uses it, on a clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Any:
-        return SimpleNamespace(cancel=lambda: None, when=when)
-
-
 def test_a_stalled_loop_is_counted_and_logged_at_most_once_a_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock, loop = MediaClock(), FakeLoop()
-    clock._loop = loop  # type: ignore[assignment]
-    clock._next = TICK
-    clock._handle = loop.call_at(TICK, clock._tick)  # armed: `listen` leaves it be
+    clock, loop = armed_clock()
     endpoint = SimpleNamespace(audio_tap=None)
     listener = clock.listen(endpoint, "PCMA")  # type: ignore[arg-type]
     seq = 0

@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
 
-from media.clock import FRAME, TICK, MediaClock
+from media.clock import FRAME, TICK
 from media.g711 import ALAW_DECODE, alaw_encode
 from media.recording import FIRST_WRITE_TICKS, RATE, RecordedStream, Recorder
 from media.rtp import RtpExtension, RtpPacket
 from tests.support.audio import sine
+from tests.support.clock import armed_clock, run_until
 from tests.support.streams import heard
 
 Samples = npt.NDArray[np.int16]
@@ -190,35 +189,6 @@ def test_a_side_followed_anew_keeps_what_the_old_stream_got(tmp_path: Path) -> N
 
 
 # --- on the media clock ---------------------------------------------------------------
-
-
-class FakeLoop:
-    """The loop as the media clock uses it, on a clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Any:
-        return SimpleNamespace(cancel=lambda: None, when=when)
-
-
-def armed_clock() -> tuple[MediaClock, FakeLoop]:
-    clock, loop = MediaClock(), FakeLoop()
-    clock._loop = loop  # type: ignore[assignment]
-    clock._next = TICK
-    clock._handle = loop.call_at(TICK, clock._tick)  # armed: adding jobs leaves it be
-    return clock, loop
-
-
-def run_until(clock: MediaClock, loop: FakeLoop, when: float) -> None:
-    """The loop's time moves on to `when`, each tick due meanwhile run on time."""
-    while clock._handle is not None and clock._next <= when + 1e-9:  # None: nothing to do
-        loop.now = max(loop.now, clock._next)
-        clock._tick()
-    loop.now = when
 
 
 def test_second_jobs_tick_once_a_second_from_when_they_are_due_and_spread() -> None:
