@@ -35,7 +35,7 @@ from acd.model import (
 from acd.stats import Statistics
 from media.recording import audio_duration
 from pbx import __version__, control
-from pbx.config import Config, load
+from pbx.config import Config, answered_by_config, load
 from pbx.control import ControlError
 from pbx.errors import PbxError
 from pbx.sip.digest import ha1
@@ -174,7 +174,17 @@ def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> 
     # Letters and digits only: easy to type on a desk phone's keypad, never starts with '-'.
     password = password or "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(14))
     record = _user_record(ctx.config, extension, name, password)
-    _run(lambda s: s.add_user(record, time.time()), ctx.config)
+
+    async def add(store: Store) -> None:
+        problem = answered_by_config(ctx.config, extension)
+        for queue in await store.queues():
+            if problem is None and queue.number == extension:
+                problem = f"{extension} is already the number of queue {queue.name}"
+        if problem is not None:  # the phone would never ring: the dialplan answers first
+            raise click.BadParameter(problem, param_hint="EXT")
+        await store.add_user(record, time.time())
+
+    _run(add, ctx.config)
     if generated:
         click.echo(f"{extension}\t{password}")
     else:
@@ -820,50 +830,18 @@ def _format_overflow(rule: dict[str, Any]) -> str:
     return ":".join([*parts, skills] if skills else parts).rstrip(":")
 
 
-def _numbers_in_use(config: Config) -> tuple[dict[str, str], dict[str, str]]:
-    """What the configuration itself answers: {number: what}, {prefix: what}. A queue
-    number among them would be shadowed by it, or shadow it (see pbx.dialplan)."""
-    plan, recording = config.dialplan, config.recording
-    numbers = {
-        n: "an emergency number (dialplan.emergency_numbers)" for n in plan.emergency_numbers
-    }
-    for key in ("pickup", "park", "agent_login"):
-        if getattr(plan, key):
-            numbers[getattr(plan, key)] = f"dialplan.{key}"
-    for key in ("toggle_code", "pause_code"):
-        if getattr(recording, key):
-            numbers[getattr(recording, key)] = f"recording.{key}"
-    numbers.update({slot: "a park slot (dialplan.park_slots)" for slot in plan.slots})
-    for group in config.ring_groups:
-        numbers[group.number] = f"ring group {group.name or group.number}"
-    for room in config.conferences:
-        numbers[room.number] = f"conference room {room.name or room.number}"
-    for route in config.time_routes:
-        numbers[route.number] = f"time_route {route.number} (hours {route.hours})"
-    prefixes = {
-        plan.directed_pickup: "dialplan.directed_pickup",
-        plan.agent_pause: "dialplan.agent_pause",
-    }
-    return numbers, {p: what for p, what in prefixes.items() if p}
-
-
 async def _check_queue(
     store: Store, config: Config, spec: QueueSpec, new_number: bool = True
 ) -> None:
     """Refuse a number something else answers; warn of overflow to queues not (yet) there."""
     if spec.number and new_number:
-        numbers, prefixes = _numbers_in_use(config)
-        number, problem = spec.number, None
-        if number in numbers:
-            problem = f"{number} is already {numbers[number]} in {config.path.name}"
-        elif number in {u.extension for u in await store.users()}:
+        number = spec.number
+        problem = answered_by_config(config, number)
+        if problem is None and number in {u.extension for u in await store.users()}:
             problem = f"{number} is already the extension of user {number}"
         for other in await store.queues():
             if problem is None and other.number == number and other.name != spec.name:
                 problem = f"{number} is already the number of queue {other.name}"
-        for prefix, what in prefixes.items():
-            if problem is None and number.startswith(prefix):
-                problem = f"{number} starts with {prefix!r} ({what} in {config.path.name})"
         if problem is not None:
             raise click.BadParameter(problem, param_hint="--number")
     names = {q.name for q in await store.queues()}

@@ -1227,6 +1227,51 @@ def _check_dialplan(config: Config, fail: Callable[[str, str], ConfigError]) -> 
     _check_time_route_loops(config, fail)
 
 
+def numbers_in_use(config: Config) -> tuple[dict[str, str], dict[str, str]]:
+    """What the configuration itself answers: {number: what}, {prefix: what}. The dialplan
+    takes these before extensions and queues: a user or queue given one is never reached
+    (see pbx.dialplan)."""
+    plan, recording, voicemail = config.dialplan, config.recording, config.voicemail
+    numbers = {
+        n: "an emergency number (dialplan.emergency_numbers)" for n in plan.emergency_numbers
+    }
+    for key in ("pickup", "park", "agent_login"):
+        if getattr(plan, key):
+            numbers[getattr(plan, key)] = f"dialplan.{key}"
+    for key in ("toggle_code", "pause_code"):
+        if getattr(recording, key):
+            numbers[getattr(recording, key)] = f"recording.{key}"
+    numbers.update({slot: "a park slot (dialplan.park_slots)" for slot in plan.slots})
+    for group in config.ring_groups:
+        numbers[group.number] = f"ring group {group.name or group.number}"
+    for room in config.conferences:
+        numbers[room.number] = f"conference room {room.name or room.number}"
+    for route in config.time_routes:
+        numbers[route.number] = f"time_route {route.number} (hours {route.hours})"
+    for number, flow in config.ivr.numbers:
+        numbers[number] = f"IVR flow {flow} (ivr.numbers)"
+    for key in ("access", "access_any"):
+        if getattr(voicemail, key):
+            numbers[getattr(voicemail, key)] = f"voicemail.{key}"
+    prefixes = {
+        plan.directed_pickup: "dialplan.directed_pickup",
+        plan.agent_pause: "dialplan.agent_pause",
+    }
+    return numbers, {p: what for p, what in prefixes.items() if p}
+
+
+def answered_by_config(config: Config, number: str) -> str | None:
+    """Why the configuration answers `number` itself (so no user or queue can have it), as
+    a message naming what and where; None if it does not."""
+    numbers, prefixes = numbers_in_use(config)
+    if number in numbers:
+        return f"{number} is already {numbers[number]} in {config.path.name}"
+    for prefix, what in prefixes.items():
+        if number.startswith(prefix):
+            return f"{number} starts with {prefix!r} ({what} in {config.path.name})"
+    return None
+
+
 def _check_time_routes(
     config: Config, trunks: set[str], fail: Callable[[str, str], ConfigError]
 ) -> list[tuple[str, str]]:

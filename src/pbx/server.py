@@ -17,7 +17,7 @@ from media.ports import PortPool
 from pbx import __version__
 from pbx.calls import SUPPORTED as CALLS_SUPPORTED
 from pbx.calls import CallManager
-from pbx.config import Config
+from pbx.config import Config, answered_by_config
 from pbx.control import ControlServer
 from pbx.dialplan import Dialplan
 from pbx.errors import (
@@ -152,6 +152,7 @@ class Exchange:
             if errors:
                 raise ConfigError("; ".join(errors), key="ivr.modules")
             await self.queues.start(self.calls)
+            await self._warn_of_unreachable_numbers()
             self.events.subscribe(self._write_cdr)
             await self._finish_recordings()
             await self.trunks.start()
@@ -427,6 +428,20 @@ class Exchange:
         headers = [*(headers or []), ("Server", self.config.sip.user_agent)]
         self.endpoint.respond(request, build_response(request, status, headers=headers,
                                                       to_tag=new_tag()))  # fmt: skip
+
+    async def _warn_of_unreachable_numbers(self) -> None:
+        """Users and queues whose number the configuration answers first (`pbx user add`
+        and `queue add` refuse those, but the config may have changed since)."""
+        assert self.store is not None
+        assert self.registrar is not None
+        for extension in sorted(self.registrar.users):
+            problem = answered_by_config(self.config, extension)
+            if problem is not None:
+                log.warning("user %s cannot be called: %s", extension, problem)
+        for queue in await self.store.queues():
+            problem = answered_by_config(self.config, queue.number) if queue.number else None
+            if problem is not None:
+                log.warning("queue %s cannot be dialled: %s", queue.name, problem)
 
     # housekeeping
 

@@ -30,11 +30,15 @@ from acd.model import (
     QueueSpec,
     Strategy,
 )
+from pbx import config as pbx_config
 from pbx.cli import main
 from pbx.control import ControlServer
 from pbx.errors import PbxError
+from pbx.server import Exchange
 from pbx.sip.digest import ha1
 from pbx.store import AgentRecord, Store, User
+from tests.support.pbxproc import write_config
+from tests.support.ports import free_port
 
 T = TypeVar("T")
 
@@ -48,6 +52,9 @@ members = ["1001", "1002"]
 [[conference]]
 number = "800"
 name = "staff"
+
+[ivr]
+numbers = { "100" = "main" }
 """
 
 
@@ -164,6 +171,7 @@ def test_queue_add_list_set_remove(config: Path) -> None:
         (["--number", "911"], "911 is already an emergency number"),
         (["--number", "*8"], "*8 is already dialplan.pickup"),
         (["--number", "**12"], "**12 starts with '**' (dialplan.directed_pickup"),
+        (["--number", "100"], "100 is already IVR flow main (ivr.numbers) in pbx.toml"),
         (["--number", "1001"], "1001 is already the extension of user 1001"),
         (["--number", "610"], "610 is already the number of queue pharmacy"),
         (["--number", "6 1"], "is not a dialable number"),
@@ -184,6 +192,43 @@ def test_queue_validation(config: Path, args: list[str], message: str) -> None:
     ok(config, "queue", "add", "pharmacy", "--number", "610")
     assert message in fails(config, "queue", "add", "other", *args)
     assert [q.name for q in with_store(config, lambda s: s.queues())] == ["pharmacy"]
+
+
+@pytest.mark.parametrize(
+    ("extension", "message"),
+    [
+        ("100", "100 is already IVR flow main (ivr.numbers) in pbx.toml"),
+        ("600", "600 is already ring group reception in pbx.toml"),
+        ("705", "705 is already a park slot"),
+        ("610", "610 is already the number of queue pharmacy"),
+    ],
+)
+def test_a_user_cannot_have_a_number_the_dialplan_answers_first(
+    config: Path, extension: str, message: str
+) -> None:
+    ok(config, "queue", "add", "pharmacy", "--number", "610")
+    assert message in fails(config, "user", "add", extension, "--password", "pw")
+    assert with_store(config, lambda s: s.users()) == []
+    ok(config, "user", "add", "1001", "--password", "pw")
+
+
+async def test_the_server_warns_of_users_and_queues_it_cannot_reach(
+    config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Added before the config gave their numbers to something else."""
+    await asyncio.to_thread(add_user, config, "800")
+    await asyncio.to_thread(ok, config, "queue", "add", "reception", "--number", "650")
+    body = CONFIG.removeprefix('data_dir = "data"\n')
+    extra = f'{body}\n[[ring_group]]\nnumber = "650"\nmembers = ["1001"]\n'
+    exchange = Exchange(pbx_config.load(write_config(config.parent, free_port(), extra)))
+    with caplog.at_level("WARNING", logger="pbx"):
+        await exchange.start()
+        await exchange.stop()
+    warnings = [r.getMessage() for r in caplog.records if "cannot be" in r.getMessage()]
+    assert warnings == [
+        "user 800 cannot be called: 800 is already conference room staff in pbx.toml",
+        "queue reception cannot be dialled: 650 is already ring group 650 in pbx.toml",
+    ]
 
 
 def test_queue_name_and_set_errors(config: Path) -> None:
