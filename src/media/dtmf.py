@@ -268,6 +268,11 @@ class InbandDetector:
         return Digit(digit, samples / RATE, self._started & 0xFFFFFFFF)
 
 
+# The most `_restored` multiplies a tone's power by: the window's loss at 1.5% off, highest
+# for the highest frequency.
+_MOST_RESTORED = float(1 / np.sinc(ACCEPTED_DEVIATION * _FREQUENCIES.max() * WINDOW / RATE) ** 2)
+
+
 def _restored(
     power: npt.NDArray[np.floating[Any]],
     deviation: npt.NDArray[np.floating[Any]],
@@ -288,16 +293,25 @@ def feed_many(
     numpy pass; the digits each one finished."""
     if len(detectors) == 0:
         return []
-    signal = np.concatenate(
-        [np.stack([d._tail for d in detectors]), frames.astype(np.float32)], axis=1
-    )
+    tails = detectors[0]._tail[None] if len(detectors) == 1 else [d._tail for d in detectors]
+    signal = np.concatenate([tails, frames.astype(np.float32)], axis=1)
     for detector, row in zip(detectors, signal, strict=True):
         detector._tail = row[-HISTORY:].copy()
     windows = signal[:, _INDEX]  # (streams, hops, 2 windows, WINDOW)
     spectra = windows @ _BASIS  # (streams, hops, 2, 8)
     late, early = spectra[:, :, 1, :], spectra[:, :, 0, :]
-    power = 2 * (late.real**2 + late.imag**2) / WINDOW**2  # mean square of each tone
-    total = (windows[:, :, 1, :] ** 2).mean(axis=-1)
+    power = np.square(np.abs(late)) * (2 / WINDOW**2)  # mean square of each tone
+    late_window = windows[:, :, 1, :]
+    total = np.einsum("shn,shn->sh", late_window, late_window) / WINDOW
+    # What every key needs at the least (a strong enough tone in each group, and the two
+    # holding most of the energy even at the most restored): most frames, speech or
+    # silence, fail it, and the rest of the tests are not worth their ~40 numpy calls.
+    strongest = power.reshape(*power.shape[:2], 2, 4).max(axis=-1)  # each group's
+    if not (
+        (strongest.min(axis=-1) >= _MIN_POWER)
+        & (strongest.sum(axis=-1) * _MOST_RESTORED >= MIN_SHARE * total)
+    ).any():
+        return [detector._decide([None] * power.shape[1]) for detector in detectors]
     turn = np.angle(late * np.conj(early)) - _NOMINAL_TURN
     offset = ((turn + np.pi) % (2 * np.pi) - np.pi) / (2 * np.pi * LAG) * RATE / _FREQUENCIES
     deviation = np.abs(offset)
