@@ -423,10 +423,16 @@ class Engine:
                 return out
         out.append(CallbackRequested(now, call.queue.spec.name, call.id, number,
                                      self._position(call)))  # fmt: skip
-        # The agents it freed take the first calls they may (perhaps ahead of this one).
-        self._route_agents(freed, now, out)
+        # The agents it freed take the first calls they may ahead of this one. This one
+        # goes to whoever its strategy picks: an agent Ready all the while it rang (or
+        # eligible since a rule fell due meanwhile) may have a better claim than the agent
+        # it rang. Freed agents it passed over then look behind it.
+        for agent in freed:
+            if agent.state is AgentState.READY:
+                self._route_agent(agent, now, out, leave=call)
         if call.state is CallState.WAITING:
             self._route_call(call, now, out)
+        self._route_agents(freed, now, out)
         return out
 
     def callback_failed(self, call_id: str, now: float) -> list[Output]:
@@ -756,8 +762,10 @@ class Engine:
         agent = candidates[self._rng.randrange(n)]
         return agent, f"random: {agent.spec.id}, of {n}"
 
-    def _route_agent(self, agent: _Agent, now: float, out: list[Output]) -> None:
-        """An agent became Ready: offer them the best call they may take, across queues."""
+    def _route_agent(self, agent: _Agent, now: float, out: list[Output],
+                     leave: _Call | None = None) -> None:  # fmt: skip
+        """An agent became Ready: offer them the best call they may take, across queues.
+        If that is `leave`, do nothing: the caller routes that call by its strategy."""
         best: _Call | None = None
         queues = self._queues
         for name in self._served(agent):
@@ -765,6 +773,8 @@ class Engine:
             call = self._best_in(queue, agent)
             if call is not None and (best is None or call.key < best.key):
                 best = call
+        if best is not None and best is leave:
+            return
         if best is not None:
             queue = best.queue
             if queue.spec.strategy is Strategy.RING_ALL:
@@ -1065,9 +1075,11 @@ class Engine:
         if kind is _Timer.RING:
             self._ring_timeout(call, now, out)
         elif kind is _Timer.RETRY:
+            # Its rule timers died with the attempt (epoch): re-arm them before the
+            # requeue, which may ring it at once and would leave it with none. A rule due
+            # already is applied by the requeue (_due); this timer then finds none due.
+            self._arm_rule(call)
             self._requeue(call, now, out)
-            if call.state is CallState.WAITING:
-                self._arm_rule(call)  # its timers died with the attempt
         elif kind is _Timer.ANNOUNCE:
             if call.state is CallState.WAITING and not call.callback:
                 position = self._position(call)

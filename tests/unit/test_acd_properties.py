@@ -962,3 +962,54 @@ def test_regression_zero_second_overflow_cycle() -> None:
     engine.enter("c", "a", 0.0)
     out = engine.on_timer(0.0)  # once never returned: a -> b -> a ... at 0 s
     assert [o.queue for o in out if isinstance(o, Entered)] == ["b"], out
+
+
+def test_regression_callback_request_passes_over_the_longest_idle() -> None:
+    spec = QueueSpec(
+        "q", skills={"en": 1}, overflow=(OverflowRule(10.0, OverflowAction.RELAX_SKILLS),)
+    )
+    engine = engine_with_queue(spec, agents=())
+    engine.set_agent(AgentSpec("a", "201", skills={"en": 1}), 0.0)
+    engine.set_agent(AgentSpec("b", "202"), 0.0)
+    engine.login("b", ["q"], 0.0)  # free since 0, but without "en"
+    engine.login("a", ["q"], 1.0)
+    engine.enter("c", "q", 2.0)  # rings a, the only one with "en"
+    out = engine.request_callback("c", "0612345678", 12.0)  # the relaxation fell due
+    # Anyone may take c now, and b has been free longest: c once rang a again, the agent
+    # it freed taking it before the call was routed by its strategy.
+    assert [o.agent for o in out if isinstance(o, Offer)] == ["b"], out
+
+
+def test_regression_callback_request_passes_over_an_agent_freed_meanwhile() -> None:
+    engine = engine_with_queue(QueueSpec("q"), agents=("a", "b"))
+    engine.login("b", ["q"], 0.0)
+    engine.login("a", ["q"], 1.0)
+    engine.enter("c1", "q", 2.0)  # rings b, free longest
+    engine.enter("c2", "q", 3.0)  # rings a
+    engine.abandon("c1", 4.0)  # b is Ready again, still free since 0; nothing waits
+    out = engine.request_callback("c2", "0612345678", 5.0)
+    assert [o.agent for o in out if isinstance(o, Offer)] == ["b"], out
+
+
+def test_regression_callback_retry_rung_at_once_loses_overflow_rules() -> None:
+    spec = QueueSpec(
+        "q",
+        skills={"en": 1},
+        ring_timeout=5.0,
+        callback_retry_delay=5.0,
+        overflow=(OverflowRule(40.0, OverflowAction.RELAX_SKILLS),),
+    )
+    engine = engine_with_queue(spec, agents=())
+    engine.set_agent(AgentSpec("a", "201", skills={"en": 1}), 0.0)
+    engine.login("a", ["q"], 0.0)
+    engine.enter("c", "q", 0.0)
+    engine.request_callback("c", "0612345678", 0.0)
+    engine.answered("c", "a", 0.0)
+    engine.callback_failed("c", 0.0)  # the call's timers die with the attempt
+    engine.on_timer(5.0)  # the retry rings a at once (once: no rule timer from then on)
+    engine.on_timer(10.0)  # no answer: c waits again
+    assert engine.next_timer() == 40.0
+    out = engine.on_timer(40.0)
+    assert [o.action for o in out if isinstance(o, Overflowed)] == [OverflowAction.RELAX_SKILLS]
+    status = engine.call_status("c")
+    assert status is not None and status.skills == {}, status
