@@ -153,8 +153,12 @@ class DtmfReceived(CallEvent):
 @dataclass(frozen=True, slots=True)
 class IvrStep(CallEvent):
     """An IVR flow did something: `step` is "started", "menu" (detail: the choice),
-    "collected", "invalid", "timeout", "transfer", "queue", "voicemail", "recorded",
-    "message", "pin", "error", "hangup", "ended" (detail: the outcome)..."""
+    "collected", "invalid", "timeout", "transfer", "transfer_failed" (detail: the target
+    and why: "busy (486)", "no answer (487)", "declined (603)", "rejected (STATUS)", or
+    refused before ringing: "not registered", "no route", "no such queue"...), "queue",
+    "voicemail", "recorded", "message", "pin", "error", "hangup", "ended" (detail: the
+    outcome)... A flow's "ended" comes before its call's CallEnded, but for a caller who
+    hangs up to end a voicemail message: saving it goes on after the call."""
 
     type: ClassVar[str] = "ivr"
     flow: str = ""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ivr.flows import Flow, FlowRegistry, run_flow
-from ivr.session import HungUp, Prompts, Recording, RecordingEnd, Session, Sound
+from ivr.session import HungUp, Outcome, Prompts, Recording, RecordingEnd, Session, Sound
 from ivr.voicemail import check_messages
 from media.clock import Listener, decodable
 from media.prompts import Clip
@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pbx.ivr")
 
 _RINGING_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
+# How the final status of a transfer that was rung and not answered reads in its step. We
+# CANCEL at the ring timeout, hence 487; 480 is also what a ring group whose members' time
+# ran out gives.
+_TRANSFER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 404: "not found",
+                      408: "no answer", 480: "unavailable", 487: "no answer"}  # fmt: skip
+_NO_FLOW = {RouteKind.IVR: "no such flow", RouteKind.VOICEMAIL: "no such mailbox",
+            RouteKind.VOICEMAIL_ACCESS: "no voicemail"}  # fmt: skip
 
 
 class MessageTaker:
@@ -86,6 +93,8 @@ class LiveChannel:
         self._taker: MessageTaker | None = None
         self._taker_keys = ""  # the keys that end the message being recorded
         self.task: asyncio.Task[object] | None = None
+        self.session: Session | None = None
+        self._started = self._ended = False  # the flow's "started" and "ended" steps
 
     # from the call manager
 
@@ -101,7 +110,9 @@ class LiveChannel:
         self._arrived.set()
         if self._taker is not None:
             self._taker.finish(RecordingEnd.HANG_UP)  # the message is kept
-        elif self.task is not None and not self.task.done():
+            return
+        self._report_ended()
+        if self.task is not None and not self.task.done():
             self.task.cancel()
 
     # the Channel
@@ -195,16 +206,25 @@ class LiveChannel:
         route = manager.dialplan.route(CallRequest(call.caller, target, None))
         kind = route.kind
         if kind is RouteKind.QUEUE:
-            return await self.enqueue(route.number, route.priority)
+            if await self.enqueue(route.number, route.priority):
+                return True
+            self._transfer_failed(target, "no such queue")
+            return False
         if kind in (RouteKind.IVR, RouteKind.VOICEMAIL, RouteKind.VOICEMAIL_ACCESS):
-            return self._service.hand_over(call, route, by=self.flow)
+            if self._service.hand_over(call, route, by=self.flow):
+                return True
+            self._transfer_failed(target, _NO_FLOW[kind])
+            return False
         if kind not in _RINGING_ROUTES:
             log.info("call %s: flow %s cannot transfer to %s: %s", call.id, self.flow, target,
                      route.reason)  # fmt: skip
+            why = "no route" if kind is RouteKind.UNKNOWN else f"not callable ({kind.value})"
+            self._transfer_failed(target, why)
             return False
         if kind is not RouteKind.TRUNK and not any(
             manager.registrar.contacts(m) for m in route.members
         ):
+            self._transfer_failed(target, "not registered")
             return False
         await self.answer()
         leg = call.a
@@ -223,6 +243,8 @@ class LiveChannel:
         if not call.ended:
             manager._stop_music(leg)
         self._check()
+        why = _TRANSFER_REFUSALS.get(result, "rejected")
+        self._transfer_failed(target, f"{why} ({result})" if result else "failed")
         return False
 
     async def enqueue(self, queue: str, priority: int) -> bool:
@@ -242,6 +264,11 @@ class LiveChannel:
         manager._wait_in_queue(call)
         return True
 
+    def _transfer_failed(self, target: str, why: str) -> None:
+        # Without it the steps go from "transfer" straight to whatever the flow does next.
+        if not self._gone and not self._call.ended:
+            self.report("transfer_failed", f"{target} {why}")
+
     def _leave(self) -> None:
         """The call leaves the flow: the caller's keys go where they went before."""
         if self._call.ivr is self:
@@ -251,6 +278,7 @@ class LiveChannel:
     async def hang_up(self) -> None:
         if not self._call.ended:
             self._leave()
+            self._report_ended()
             await self._manager._hang_up(self._call, f"ivr {self.flow} hung up")
 
     def is_extension(self, number: str) -> bool:
@@ -267,12 +295,30 @@ class LiveChannel:
 
     def report(self, step: str, detail: str = "") -> None:
         call, manager = self._call, self._manager
+        if step == "started":
+            self._started = True
+        elif step == "ended":
+            if self._ended:
+                return  # reported as the call ended: see _report_ended
+            self._ended = True
         if step == "voicemail" and ":" not in detail:
             call.answered_by = f"voicemail:{detail}"
         manager.events.publish(
             IvrStep(manager.clock(), call.id, call.caller, call.callee, flow=self.flow,
                     step=step, detail=detail)
         )  # fmt: skip
+
+    def _report_ended(self) -> None:
+        """The flow's "ended" step, now that the call is ending. The flow's task would
+        report it only once it next runs, after the call's CallEnded, and followers of the
+        bus take call_ended as a call's last event."""
+        if not self._started or self._ended:
+            return
+        session = self.session
+        outcome = Outcome.CALLER_HUNG_UP  # what run_flow makes of a cancel or HungUp
+        if session is not None and session.outcome is not Outcome.RUNNING:
+            outcome = session.outcome
+        self.report("ended", outcome.value)
 
 
 class FlowService:
@@ -353,6 +399,7 @@ class FlowService:
 
     async def _run(self, item: Flow, channel: LiveChannel) -> None:
         session = Session(channel, self.prompts)
+        channel.session = session
         outcome = await run_flow(item, session, self.config.ivr.fallback)
         log.info("call %s: flow %s done: %s %s", channel.call_id, item.name, outcome.value,
                  session.destination)  # fmt: skip

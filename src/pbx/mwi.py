@@ -81,12 +81,17 @@ class MessageSummary:
         """RFC 3842 §5.2: "yes" while there are new messages."""
         return self.new > 0
 
+    @property
+    def voice_message(self) -> str:
+        """The Voice-Message value: "new/old (urgent new/urgent old)"."""
+        return f"{self.new}/{self.old} ({self.urgent_new}/{self.urgent_old})"
+
     def body(self) -> bytes:
         """The body as RFC 3842 §5.2 writes it, each line ending in CRLF."""
         lines = [f"Messages-Waiting: {'yes' if self.waiting else 'no'}"]
         if self.account:
             lines.append(f"Message-Account: {self.account}")
-        lines.append(f"Voice-Message: {self.new}/{self.old} ({self.urgent_new}/{self.urgent_old})")
+        lines.append(f"Voice-Message: {self.voice_message}")
         return "".join(f"{line}\r\n" for line in lines).encode()
 
     @classmethod
@@ -537,6 +542,8 @@ class MwiService:
             return
         state = subscription_state(None if final else sub.expires_at, self.clock(), final or "")
         request = self._in_dialog(sub, state, summary)
+        log.debug("MWI NOTIFY to %s at %s for %s: Voice-Message %s, Subscription-State %s",
+                  sub.subscriber, sub.peer, sub.box, summary.voice_message, state)  # fmt: skip
         try:
             response = await self.endpoint.request(request, sub.peer)
         except PbxError as exc:  # TransactionTimeout, TransportError
@@ -565,7 +572,10 @@ class MwiService:
         )  # fmt: skip
 
     def _failed(self, sub: Subscription, why: str) -> None:
-        if self.table.get(sub.key) is sub:
+        if self.table.get(sub.key) is not sub:  # a final NOTIFY, or the subscription ended
+            log.info("MWI NOTIFY to %s for %s got %s (subscription already over)",
+                     sub.subscriber, sub.box, why)  # fmt: skip
+        else:
             self.table.remove(sub.key)
             log.info("MWI subscription of %s to %s removed: NOTIFY got %s",
                      sub.subscriber, sub.box, why)  # fmt: skip
@@ -603,6 +613,8 @@ class MwiService:
             ],
             summary.body(),
         )  # fmt: skip
+        log.debug("unsolicited MWI NOTIFY to %s at %s: Voice-Message %s", box, peer,
+                  summary.voice_message)  # fmt: skip
         try:
             response = await self.endpoint.request(request, peer)
         except PbxError as exc:

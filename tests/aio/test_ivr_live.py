@@ -505,3 +505,87 @@ def envelope_match(heard: np.ndarray, sent: np.ndarray) -> float:
         n = min(len(x), len(y))
         best = max(best, float(np.corrcoef(x[:n], y[:n])[0, 1]))
     return best
+
+
+async def test_a_caller_hanging_up_in_a_flow_gets_its_ended_step_before_call_ended(
+    exchange: Exchange, bus: Bus
+) -> None:
+    # `pbx events` followers take call_ended as a call's last event.
+    assert exchange.calls is not None
+    async with phone(exchange, "1001") as alice:
+        call, ear, _ = await dial(alice, "201")
+        try:
+            call_id = call_id_of(bus, "1001")
+            channel = exchange.calls.calls[call_id].ivr
+            assert channel is not None and channel.task is not None
+            await ear.hears(LONG)
+            assert (await alice.bye(call)).status == 200
+            over = await bus.wait("call_ended", call_id=call_id)
+        finally:
+            ear.stop()
+    await asyncio.wait_for(asyncio.wait([channel.task]), 2)
+    [ended] = bus.matching("ivr", call_id=call_id, step="ended")
+    assert ended.detail == "caller hung up"  # type: ignore[attr-defined]
+    assert bus.events.index(ended) < bus.events.index(over)
+
+
+async def test_a_flow_hanging_up_gets_its_ended_step_before_call_ended(
+    exchange: Exchange, bus: Bus
+) -> None:
+    assert exchange.calls is not None
+    async with phone(exchange, "1001") as alice:
+        _, ear, mouth = await dial(alice, "200")
+        try:
+            call_id = call_id_of(bus, "1001")
+            channel = exchange.calls.calls[call_id].ivr
+            assert channel is not None and channel.task is not None
+            await ear.until(1)
+            await mouth.key("2")
+            await alice.next("BYE")
+            over = await bus.wait("call_ended", call_id=call_id)
+        finally:
+            ear.stop()
+    await asyncio.wait_for(asyncio.wait([channel.task]), 2)
+    [ended] = bus.matching("ivr", call_id=call_id, step="ended")
+    assert ended.detail == "hung up"  # type: ignore[attr-defined]
+    assert bus.events.index(ended) < bus.events.index(over)
+
+
+@pytest.mark.parametrize(("answer", "detail"), [(486, "1002 busy (486)"),
+                                                (None, "1002 no answer (487)")])  # fmt: skip
+async def test_a_transfer_the_callee_turns_down_says_why(
+    exchange: Exchange, bus: Bus, answer: int | None, detail: str
+) -> None:
+    # Rung and not answered: 1002 says busy, or rings past [voicemail] ring_seconds.
+    async with phone(exchange, "1001") as alice, phone(exchange, "1002") as bob:
+        _, ear, _ = await dial(alice, "202")
+        try:
+            call_id = call_id_of(bus, "1001")
+            ringing = await bob.incoming(timeout=10)
+            if answer is None:
+                bob.ring(ringing)
+            else:
+                bob.reject(ringing, answer)
+            await alice.next("BYE")
+            await bus.wait("ivr", call_id=call_id, step="ended")
+        finally:
+            ear.stop()
+    steps = bus.steps(call_id)
+    at = steps.index(("transfer", "1002"))
+    assert steps[at:] == [
+        ("transfer", "1002"), ("transfer_failed", detail), ("hangup", ""), ("ended", "hung up"),
+    ], steps  # fmt: skip
+
+
+async def test_a_transfer_to_nobody_registered_says_so(exchange: Exchange, bus: Bus) -> None:
+    async with phone(exchange, "1001") as alice:
+        _, ear, _ = await dial(alice, "202")
+        try:
+            call_id = call_id_of(bus, "1001")
+            await alice.next("BYE")
+            await bus.wait("ivr", call_id=call_id, step="ended")
+        finally:
+            ear.stop()
+    steps = bus.steps(call_id)
+    at = steps.index(("transfer", "1002"))
+    assert steps[at : at + 2] == [("transfer", "1002"), ("transfer_failed", "1002 not registered")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -221,6 +222,53 @@ async def test_a_481_to_notify_removes_the_subscription(exchange: Exchange) -> N
         await notified(ua, status=481)  # the phone forgot the subscription
         await exchange.mwi.idle()
         assert len(exchange.mwi.table) == 0
+
+
+async def test_each_notify_is_logged_and_a_failed_final_one_too(
+    exchange: Exchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pbx.mwi")
+    async with SipTestClient(server_of(exchange)) as ua:
+        phone = Subscriber(ua)
+        assert (await phone.subscribe(expires=600))[0].status == 200
+        exchange.mwi.counts = counts(2, 1)
+        await exchange.mwi.changed("1001")
+        await notified(ua)
+        await exchange.mwi.idle()
+        sent = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+        assert any(
+            m.startswith("MWI NOTIFY to 1001 at ")
+            and " for 1001: Voice-Message 2/1 (0/0), Subscription-State active;expires=" in m
+            for m in sent
+        ), sent
+        # The final NOTIFY of an expired subscription fails: nothing left to remove, but
+        # it is said.
+        exchange.mwi.clock = lambda: time.time() + 601
+        exchange.mwi.expire()
+        await notified(ua, status=500)
+        await exchange.mwi.idle()
+    sent = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("Subscription-State terminated;reason=timeout" in m for m in sent), sent
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert (
+        "MWI NOTIFY to 1001 for 1001 got 500 Server Internal Error (subscription already over)"
+        in said
+    ), said
+
+
+async def test_unsolicited_notifies_are_logged(
+    exchange: Exchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pbx.mwi")
+    async with SipTestClient(server_of(exchange)) as ua:
+        assert (await ua.register("1002", "pw1002")).status == 200
+        await notified(ua)
+        await exchange.mwi.idle()
+    sent = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(
+        m.startswith("unsolicited MWI NOTIFY to 1002 at ") and m.endswith("Voice-Message 0/0 (0/0)")
+        for m in sent
+    ), sent
 
 
 async def test_fetch_too_brief_and_bad_event(exchange: Exchange) -> None:
