@@ -132,6 +132,9 @@ class Channel(Protocol):
     def is_open(self, hours: str) -> bool:
         """Whether the [[hours]] schedule `hours` is open now (KeyError: no such one)."""
 
+    def taking_message(self, box: str) -> None:
+        """A message for mailbox `box` is being taken: the box answered the call."""
+
     def report(self, step: str, detail: str = "") -> None:
         """Tell the event bus (`pbx events`) what the flow did."""
 
@@ -385,6 +388,7 @@ class Session:
         await channel.answer()
         channel.flush()  # keys from the menu before must not skip the greeting
         channel.report("voicemail", box)
+        channel.taking_message(box)
         self.destination = box
         await leave_message(self, mailboxes, box, greeting)
         if self.outcome is Outcome.RUNNING:

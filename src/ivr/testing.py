@@ -273,6 +273,9 @@ class ScriptedChannel:
     def is_open(self, hours: str) -> bool:
         return self._hours[hours]
 
+    def taking_message(self, box: str) -> None:
+        pass  # `steps` has the voicemail step already
+
     def report(self, step: str, detail: str = "") -> None:
         self.steps.append((step, detail))
 

@@ -301,12 +301,13 @@ class LiveChannel:
             if self._ended:
                 return  # reported as the call ended: see _report_ended
             self._ended = True
-        if step == "voicemail" and ":" not in detail:
-            call.answered_by = f"voicemail:{detail}"
         manager.events.publish(
             IvrStep(manager.clock(), call.id, call.caller, call.callee, flow=self.flow,
                     step=step, detail=detail)
         )  # fmt: skip
+
+    def taking_message(self, box: str) -> None:
+        self._call.answered_by = f"voicemail:{box}"  # the CDR names the box, not the flow
 
     def _report_ended(self) -> None:
         """The flow's "ended" step, now that the call is ending. The flow's task would
