@@ -227,7 +227,7 @@ class RecordedStream:
                 fields = raw[:, 4:12].copy().view(">u4").astype(np.uint32)
                 ends = (np.array(arrivals) - origin) * RATE
                 payloads = self._decode.take(raw[:, 12:])
-                return self._placed(fields[:, 0], fields[:, 1], ends, payloads)
+                return [self._placed(fields[:, 0], fields[:, 1], ends, payloads)]
         return self._parse_each(data, arrivals, origin)
 
     def _parse_each(self, data: list[bytes], arrivals: list[float], origin: float) -> list[_Placed]:
@@ -248,12 +248,13 @@ class RecordedStream:
         for i in range(1, len(payloads) + 1):  # runs of one payload length
             if i == len(payloads) or len(payloads[i]) != len(payloads[first]):
                 samples = np.frombuffer(b"".join(payloads[first:i]), dtype=np.uint8)
-                placed += self._placed(
+                group = self._placed(
                     np.array(timestamps[first:i], dtype=np.uint32),
                     np.array(ssrcs[first:i], dtype=np.uint32),
                     np.array(ends[first:i]),
                     self._decode.take(samples.reshape(i - first, -1)),
                 )
+                placed.append(group)
                 first = i
         return placed
 
@@ -263,7 +264,7 @@ class RecordedStream:
         ssrcs: npt.NDArray[np.uint32],
         ends: npt.NDArray[np.float64],
         samples: Samples,
-    ) -> list[_Placed]:
+    ) -> _Placed:
         """Timeline positions of packets in arrival order (`ends`: where each would end
         had it come without delay), by their timestamps and the stream's anchor."""
         count, width = samples.shape
@@ -290,7 +291,7 @@ class RecordedStream:
                 offset = self._offset = earliest
             positions[first:last] = extended[first:last] + offset
         self._reference, self._extended = int(timestamps[-1]), int(extended[-1])
-        return [(positions, samples)]
+        return positions, samples
 
 
 class Recorder:
@@ -377,9 +378,13 @@ class Recorder:
         """The timeline's samples up to now (`time`) or the last tick; frozen once closed."""
         if self._time is not None and not self.closed:
             self._now = self._time()
+        return self._sample_at(self._now)
+
+    def _sample_at(self, when: float) -> int:
+        """The timeline's sample at time `when` (0 before it has a start)."""
         if self._origin is None:
             return 0
-        return int((self._now - self._origin) * RATE + 0.5)
+        return int((when - self._origin) * RATE + 0.5)
 
     @property
     def duration(self) -> float:
@@ -408,7 +413,7 @@ class Recorder:
         if self._origin is None:
             self._origin = now - TICK
         self._now = now
-        end = int((now - self._origin) * RATE + 0.5)
+        end = self._sample_at(now)
         while end - _MARGIN >= self._placed + RATE:
             self._flush()
 

@@ -176,10 +176,7 @@ def user_add(ctx: _Context, extension: str, password: str | None, name: str) -> 
     record = _user_record(ctx.config, extension, name, password)
 
     async def add(store: Store) -> None:
-        problem = answered_by_config(ctx.config, extension)
-        for queue in await store.queues():
-            if problem is None and queue.number == extension:
-                problem = f"{extension} is already the number of queue {queue.name}"
+        problem = await _number_taken(store, ctx.config, extension)
         if problem is not None:  # the phone would never ring: the dialplan answers first
             raise click.BadParameter(problem, param_hint="EXT")
         await store.add_user(record, time.time())
@@ -830,18 +827,25 @@ def _format_overflow(rule: dict[str, Any]) -> str:
     return ":".join([*parts, skills] if skills else parts).rstrip(":")
 
 
+async def _number_taken(store: Store, config: Config, number: str, queue: str = "") -> str | None:
+    """Why `number` cannot be given to a user (or to queue `queue`): the configuration
+    answers it first, or another queue has it. None if it is free of both."""
+    problem = answered_by_config(config, number)
+    for other in await store.queues():
+        if problem is None and other.number == number and other.name != queue:
+            problem = f"{number} is already the number of queue {other.name}"
+    return problem
+
+
 async def _check_queue(
     store: Store, config: Config, spec: QueueSpec, new_number: bool = True
 ) -> None:
     """Refuse a number something else answers; warn of overflow to queues not (yet) there."""
     if spec.number and new_number:
         number = spec.number
-        problem = answered_by_config(config, number)
+        problem = await _number_taken(store, config, number, queue=spec.name)
         if problem is None and number in {u.extension for u in await store.users()}:
             problem = f"{number} is already the extension of user {number}"
-        for other in await store.queues():
-            if problem is None and other.number == number and other.name != spec.name:
-                problem = f"{number} is already the number of queue {other.name}"
         if problem is not None:
             raise click.BadParameter(problem, param_hint="--number")
     names = {q.name for q in await store.queues()}
