@@ -375,9 +375,12 @@ class Session:
             return True
         return False
 
-    async def voicemail(self, box: str, greeting: str = "unavailable") -> bool:
+    async def voicemail(
+        self, box: str, greeting: str = "unavailable", urgent: bool = False
+    ) -> bool:
         """Take a message for mailbox `box` (its `greeting`: "unavailable" or "busy"),
-        then hang up. False if there is no such box (the flow goes on)."""
+        then hang up; an `urgent` one is counted apart by MWI and heard first. False if
+        there is no such box (the flow goes on)."""
         from ivr.voicemail import leave_message
 
         channel = self._live()
@@ -390,7 +393,7 @@ class Session:
         channel.report("voicemail", box)
         channel.taking_message(box)
         self.destination = box
-        await leave_message(self, mailboxes, box, greeting)
+        await leave_message(self, mailboxes, box, greeting, urgent)
         if self.outcome is Outcome.RUNNING:
             self.outcome = Outcome.VOICEMAIL
             await channel.hang_up()

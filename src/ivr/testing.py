@@ -369,8 +369,9 @@ class MemoryMailboxes:
         return box in self.personal
 
     async def save(
-        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str
-    ) -> Message | None:
+        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str,
+        urgent: bool = False,
+    ) -> Message | None:  # fmt: skip
         if recording.seconds < self.min_seconds:
             return None
         message_id = f"m{next(self._ids)}"
@@ -378,14 +379,14 @@ class MemoryMailboxes:
         path.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(str(path), recording.samples, RATE, subtype="PCM_16")
         message = Message(message_id, box, caller, caller_name, float(len(self.stored)),
-                          recording.seconds, path)  # fmt: skip
+                          recording.seconds, path, urgent=urgent)  # fmt: skip
         self.stored[message_id] = message
         self.changes.append(box)
         return message
 
     async def messages(self, box: str) -> list[Message]:
         mine = [m for m in self.stored.values() if m.box == box]
-        return sorted(mine, key=lambda m: (m.folder is not Folder.NEW, m.received))
+        return sorted(mine, key=lambda m: (m.folder is not Folder.NEW, not m.urgent, m.received))
 
     async def mark(self, message: Message, folder: Folder) -> None:
         self.stored[message.id] = replace(message, folder=folder)

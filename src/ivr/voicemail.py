@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ivr.session import HungUp, Recording, Session
-from media.speech import counted, digits_words
+from media.speech import counted, digits_words, number_words
 
 
 class Folder(StrEnum):
@@ -38,6 +38,8 @@ class Message:
     seconds: float
     path: Path
     folder: Folder = Folder.NEW
+    urgent: bool = False
+    """Marked urgent by the flow that took it: heard first, counted apart by MWI."""
 
 
 class Mailboxes(Protocol):
@@ -60,12 +62,14 @@ class Mailboxes(Protocol):
         """An extension's own box (its default greeting names a person)."""
 
     async def save(
-        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str
-    ) -> Message | None:
+        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str,
+        urgent: bool = False,
+    ) -> Message | None:  # fmt: skip
         """Keep the message (None: too short to keep)."""
 
     async def messages(self, box: str) -> list[Message]:
-        """New messages first, then saved ones, each oldest first."""
+        """New messages first, then saved ones; in each, urgent ones first, then oldest
+        first."""
 
     async def mark(self, message: Message, folder: Folder) -> None: ...
 
@@ -77,7 +81,11 @@ MENU_KEYS = "1679"  # 1 listen again, 6 next, 7 delete, 9 save
 
 
 async def leave_message(
-    call: Session, mailboxes: Mailboxes, box: str, greeting: str = Greeting.UNAVAILABLE
+    call: Session,
+    mailboxes: Mailboxes,
+    box: str,
+    greeting: str = Greeting.UNAVAILABLE,
+    urgent: bool = False,
 ) -> Message | None:
     """The greeting, the beep, the message (kept even when the caller hangs up to end it)."""
     kind = Greeting(greeting)
@@ -92,7 +100,7 @@ async def leave_message(
     recording = await call.record(mailboxes.max_seconds, mailboxes.silence_seconds)
     # Shielded: a hang-up now must not lose the message half-way into the database.
     message = await asyncio.shield(
-        mailboxes.save(box, call.caller, call.caller_name, recording, call.call_id)
+        mailboxes.save(box, call.caller, call.caller_name, recording, call.call_id, urgent)
     )
     call.channel.report("message", message.id if message is not None else "too short, dropped")
     try:
@@ -135,9 +143,11 @@ async def check_messages(call: Session, mailboxes: Mailboxes, box: str | None = 
     call.channel.report("pin", "accepted")
     messages = await mailboxes.messages(box)
     new = sum(m.folder is Folder.NEW for m in messages)
+    urgent = sum(m.folder is Folder.NEW and m.urgent for m in messages)
     saved = len(messages) - new
     await call.play(
-        ["you-have", *counted(new, "new-message", "new-messages"), "and",
+        ["you-have", *counted(new, "new-message", "new-messages"),
+         *([*number_words(urgent), "urgent"] if urgent else []), "and",
          *counted(saved, "saved-message", "saved-messages")]
     )  # fmt: skip
     for message in messages:
@@ -153,6 +163,8 @@ async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) ->
     """Play a message and act on the caller's keys; False when the caller made no choice
     (the session ends)."""
     while True:
+        if message.urgent:
+            await call.play("urgent-message")
         if message.caller.isdigit():
             await call.play(["message-from", *digits_words(message.caller)])
         await call.play(message.path)

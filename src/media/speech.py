@@ -91,6 +91,8 @@ PROMPTS: Mapping[str, str] = {
     "enter-mailbox": "please enter your mailbox number followed by the hash key",
     "mailbox-no-pin": "this mailbox has no pin yet. please ask your administrator to set one",
     "message-from": "message from",
+    "urgent": "urgent",
+    "urgent-message": "urgent message",
     "and": "and",
     # IVR
     "transferring": "please hold while we transfer your call",

@@ -543,7 +543,8 @@ def voicemail(ctx: click.Context, as_json: bool, box: str | None) -> None:
         row["caller"] = (
             f"{row['caller']} ({row['caller_name']})" if row["caller_name"] else (row["caller"])
         )
-    _table(rows, ["id", "box", "folder", "received", "caller", "seconds"])
+        row["urgent"] = "yes" if row["urgent"] else None
+    _table(rows, ["id", "box", "folder", "urgent", "received", "caller", "seconds"])
 
 
 def _boxes(config: Config) -> list[str]:
@@ -568,7 +569,8 @@ def _check_box(config: Config, box: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @pass_ctx
 def voicemail_boxes(ctx: _Context, as_json: bool) -> None:
-    """Every mailbox: its messages (new, saved), whether it has a PIN and greetings."""
+    """Every mailbox: its messages (new, of them urgent, saved), whether it has a PIN and
+    greetings."""
     from ivr.voicemail import Greeting
     from pbx.voicemail import greeting_path
 
@@ -578,13 +580,14 @@ def voicemail_boxes(ctx: _Context, as_json: bool) -> None:
     async def gather(store: Store) -> list[dict[str, Any]]:
         rows = []
         for box in boxes:
-            new, saved = await store.voicemail_counts(box)
+            counts = await store.voicemail_counts(box)
             stored = await store.mailbox_pin(box)
             configured = config.mailbox(box)
             pin = stored if stored is not None else configured.pin if configured else ""
             rows.append({
-                "box": box, "name": configured.name if configured else "", "new": new,
-                "saved": saved, "pin": bool(pin),
+                "box": box, "name": configured.name if configured else "",
+                "new": counts.new, "urgent": counts.urgent_new, "saved": counts.saved,
+                "pin": bool(pin),
                 "greetings": [g.value for g in Greeting if greeting_path(config, box, g)],
             })  # fmt: skip
         return rows
@@ -596,7 +599,7 @@ def voicemail_boxes(ctx: _Context, as_json: bool) -> None:
     for row in rows:
         row["greetings"] = ",".join(row["greetings"]) or None
         row["name"] = row["name"] or None
-    _table(rows, ["box", "name", "new", "saved", "pin", "greetings"])
+    _table(rows, ["box", "name", "new", "urgent", "saved", "pin", "greetings"])
 
 
 @voicemail.command("pin")

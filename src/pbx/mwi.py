@@ -37,7 +37,7 @@ from pbx.sip.message import (
     new_tag,
 )
 from pbx.sip.uri import SipUri, parse_uri, split_params, unescape
-from pbx.store import Binding
+from pbx.store import Binding, VoicemailCounts
 
 log = logging.getLogger("pbx.mwi")
 security = logging.getLogger("pbx.security")
@@ -52,8 +52,8 @@ MAX_PER_SUBSCRIBER = 16
 reboots subscribes again with a new Call-ID, and its old subscription would linger (and be
 notified) until it expired."""
 
-MailboxCounts = Callable[[str], Awaitable[tuple[int, int]]]
-"""The provider of a mailbox's counts: `await counts(box)` gives (new, old)."""
+MailboxCounts = Callable[[str], Awaitable[VoicemailCounts]]
+"""The provider of a mailbox's counts: `await counts(box)`."""
 
 
 # the message-summary body (RFC 3842 §5)
@@ -628,8 +628,10 @@ class MwiService:
 
     async def _summary(self, box: str, account: str) -> MessageSummary | None:
         try:
-            new, old = await self.counts(box)
-            return MessageSummary(account, new, old)
+            counts = await self.counts(box)
+            return MessageSummary(
+                account, counts.new, counts.saved, counts.urgent_new, counts.urgent_saved
+            )
         except Exception:
             log.exception("cannot read the message counts of mailbox %s", box)
             return None

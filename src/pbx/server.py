@@ -44,7 +44,7 @@ from pbx.sip.message import (
     new_tag,
 )
 from pbx.sip.uri import SipUri, parse_uri
-from pbx.store import Binding, Store
+from pbx.store import Binding, Store, VoicemailCounts
 from pbx.trunk import TrunkManager
 from pbx.voicemail import Voicemail
 
@@ -400,10 +400,10 @@ class Exchange:
         else:
             self._reply(request, SipStatus.NOT_IMPLEMENTED, [("Allow", ALLOW)])
 
-    async def _mailbox_counts(self, box: str) -> tuple[int, int]:
-        """(new, old) messages in mailbox `box`, for message waiting indication."""
+    async def _mailbox_counts(self, box: str) -> VoicemailCounts:
+        """The messages in mailbox `box`, for message waiting indication."""
         if self.voicemail is None:
-            return (0, 0)
+            return VoicemailCounts()
         return await self.voicemail.counts(box)
 
     async def _mailbox_changed(self, request: dict[str, Any]) -> dict[str, Any]:

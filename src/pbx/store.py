@@ -190,10 +190,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX voicemail_box ON voicemail (box, received);
     """,
+    # 7: urgent voicemail (RFC 3842's urgent counts; urgent messages are heard first)
+    """
+    ALTER TABLE voicemail ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
 OPEN_PATIENCE = 15.0  # seconds an open keeps retrying while others hold the database
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailCounts:
+    """A mailbox's messages: what MWI tells its phones (RFC 3842's new/old (urgent))."""
+
+    new: int = 0
+    saved: int = 0
+    urgent_new: int = 0
+    """Of `new`, how many are urgent."""
+    urgent_saved: int = 0
 
 
 class StoreError(PbxError):
@@ -243,7 +258,9 @@ _CDR_COLUMNS = (
     "cause, hangup_by, caller_loss, caller_jitter_ms, callee_loss, callee_jitter_ms, "
     "dialled, route, trunk, answered_by, legs"
 )
-_VOICEMAIL_COLUMNS = "id, box, caller, caller_name, received, seconds, path, folder, call_id"
+_VOICEMAIL_COLUMNS = (
+    "id, box, caller, caller_name, received, seconds, path, folder, call_id, urgent"
+)
 _RECORDING_COLUMNS = (
     "id, call_id, path, format, started, ended, duration, paused_seconds, retention_days, "
     "started_by, deleted"
@@ -680,8 +697,8 @@ class Store:
     async def voicemails(
         self, box: str | None = None, message_id: str | None = None
     ) -> list[dict[str, object]]:
-        """Messages (of `box`, or the one `message_id`): new first, then saved, oldest
-        first."""
+        """Messages (of `box`, or the one `message_id`): new first, then saved; in each,
+        urgent ones first, then oldest first. `urgent` is a bool."""
         conditions, params = ["1"], []
         if box is not None:
             conditions.append("box = ?")
@@ -691,20 +708,29 @@ class Store:
             params.append(message_id)
         rows = await self._db.execute_fetchall(
             f"SELECT {_VOICEMAIL_COLUMNS} FROM voicemail WHERE {' AND '.join(conditions)} "
-            "ORDER BY box, folder != 'new', received",
+            "ORDER BY box, folder != 'new', NOT urgent, received",
             params,
         )
         names = [c.strip() for c in _VOICEMAIL_COLUMNS.split(",")]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        messages = [dict(zip(names, row, strict=True)) for row in rows]
+        for message in messages:
+            message["urgent"] = bool(message["urgent"])
+        return messages
 
-    async def voicemail_counts(self, box: str) -> tuple[int, int]:
-        """(new, saved) messages in `box`."""
+    async def voicemail_counts(self, box: str) -> VoicemailCounts:
+        """How many messages `box` holds, by folder and urgency."""
         rows = await self._db.execute_fetchall(
-            "SELECT folder = 'new', COUNT(*) FROM voicemail WHERE box = ? GROUP BY folder = 'new'",
+            "SELECT folder = 'new', urgent != 0, COUNT(*) FROM voicemail WHERE box = ? "
+            "GROUP BY folder = 'new', urgent != 0",
             (box,),
         )
-        counts = {bool(new): int(count) for new, count in rows}
-        return counts.get(True, 0), counts.get(False, 0)
+        counts = {(bool(new), bool(urgent)): int(count) for new, urgent, count in rows}
+        return VoicemailCounts(
+            new=counts.get((True, False), 0) + counts.get((True, True), 0),
+            saved=counts.get((False, False), 0) + counts.get((False, True), 0),
+            urgent_new=counts.get((True, True), 0),
+            urgent_saved=counts.get((False, True), 0),
+        )
 
     async def set_voicemail_folder(self, message_id: str, folder: str) -> None:
         await self._write([("UPDATE voicemail SET folder = ? WHERE id = ?", (folder, message_id))])

@@ -25,7 +25,7 @@ from ivr.voicemail import Folder, Greeting, Message
 from media.prompts import RATE
 from media.vad import speech_bounds
 from pbx.config import Config
-from pbx.store import Store
+from pbx.store import Store, VoicemailCounts
 
 log = logging.getLogger("pbx.voicemail")
 
@@ -49,7 +49,7 @@ def message_from_row(row: dict[str, object]) -> Message:
         id=str(row["id"]), box=str(row["box"]), caller=str(row["caller"]),
         caller_name=str(row["caller_name"]), received=float(row["received"]),  # type: ignore[arg-type]
         seconds=float(row["seconds"]), path=Path(str(row["path"])),  # type: ignore[arg-type]
-        folder=Folder(str(row["folder"])),
+        folder=Folder(str(row["folder"])), urgent=bool(row["urgent"]),
     )  # fmt: skip
 
 
@@ -107,8 +107,9 @@ class Voicemail:
         return greeting_path(self.config, box, kind)
 
     async def save(
-        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str
-    ) -> Message | None:
+        self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str,
+        urgent: bool = False,
+    ) -> Message | None:  # fmt: skip
         samples = trimmed(recording.samples)
         seconds = len(samples) / RATE
         if seconds < self.min_seconds:
@@ -118,21 +119,24 @@ class Voicemail:
         message_id = f"{int(received)}-{os.urandom(3).hex()}"
         path = box_directory(self.config, box) / f"msg-{message_id}.wav"
         await asyncio.to_thread(_write_wav, path, samples)
-        message = Message(message_id, box, caller, caller_name, received, seconds, path)
+        message = Message(
+            message_id, box, caller, caller_name, received, seconds, path, urgent=urgent
+        )
         await self.store.add_voicemail({
             "id": message.id, "box": box, "caller": caller, "caller_name": caller_name,
             "received": received, "seconds": round(seconds, 2), "path": str(path),
-            "folder": Folder.NEW.value, "call_id": call_id,
+            "folder": Folder.NEW.value, "call_id": call_id, "urgent": int(urgent),
         })  # fmt: skip
-        log.info("call %s: %.1f s message from %s in mailbox %s", call_id, seconds, caller, box)
+        log.info("call %s: %.1f s %smessage from %s in mailbox %s", call_id, seconds,
+                 "urgent " if urgent else "", caller, box)  # fmt: skip
         await self._notify(box)
         return message
 
     async def messages(self, box: str) -> list[Message]:
         return [message_from_row(row) for row in await self.store.voicemails(box)]
 
-    async def counts(self, box: str) -> tuple[int, int]:
-        """(new, saved): what MWI tells the box's phones."""
+    async def counts(self, box: str) -> VoicemailCounts:
+        """What MWI tells the box's phones."""
         return await self.store.voicemail_counts(box)
 
     async def mark(self, message: Message, folder: Folder) -> None:

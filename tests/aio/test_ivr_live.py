@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from ivr.session import Recording, RecordingEnd
+from ivr.testing import speech_like
+from ivr.voicemail import Folder
 from media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from pbx import config as pbx_config
 from pbx.events import Event
@@ -575,3 +578,19 @@ async def test_a_transfer_to_nobody_registered_says_so(exchange: Exchange, bus: 
     steps = bus.steps(call_id)
     at = steps.index(("transfer", "1002"))
     assert steps[at : at + 2] == [("transfer", "1002"), ("transfer_failed", "1002 not registered")]
+
+
+async def test_urgent_messages_reach_the_phones_mwi_apart(exchange: Exchange) -> None:
+    voicemail = exchange.voicemail
+    assert voicemail is not None
+    recording = Recording(speech_like(2.0), RecordingEnd.KEY, "#")
+    for urgent in (True, False, True):
+        assert await voicemail.save("1003", "1002", "", recording, "c1", urgent) is not None
+    first = (await voicemail.messages("1003"))[0]
+    async with SipTestClient(server_of(exchange)) as lamp:
+        watcher = Subscriber(lamp, "1003", "pw1003")
+        ok, notify = await watcher.subscribe(expires=600)
+        assert ok.status == 200 and notify is not None
+        assert b"Voice-Message: 3/0 (2/0)\r\n" in notify.body, notify.body
+        await voicemail.mark(first, Folder.SAVED)
+        assert b"Voice-Message: 2/1 (1/1)\r\n" in (await notified(lamp)).body

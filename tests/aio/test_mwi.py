@@ -15,6 +15,7 @@ from pbx import config as pbx_config
 from pbx.mwi import MailboxCounts, MessageSummary
 from pbx.server import Exchange
 from pbx.sip.message import Request, Response, build_response, parse_message
+from pbx.store import VoicemailCounts
 from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
 from tests.support.pbxproc import write_config
@@ -36,9 +37,9 @@ async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
     await ex.stop()
 
 
-def counts(new: int, old: int) -> MailboxCounts:
-    async def provider(_box: str) -> tuple[int, int]:
-        return new, old
+def counts(new: int, old: int, urgent_new: int = 0, urgent_old: int = 0) -> MailboxCounts:
+    async def provider(_box: str) -> VoicemailCounts:
+        return VoicemailCounts(new, old, urgent_new, urgent_old)
 
     return provider
 
@@ -152,10 +153,10 @@ async def test_subscribe_change_and_unsubscribe(exchange: Exchange) -> None:
         assert (first.from_.tag, first.to.tag) == (phone.to_tag, ua.from_tag)
         assert str(first.uri) == f"sip:1001@{ua.local[0]}:{ua.local[1]}"
 
-        exchange.mwi.counts = counts(2, 1)
+        exchange.mwi.counts = counts(2, 1, 1, 0)
         await exchange.mwi.changed("1001")
         second = await notified(ua)
-        assert b"Voice-Message: 2/1" in second.body
+        assert b"Voice-Message: 2/1 (1/0)\r\n" in second.body
         assert summary_of(second).waiting
         assert second.cseq.number == first.cseq.number + 1
 

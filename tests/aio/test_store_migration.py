@@ -30,3 +30,23 @@ async def test_cdrs_of_schema_2_survive_the_move_to_3(tmp_path: Path) -> None:
     assert (row["legs"], row["route"], row["answered_by"]) == ([], "", "")
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+
+
+async def test_messages_of_schema_6_are_not_urgent_after_the_move_to_7(tmp_path: Path) -> None:
+    path = tmp_path / "pbx.sqlite3"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:6]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 6")
+        db.execute(
+            "INSERT INTO voicemail (id, box, caller, received, seconds, path)"
+            " VALUES ('m1', '1001', '1005', 1.0, 4.5, '/tmp/m1.wav')"
+        )
+    store = await Store.open(path)
+    try:
+        [row] = await store.voicemails("1001")
+        counts = await store.voicemail_counts("1001")
+    finally:
+        await store.close()
+    assert (row["id"], row["folder"], row["urgent"]) == ("m1", "new", False)
+    assert (counts.new, counts.urgent_new) == (1, 0)

@@ -17,7 +17,7 @@ from ivr.testing import speech_like
 from ivr.voicemail import Folder, Greeting
 from pbx.cli import main
 from pbx.config import Config, load
-from pbx.store import Store, User
+from pbx.store import Store, User, VoicemailCounts
 from pbx.voicemail import Voicemail
 
 CONFIG = """data_dir = "data"
@@ -69,20 +69,57 @@ async def test_save_trims_the_silence_and_raises_mwi(config: Config) -> None:
         # 4 s of speech kept with 0.3 s each side (and webrtcvad's hangover), not 9.5 s.
         assert 4.4 <= len(data) / 8000 <= 4.9
         assert message.seconds == pytest.approx(len(data) / 8000)
-        assert await boxes.counts("1002") == (1, 0)
+        assert await boxes.counts("1002") == VoicemailCounts(new=1)
         # A caller who hung up at the beep: half a second of nothing.
         short = Recording(np.zeros(4000, dtype=np.int16), RecordingEnd.HANG_UP)
         assert await boxes.save("1002", "1005", "", short, "call-2") is None
         (listed,) = await boxes.messages("1002")
         assert listed.caller_name == "Dr Who" and listed.folder is Folder.NEW
         await boxes.mark(listed, Folder.SAVED)
-        assert await boxes.counts("1002") == (0, 1)
+        assert await boxes.counts("1002") == VoicemailCounts(saved=1)
         await boxes.delete(listed)
-        assert await boxes.counts("1002") == (0, 0) and not message.path.exists()
+        assert await boxes.counts("1002") == VoicemailCounts() and not message.path.exists()
         assert changed == ["1002"] * 3
         assert await boxes.greeting("1002", Greeting.BUSY) is None
     finally:
         await store.close()
+
+
+def test_urgent_messages_are_counted_apart_and_listed_first(config: Config) -> None:
+    async def leave_three() -> None:
+        store = await Store.open(config.database)
+        now = iter(range(1000, 1010))
+        try:
+            boxes = Voicemail(config, store, lambda ext: False, clock=lambda: float(next(now)))
+            recording = Recording(_message_audio(2.0, 1.0), RecordingEnd.KEY, "#")
+            saved = await boxes.save("refills", "1005", "", recording, "c1", urgent=True)
+            normal = await boxes.save("refills", "1006", "", recording, "c2")
+            urgent = await boxes.save("refills", "1007", "", recording, "c3", urgent=True)
+            assert saved is not None and normal is not None and urgent is not None
+            assert urgent.urgent and not normal.urgent
+            await boxes.mark(saved, Folder.SAVED)
+            assert await boxes.counts("refills") == VoicemailCounts(2, 1, 1, 1)
+            listed = await boxes.messages("refills")
+            # New before saved; in each, urgent before the rest, though left later.
+            assert [m.id for m in listed] == [urgent.id, normal.id, saved.id]
+            assert [m.urgent for m in listed] == [True, False, True]
+        finally:
+            await store.close()
+
+    asyncio.run(leave_three())
+    code, out = _cli(config, "voicemail", "--json")
+    assert code == 0, out
+    assert [(r["caller"], r["urgent"]) for r in json.loads(out)] == [
+        ("1007", True),
+        ("1006", False),
+        ("1005", True),
+    ]
+    code, out = _cli(config, "voicemail")
+    assert code == 0 and out.splitlines()[0].split()[:4] == ["ID", "BOX", "FOLDER", "URGENT"]
+    assert [line.split()[3] for line in out.splitlines()[1:]] == ["yes", "-", "yes"]
+    code, out = _cli(config, "voicemail", "boxes", "--json")
+    refills = {b["box"]: b for b in json.loads(out)}["refills"]
+    assert (refills["new"], refills["urgent"], refills["saved"]) == (2, 1, 1)
 
 
 def _cli(config: Config, *args: str) -> tuple[int, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from ivr import FlowRegistry, HungUp, Outcome, RecordingEnd, Session, flow
 from ivr.flows import Flow, import_flows
@@ -311,6 +312,34 @@ def test_voicemail_check_messages(tmp_path: Path) -> None:
     assert list(boxes.stored) == [second.id]
     assert boxes.stored[second.id].folder is Folder.SAVED
     assert not first.path.exists()
+
+
+def test_an_urgent_message_is_counted_and_heard_first(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": "4321"})
+    question = tmp_path / "press-1-if-urgent.wav"
+    soundfile.write(str(question), np.zeros(8000, dtype=np.int16), 8000)
+
+    async def leave(call: Session) -> None:
+        # A flow asks; the caller's answer decides.
+        key = await call.menu(question, "12", retries=0, timeout=3.0)
+        await call.voicemail("1002", urgent=key == "1")
+
+    run(leave, ["2", Speak(3.0), Wait(10)], mailboxes=boxes, caller="1005")
+    run(leave, ["1", Speak(3.0), Wait(10)], mailboxes=boxes, caller="1006")
+    normal, urgent = boxes.stored.values()
+    assert urgent.urgent and not normal.urgent
+
+    async def listen(call: Session) -> None:
+        await check_messages(call, boxes, "1002")
+
+    result = run(listen, ["4321#", Wait(16), "9", Wait(16), "9"], mailboxes=boxes)
+    prompts = result.prompts
+    assert prompts[1:8] == ["you-have", "2", "new-messages", "1", "urgent", "and", "0"]
+    # The urgent message, though left second, is heard first, and announced.
+    heard = [p for p in prompts if p in (str(normal.path), str(urgent.path))]
+    assert heard == [str(urgent.path), str(normal.path)]
+    assert prompts.index("urgent-message") < prompts.index(str(urgent.path))
+    assert prompts.count("urgent-message") == 1
 
 
 def test_voicemail_access_refused(tmp_path: Path) -> None:
