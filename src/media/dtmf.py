@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from struct import Struct
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -268,22 +267,23 @@ class InbandDetector:
         return Digit(digit, samples / RATE, self._started & 0xFFFFFFFF)
 
 
-# The most `_restored` multiplies a tone's power by: the window's loss at 1.5% off, highest
-# for the highest frequency.
+# Each group's four frequencies (rows, then columns); a tone's measured turn between the two
+# windows, less this, gives its offset from nominal (in radians, then times _OFFSET_SCALE
+# a fraction of the frequency).
+_GROUPS = np.arange(2)
+_GROUP_FREQUENCIES = _FREQUENCIES.reshape(2, 4)
+_TURN_ORIGIN = (_NOMINAL_TURN - np.pi).reshape(2, 4)
+_OFFSET_SCALE = (RATE / (2 * np.pi * LAG * _FREQUENCIES)).reshape(2, 4)
+_TONES = np.arange(4)
+# A rectangular window loses power to a tone off its bin: sinc(offset * frequency * W / R)**2.
+_SINC_SCALE = _GROUP_FREQUENCIES * WINDOW / RATE
+# The most that restoring can multiply a tone's power by: the loss at 1.5% off, highest for
+# the highest frequency.
 _MOST_RESTORED = float(1 / np.sinc(ACCEPTED_DEVIATION * _FREQUENCIES.max() * WINDOW / RATE) ** 2)
-
-
-def _restored(
-    power: npt.NDArray[np.floating[Any]],
-    deviation: npt.NDArray[np.floating[Any]],
-    which: npt.NDArray[np.intp],
-) -> npt.NDArray[np.floating[Any]]:
-    """A tone's power with the window's loss for its measured frequency offset added back
-    (a rectangular window's sinc response), counted for offsets up to the accepted 1.5% so
-    that an accepted tone is judged as if it were on frequency."""
-    x = np.minimum(deviation, ACCEPTED_DEVIATION) * _FREQUENCIES[which] * WINDOW / RATE
-    restored: npt.NDArray[np.floating[Any]] = power / np.sinc(x) ** 2
-    return restored
+# The held test's phasors over 30 ms as (fine) x (coarse): e^-iwn for n = 16b + a is
+# e^-iwa * e^-iw16b, so 31 complex exponentials a tone, not 240.
+_FINE = 16
+_PHASOR_TIMES = np.concatenate([np.arange(_FINE), _FINE * np.arange(LONG // _FINE)]) / RATE
 
 
 def feed_many(
@@ -303,72 +303,61 @@ def feed_many(
     power = np.square(np.abs(late)) * (2 / WINDOW**2)  # mean square of each tone
     late_window = windows[:, :, 1, :]
     total = np.einsum("shn,shn->sh", late_window, late_window) / WINDOW
+    grouped = power.reshape(*power.shape[:2], 2, 4)  # (streams, hops, group, tone)
     # What every key needs at the least (a strong enough tone in each group, and the two
     # holding most of the energy even at the most restored): most frames, speech or
-    # silence, fail it, and the rest of the tests are not worth their ~40 numpy calls.
-    strongest = power.reshape(*power.shape[:2], 2, 4).max(axis=-1)  # each group's
+    # silence, fail it, and the rest of the tests are not worth their ~50 numpy calls.
+    strongest = grouped.max(axis=-1)
     if not (
         (strongest.min(axis=-1) >= _MIN_POWER)
         & (strongest.sum(axis=-1) * _MOST_RESTORED >= MIN_SHARE * total)
     ).any():
         return [detector._decide([None] * power.shape[1]) for detector in detectors]
-    turn = np.angle(late * np.conj(early)) - _NOMINAL_TURN
-    offset = ((turn + np.pi) % (2 * np.pi) - np.pi) / (2 * np.pi * LAG) * RATE / _FREQUENCIES
+    # Each group's strongest tone and the one after it; the strongest's frequency offset,
+    # measured from how far its phase turned between the two windows. (Masks and fancy
+    # indexing: np.take_along_axis costs ~8 us a call on arrays this small.)
+    second = np.sort(grouped, axis=-1)[..., 2]
+    tone = grouped.argmax(axis=-1)  # (streams, hops, group)
+    is_top = tone[..., None] == _TONES
+    turn = np.angle(late * np.conj(early)).reshape(grouped.shape)
+    offset = (((turn - _TURN_ORIGIN) % (2 * np.pi) - np.pi) * _OFFSET_SCALE * is_top).sum(-1)
     deviation = np.abs(offset)
-
-    rows, cols = power[..., :4], power[..., 4:]
-    row, col = rows.argmax(axis=-1), cols.argmax(axis=-1)
-    row_power = np.take_along_axis(rows, row[..., None], -1)[..., 0]
-    col_power = np.take_along_axis(cols, col[..., None], -1)[..., 0]
-    row_second = np.sort(rows, axis=-1)[..., -2]
-    col_second = np.sort(cols, axis=-1)[..., -2]
-    row_dev = np.take_along_axis(deviation[..., :4], row[..., None], -1)[..., 0]
-    col_dev = np.take_along_axis(deviation[..., 4:], col[..., None], -1)[..., 0]
-    row_off = np.take_along_axis(offset[..., :4], row[..., None], -1)[..., 0]
-    col_off = np.take_along_axis(offset[..., 4:], col[..., None], -1)[..., 0]
-    twist = col_power / np.maximum(row_power, 1e-9)
+    # Each tone's power with the window's loss for its offset added back, counted for
+    # offsets up to the accepted 1.5%: an accepted tone is judged as if on frequency.
+    sinc = np.sinc(np.minimum(deviation, ACCEPTED_DEVIATION) * _SINC_SCALE[_GROUPS, tone])
+    twist = strongest[..., 1] / np.maximum(strongest[..., 0], 1e-9)  # high group over low
     present = (
-        (row_power >= _MIN_POWER)
-        & (col_power >= _MIN_POWER)
+        (strongest >= np.maximum(_MIN_POWER, PEAK_RATIO * second)).all(-1)
+        & (deviation <= MAX_DEVIATION).all(-1)
         & (twist >= _TWIST_LOW)
         & (twist <= _TWIST_HIGH)
-        & (row_power >= PEAK_RATIO * row_second)
-        & (col_power >= PEAK_RATIO * col_second)
-        & (
-            _restored(row_power, row_dev, row) + _restored(col_power, col_dev, col + 4)
-            >= MIN_SHARE * total
-        )
-        & (row_dev <= MAX_DEVIATION)
-        & (col_dev <= MAX_DEVIATION)
+        & ((strongest / sinc**2).sum(-1) >= MIN_SHARE * total)
     )
     hops = present.shape[1]
     idle: list[Hop | None] = [None] * hops
     streams, at = np.nonzero(present)
-    held_share = np.zeros(0)
-    if len(streams):
-        # Where a key seems to be: its two tones at their measured frequencies over the last
-        # 30 ms. A key's tones hold all the energy there; speech that looked like them for
-        # 13 ms has moved on.
-        long = signal[streams[:, None], _LONG_INDEX[at]]  # (candidates, LONG)
-        measured = np.stack(
-            [
-                np.asarray(ROWS)[row[streams, at]] * (1 + row_off[streams, at]),
-                np.asarray(COLUMNS)[col[streams, at]] * (1 + col_off[streams, at]),
-            ],
-            -1,
-        )  # (candidates, 2)
-        phases = np.exp(-2j * np.pi * measured[..., None] * _LONG_TIME)
-        held = np.einsum("cn,ckn->ck", long, phases)
-        held_power = 2 * (held.real**2 + held.imag**2).sum(-1) / LONG**2
-        held_share = held_power / np.maximum((long**2).mean(-1), 1e-9)
+    if not len(streams):
+        return [detector._decide(idle) for detector in detectors]
+    # Where a key seems to be: its two tones at their measured frequencies over the last
+    # 30 ms. A key's tones hold all the energy there; speech that looked like them for 13 ms
+    # has moved on.
+    long = signal[streams[:, None], _LONG_INDEX[at]]  # (candidates, LONG)
+    tones = tone[streams, at]  # (candidates, group)
+    measured = _GROUP_FREQUENCIES[_GROUPS, tones] * (1 + offset[streams, at])
+    phasors = np.exp(-2j * np.pi * measured[..., None] * _PHASOR_TIMES)  # (c, group, 31)
+    fine, coarse = phasors[..., :_FINE], phasors[..., _FINE:]
+    blocks = long.reshape(len(long), -1, _FINE)  # (candidates, LONG / 16, 16)
+    held = np.einsum("cbk,ckb->ck", blocks @ fine.transpose(0, 2, 1), coarse)
+    held_power = 2 * (held.real**2 + held.imag**2).sum(-1) / LONG**2
+    energy = np.einsum("cn,cn->c", long, long) / LONG
+    held_share = (held_power / np.maximum(energy, 1e-9)).tolist()
     found: dict[int, list[Hop | None]] = {}
-    for n, (i, h) in enumerate(zip(streams.tolist(), at.tolist(), strict=True)):
+    for n, (i, h, (row, col)) in enumerate(
+        zip(streams.tolist(), at.tolist(), tones.tolist(), strict=True)
+    ):
         decisions = found.setdefault(i, [None] * hops)
-        decisions[h] = (KEYPAD[row[i, h]][col[i, h]], float(held_share[n]))
-    out = []
-    for i, detector in enumerate(detectors):
-        out.append(detector._decide(found.get(i, idle)))
-    return out
+        decisions[h] = (KEYPAD[row][col], held_share[n])
+    return [detector._decide(found.get(i, idle)) for i, detector in enumerate(detectors)]
 
 
 _TONE_PEAK_LOW = _PEAK_0DBM0 * 10 ** (-8 / 20)  # -8 dBm0 low group
