@@ -115,6 +115,7 @@ log = logging.getLogger("pbx.calls")
 
 SDP = "application/sdp"
 SHUTDOWN_GRACE = 2.0  # seconds the phones get to answer our BYEs when the exchange stops
+MESSAGE_KEEPING_PATIENCE = 10.0  # seconds a call's end waits for its flow to keep a message
 ALLOW = "INVITE, ACK, CANCEL, BYE, REFER, NOTIFY, OPTIONS, UPDATE, INFO"
 SUPPORTED = "timer, replaces"
 GLARE_ATTEMPTS = 3  # our re-INVITE is sent at most this often when each one meets 491
@@ -330,6 +331,7 @@ class CallManager:
         self._by_dialog: dict[DialogId, tuple[Call, Leg | None]] = {}  # None: transferred away
         self._by_branch: dict[str, Call] = {}  # the caller's INVITE branch, for CANCEL
         self._tasks: set[asyncio.Task[object]] = set()
+        self._ending: set[asyncio.Task[object]] = set()  # calls' ends waiting for a message
         self.acd: QueueManager | None = None  # set by the exchange: the queues' engine
         self.flows: FlowService | None = None  # set by the exchange: IVR flows, voicemail
 
@@ -386,6 +388,8 @@ class CallManager:
         self.media_clock.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self._ending:  # each announces its call's end as it is cancelled: the CDR
+            await asyncio.gather(*self._ending, return_exceptions=True)
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.ensure_future(work)
@@ -2626,13 +2630,17 @@ class CallManager:
         self._unpark(call)
         if call.digits is not None:
             call.digits.put_nowait("")  # whatever waits for a key: the call is over
-        if call.ivr is not None:
-            call.ivr.gone()
+        keeping = call.ivr.gone() if call.ivr is not None else None
         self.conferences.leave(call.id)
         self.recordings.ended(call.id)
         if call.queue is not None and self.acd is not None:
             self.acd.ended(call.id, by="agent" if call.hangup_by == "callee" else "caller")
-        self.events.publish(self._ended(call))
+        if keeping is None or keeping.done():
+            self.events.publish(self._ended(call))
+        else:
+            ending = self._spawn(self._ended_after(keeping, self._ended(call)))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
         if call.bridge is not None:
             call.bridge.close()
         for leg in {id(leg): leg for leg in call.legs()}.values():
@@ -2646,6 +2654,15 @@ class CallManager:
         self._by_branch.pop(call.a_request.vias[0].branch or "", None)
         for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
             del self._by_dialog[key]
+
+    async def _ended_after(self, flow: asyncio.Task[object], ended: CallEnded) -> None:
+        """Announce a call's end (and so its CDR) once its flow has kept the message the
+        caller hung up on: followers of the bus take call_ended as a call's last event. Not
+        later than MESSAGE_KEEPING_PATIENCE seconds, and at once on shutdown."""
+        try:
+            await asyncio.wait([flow], timeout=MESSAGE_KEEPING_PATIENCE)
+        finally:
+            self.events.publish(ended)
 
     def _ended(self, call: Call) -> CallEnded:
         if call.answered_at is not None:

@@ -104,16 +104,19 @@ class LiveChannel:
         if self._taker is not None and digit in self._taker_keys:
             self._taker.finish(RecordingEnd.KEY)
 
-    def gone(self) -> None:
-        """The call is over (the caller hung up, or it left the flow)."""
+    def gone(self) -> asyncio.Task[object] | None:
+        """The call is over (the caller hung up, or it left the flow). Returns the flow's
+        task when it goes on to keep the message it was recording: its last steps come
+        after this, and the call's end is to be announced after them."""
         self._gone = True
         self._arrived.set()
         if self._taker is not None:
             self._taker.finish(RecordingEnd.HANG_UP)  # the message is kept
-            return
+            return self.task
         self._report_ended()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        return None
 
     # the Channel
 

@@ -27,6 +27,7 @@ from media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from pbx import config as pbx_config
 from pbx.events import Event
 from pbx.server import Exchange
+from pbx.store import Store
 from tests.aio.test_mwi import Subscriber, notified, summary_of
 from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
@@ -594,3 +595,66 @@ async def test_urgent_messages_reach_the_phones_mwi_apart(exchange: Exchange) ->
         assert b"Voice-Message: 3/0 (2/0)\r\n" in notify.body, notify.body
         await voicemail.mark(first, Folder.SAVED)
         assert b"Voice-Message: 2/1 (1/1)\r\n" in (await notified(lamp)).body
+
+
+async def test_a_caller_hanging_up_on_a_message_ends_the_call_after_it_is_kept(
+    exchange: Exchange, bus: Bus
+) -> None:
+    # The message is saved after the BYE; its steps still come before call_ended, and
+    # the CDR (written on call_ended) names the box.
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "1003")  # not registered: its voicemail
+        try:
+            call_id = call_id_of(bus, "1001")
+            await ear.hears(1000.0)  # the beep
+            await mouth.say(speech_like(2.0))
+            assert (await alice.bye(call)).status == 200
+            over = await bus.wait("call_ended", call_id=call_id)
+        finally:
+            ear.stop()
+    [message] = bus.matching("ivr", call_id=call_id, step="message")
+    [ended] = bus.matching("ivr", call_id=call_id, step="ended")
+    assert ended.detail == "voicemail"  # type: ignore[attr-defined]
+    assert bus.events.index(message) < bus.events.index(ended) < bus.events.index(over)
+    assert over.answered_by == "voicemail:1003"  # type: ignore[attr-defined]
+    assert exchange.voicemail is not None
+    [kept] = await exchange.voicemail.messages("1003")
+    assert message.detail == kept.id  # type: ignore[attr-defined]
+
+
+async def test_a_call_whose_message_is_still_being_kept_has_its_cdr_on_shutdown(
+    exchange: Exchange, bus: Bus
+) -> None:
+    voicemail, calls = exchange.voicemail, exchange.calls
+    assert voicemail is not None and calls is not None
+    saving = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck(*_args: object) -> None:  # a disk that hangs while saving
+        saving.set()
+        await never.wait()
+
+    voicemail.save = stuck  # type: ignore[method-assign]
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "1003")
+        try:
+            call_id = call_id_of(bus, "1001")
+            channel = calls.calls[call_id].ivr
+            assert channel is not None and channel.task is not None
+            await ear.hears(1000.0)
+            await mouth.say(speech_like(1.5))
+            assert (await alice.bye(call)).status == 200
+            await saving.wait()
+        finally:
+            ear.stop()
+    assert not bus.matching("call_ended", call_id=call_id)  # waiting for the message
+    database = exchange.config.database
+    await exchange.stop()
+    channel.task.cancel()
+    await asyncio.wait([channel.task])
+    assert bus.matching("call_ended", call_id=call_id)
+    store = await Store.open(database)
+    try:
+        assert [r["call_id"] for r in await store.cdrs()] == [call_id]
+    finally:
+        await store.close()
