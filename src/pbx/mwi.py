@@ -14,6 +14,7 @@ in `[mwi] unsolicited`. The counts come from an injected `MailboxCounts` provide
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -21,12 +22,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pbx.config import Config, MwiConfig
+from pbx.config import Config, ListenAddress, MwiConfig
 from pbx.errors import LocalProtocolError, PbxError, RemoteProtocolError, SipStatus
 from pbx.events import Event, EventBus, RegistrationChanged
 from pbx.registrar import Registrar, expires_header, peer_for_binding, throttle_key
 from pbx.sip.aio import Peer, SipEndpoint
-from pbx.sip.dialog import Dialog, DialogId, dialog_id_for_request
+from pbx.sip.dialog import Dialog, DialogId, DialogState, dialog_id_for_request
 from pbx.sip.digest import Credentials, Verdict, parse_credentials
 from pbx.sip.message import (
     Method,
@@ -36,8 +37,8 @@ from pbx.sip.message import (
     new_branch,
     new_tag,
 )
-from pbx.sip.uri import SipUri, parse_uri, split_params, unescape
-from pbx.store import Binding, VoicemailCounts
+from pbx.sip.uri import SipUri, parse_name_addr, parse_uri, split_params, unescape
+from pbx.store import Binding, Store, VoicemailCounts
 
 log = logging.getLogger("pbx.mwi")
 security = logging.getLogger("pbx.security")
@@ -261,6 +262,67 @@ class SubscriptionTable:
         return gone
 
 
+# the stored form of a subscription (the exchange keeps them across a crash)
+
+CSEQ_MARGIN = 10
+"""Added to a restored subscription's CSeq: the NOTIFYs sent just before a crash may not
+have had theirs stored, and the phone refuses a CSeq it has seen (RFC 3261 §12.2.2)."""
+
+StoredKey = tuple[str, str, str]
+"""A dialog ID as stored: Call-ID, local tag, remote tag ("" for none)."""
+
+
+def stored_key(key: DialogId) -> StoredKey:
+    return key.call_id, key.local_tag, key.remote_tag or ""
+
+
+def subscription_record(sub: Subscription) -> str:
+    """What restores `sub`: its dialog, what it watches and where its phone is, as JSON."""
+    dialog, peer = sub.dialog, sub.peer
+    return json.dumps({
+        "box": sub.box, "subscriber": sub.subscriber, "account": sub.account,
+        "event": sub.event, "expires_at": sub.expires_at, "created_at": sub.created_at,
+        "local_party": str(dialog.local_party), "remote_party": str(dialog.remote_party),
+        "local_target": str(dialog.local_target), "remote_target": str(dialog.remote_target),
+        "route_set": [str(route) for route in dialog.route_set],
+        "local_cseq": dialog.local_cseq, "remote_cseq": dialog.remote_cseq,
+        "secure": dialog.secure,
+        "peer": [peer.transport, peer.host, peer.port],
+        "local": [peer.local.transport, peer.local.host, peer.local.port],
+    })  # fmt: skip
+
+
+def subscription_from_record(key: StoredKey, record: str) -> Subscription:
+    """The subscription `subscription_record` wrote, its CSeq moved on by CSEQ_MARGIN.
+    Raises ValueError for a record it cannot read."""
+    try:
+        r = json.loads(record)
+        call_id, local_tag, remote_tag = key
+        local_cseq = r["local_cseq"]
+        dialog = Dialog(
+            id=DialogId(call_id, local_tag, remote_tag or None),
+            state=DialogState.CONFIRMED,
+            is_uas=True,
+            local_party=parse_name_addr(r["local_party"]),
+            remote_party=parse_name_addr(r["remote_party"]),
+            local_target=parse_uri(r["local_target"]),
+            remote_target=parse_uri(r["remote_target"]),
+            route_set=tuple(parse_name_addr(route) for route in r["route_set"]),
+            local_cseq=(local_cseq or 0) + CSEQ_MARGIN,
+            remote_cseq=r["remote_cseq"],
+            secure=bool(r["secure"]),
+        )
+        transport, host, port = r["peer"]
+        local = ListenAddress(*r["local"])
+        return Subscription(
+            dialog, str(r["box"]), str(r["subscriber"]), str(r["account"]),
+            float(r["expires_at"]), float(r["created_at"]),
+            Peer(str(transport), str(host), int(port), local), str(r["event"]),
+        )  # fmt: skip
+    except (PbxError, KeyError, TypeError, ValueError) as exc:  # json's errors are ValueErrors
+        raise ValueError(f"unreadable MWI subscription record: {exc}") from None
+
+
 # the asyncio shell
 
 
@@ -296,10 +358,41 @@ class MwiService:
         # answer), and a NOTIFY overtaken by a newer request for the same dialog is skipped.
         self._locks: dict[DialogId, asyncio.Lock] = {}
         self._generation: dict[DialogId, int] = {}
+        # Subscriptions to store (None: to delete), written in order by one task.
+        self._store: Store | None = None
+        self._dirty: dict[DialogId, Subscription | None] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._next_write: asyncio.Future[None] | None = None  # done once _dirty is written
 
-    def start(self, registrar: Registrar) -> None:
+    def start(self, registrar: Registrar, store: Store | None = None) -> None:
+        """Serve SUBSCRIBEs; with a `store`, keep the subscriptions there (`restore`)."""
         self._registrar = registrar
+        self._store = store
         self._unsubscribe = self.events.subscribe(self._on_event)
+
+    async def restore(self) -> None:
+        """Take back the subscriptions a crash left in the store: each one not expired is
+        sent the current state at once (its box may have changed meanwhile)."""
+        if self._store is None:
+            return
+        now = self.clock()
+        restored = 0
+        for key, _expires_at, record in await self._store.mwi_subscriptions():
+            try:
+                sub = subscription_from_record(key, record)
+            except ValueError as exc:
+                log.warning("MWI subscription %s not restored: %s", key[0], exc)
+                self._dirty[DialogId(key[0], key[1], key[2] or None)] = None
+                continue
+            if sub.expires_at <= now:
+                self._dirty[sub.key] = None
+            elif self.table.get(sub.key) is None:  # else it subscribed again meanwhile
+                self._keep(sub)
+                restored += 1
+        log.info("%d MWI subscriptions restored", restored)
+        if self._dirty:
+            self._write_soon()
+        self._arm()
 
     async def stop(self) -> None:
         """Tell every subscriber to subscribe again (reason=deactivated, RFC 6665 §4.1.3:
@@ -322,6 +415,12 @@ class MwiService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._dirty.clear()
+        if self._store is not None:  # told to subscribe again: none is kept
+            try:
+                await self._store.clear_mwi_subscriptions()
+            except Exception:
+                log.exception("cannot clear the stored MWI subscriptions")
 
     async def changed(self, box: str) -> None:
         """The counts of mailbox `box` changed: NOTIFY its subscriptions and, when `box` is
@@ -343,6 +442,7 @@ class MwiService:
         self._timer = None
         for sub in self.table.expire(self.clock()):
             log.info("MWI subscription of %s to %s expired", sub.subscriber, sub.box)
+            self._forget(sub)
             self._notify(sub, final="timeout")
         self._arm()
 
@@ -397,18 +497,29 @@ class MwiService:
             now + expires, now, peer,
             EVENT if ident is None else f"{EVENT};id={ident}",
         )  # fmt: skip
-        self.endpoint.respond(request, response)
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): the state once, in a NOTIFY that ends it.
+            self.endpoint.respond(request, response)
             self._notify(sub, final="timeout")
             return
-        for old in self.table.add(sub):
-            log.info("MWI subscription %s of %s replaced", old.key.call_id, old.subscriber)
-            self._locks.pop(old.key, None)
-            self._generation.pop(old.key, None)
         log.info("%s subscribed to MWI of %s for %d s", user, box, expires)
-        self._notify(sub)
+        stored = self._keep(sub, notify=False)
         self._arm()
+        if stored is None:
+            self.endpoint.respond(request, response)
+            self._notify(sub)
+        else:
+            self._spawn(self._confirm(request, response, sub, stored))
+
+    async def _confirm(
+        self, request: Request, response: Response, sub: Subscription, stored: asyncio.Future[None]
+    ) -> None:
+        """The 200 once the subscription is stored (as the registrar answers a REGISTER):
+        what a phone was told it has, a crash does not take away. Then the first NOTIFY."""
+        await stored
+        self.endpoint.respond(request, response)
+        if self.table.get(sub.key) is sub:
+            self._notify(sub)
 
     def _resubscribe(self, request: Request, peer: Peer, user: str, key: DialogId) -> None:
         """A refresh or, with Expires: 0, the end of a subscription (RFC 6665 §4.1.2.2/3)."""
@@ -431,10 +542,12 @@ class MwiService:
         self.endpoint.respond(request, self._ok(request, peer, expires))
         if expires == 0:
             self.table.remove(key)
+            self._forget(sub)
             log.info("%s unsubscribed from MWI of %s", user, sub.box)
             self._notify(sub, final="timeout")
         else:
             sub.expires_at = self.clock() + expires
+            self._remember(sub)
             self._notify(sub)
         self._arm()
 
@@ -542,6 +655,8 @@ class MwiService:
             return
         state = subscription_state(None if final else sub.expires_at, self.clock(), final or "")
         request = self._in_dialog(sub, state, summary)
+        if final is None:
+            self._remember(sub)  # its CSeq moved on
         log.debug("MWI NOTIFY to %s at %s for %s: Voice-Message %s, Subscription-State %s",
                   sub.subscriber, sub.peer, sub.box, summary.voice_message, state)  # fmt: skip
         try:
@@ -577,9 +692,66 @@ class MwiService:
                      sub.subscriber, sub.box, why)  # fmt: skip
         else:
             self.table.remove(sub.key)
+            self._forget(sub)
             log.info("MWI subscription of %s to %s removed: NOTIFY got %s",
                      sub.subscriber, sub.box, why)  # fmt: skip
             self._arm()
+
+    # the table, and the store behind it
+
+    def _keep(self, sub: Subscription, notify: bool = True) -> asyncio.Future[None] | None:
+        """A subscription new to the table: stored (the future: done once it is), and,
+        with `notify`, sent the current state."""
+        for old in self.table.add(sub):
+            log.info("MWI subscription %s of %s replaced", old.key.call_id, old.subscriber)
+            self._locks.pop(old.key, None)
+            self._generation.pop(old.key, None)
+            self._forget(old)
+        stored = self._remember(sub)
+        if notify:
+            self._notify(sub)
+        return stored
+
+    def _remember(self, sub: Subscription) -> asyncio.Future[None] | None:
+        if self._store is None or self.table.get(sub.key) is not sub:
+            return None
+        self._dirty[sub.key] = sub
+        return self._write_soon()
+
+    def _forget(self, sub: Subscription) -> None:
+        if self._store is not None:
+            self._dirty[sub.key] = None
+            self._write_soon()
+
+    def _write_soon(self) -> asyncio.Future[None]:
+        """The future of the write that will hold the changes made so far."""
+        if self._next_write is None:
+            self._next_write = asyncio.get_running_loop().create_future()
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write())
+            self._tasks.add(self._writer)
+            self._writer.add_done_callback(self._finished)
+        return self._next_write
+
+    async def _write(self) -> None:
+        """Store every change made since the last write, the latest state of each."""
+        store = self._store
+        assert store is not None
+        try:
+            while self._dirty:
+                changes, self._dirty = self._dirty, {}
+                written, self._next_write = self._next_write, None
+                saved = [(stored_key(key), sub.expires_at, subscription_record(sub))
+                         for key, sub in changes.items() if sub is not None]  # fmt: skip
+                deleted = [stored_key(key) for key, sub in changes.items() if sub is None]
+                try:
+                    await store.write_mwi_subscriptions(saved, deleted)
+                except Exception:  # the subscriptions still work, only not across a crash
+                    log.exception("cannot store %d MWI subscription changes", len(changes))
+                if written is not None and not written.done():
+                    written.set_result(None)
+        finally:
+            self._writer = None
 
     # unsolicited NOTIFY: no subscription, out of any dialog
 

@@ -127,7 +127,7 @@ class Exchange:
                 events=self.events,
             )
             await self.registrar.load()
-            self.mwi.start(self.registrar)
+            self.mwi.start(self.registrar, self.store)
             await self.endpoint.start()
             await self.control.start()
             pool = PortPool(*self.config.rtp.port_range)
@@ -156,6 +156,7 @@ class Exchange:
             self.events.subscribe(self._write_cdr)
             await self._finish_recordings()
             await self.trunks.start()
+            await self.mwi.restore()  # the counts come from the voicemail above
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
             await self.endpoint.stop()

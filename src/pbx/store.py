@@ -194,6 +194,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE voicemail ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;
     """,
+    # 8: MWI subscriptions, so that a crash does not leave the phones' lamps stale (a clean
+    # stop ends them: the phones subscribe again); `state` is pbx.mwi's record, JSON
+    """
+    CREATE TABLE mwi_subscriptions (
+        call_id TEXT NOT NULL,
+        local_tag TEXT NOT NULL,
+        remote_tag TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (call_id, local_tag, remote_tag)
+    );
+    """,
 )
 
 
@@ -738,6 +750,38 @@ class Store:
     async def delete_voicemail(self, message_id: str) -> bool:
         counts = await self._write([("DELETE FROM voicemail WHERE id = ?", (message_id,))])
         return counts[0] > 0
+
+    # MWI subscriptions
+
+    async def mwi_subscriptions(self) -> list[tuple[tuple[str, str, str], float, str]]:
+        """Every stored subscription: its dialog ID (remote tag "" for none), when it
+        expires, its state."""
+        rows = await self._db.execute_fetchall(
+            "SELECT call_id, local_tag, remote_tag, expires_at, state FROM mwi_subscriptions"
+        )
+        return [((str(r[0]), str(r[1]), str(r[2])), float(r[3]), str(r[4])) for r in rows]
+
+    async def write_mwi_subscriptions(
+        self,
+        saved: Iterable[tuple[tuple[str, str, str], float, str]],
+        deleted: Iterable[tuple[str, str, str]],
+    ) -> None:
+        """Insert or replace `saved` (as `mwi_subscriptions` gives them) and remove
+        `deleted`, in one transaction."""
+        await self._write([
+            *((
+                "INSERT OR REPLACE INTO mwi_subscriptions "
+                "(call_id, local_tag, remote_tag, expires_at, state) VALUES (?, ?, ?, ?, ?)",
+                (*key, expires_at, state),
+            ) for key, expires_at, state in saved),
+            *((
+                "DELETE FROM mwi_subscriptions "
+                "WHERE call_id = ? AND local_tag = ? AND remote_tag = ?", key,
+            ) for key in deleted),
+        ])  # fmt: skip
+
+    async def clear_mwi_subscriptions(self) -> None:
+        await self._write([("DELETE FROM mwi_subscriptions", ())])
 
     # the ACD: queues, agents, the queue log
 

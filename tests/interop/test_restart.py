@@ -7,12 +7,17 @@ committed, so even a binding made just before SIGKILL must come back.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import time
 from typing import Any
 
 import pytest
 
+from pbx import config as pbx_config
+from pbx.sip.message import Request, parse_message
+from tests.aio.test_mwi import Subscriber, expires_left, notified, summary_of
 from tests.interop.helpers import add_users, configure, log_line, registrations
 from tests.support.pbxproc import PbxProcess
 from tests.support.sipclient import SipTestClient
@@ -127,3 +132,47 @@ async def test_bindings_survive_sigterm_and_sigkill(pbx_proc: PbxProcess) -> Non
     finally:
         for phone in phones.values():
             await phone.close()
+
+
+async def test_mwi_subscriptions_outlive_a_crash_and_end_on_a_clean_stop(
+    pbx_proc: PbxProcess,
+) -> None:
+    # A crashed exchange that forgot its subscriptions would leave every lamp stale until
+    # the phones' next refresh (an hour, often) got a 481.
+    configure(pbx_proc, EXTRA + "[voicemail]\nextensions = true\n")
+    add_users(pbx_proc, USERS[:1])
+    pbx_proc.start()
+    async with SipTestClient(("127.0.0.1", pbx_proc.port)) as ua:
+        phone = Subscriber(ua)
+        ok, first = await phone.subscribe(expires=600)
+        assert ok.status == 200 and first is not None
+        since = len(pbx_proc.log)
+        assert pbx_proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        pbx_proc.start()
+        # The restarted exchange tells the phone the state at once, in the same dialog.
+        again = await notified(ua)
+        assert log_line(pbx_proc, "1 MWI subscriptions restored", since), pbx_proc.log[since:]
+        assert again.call_id == phone.call_id
+        assert (again.from_.tag, again.to.tag) == (phone.to_tag, ua.from_tag)
+        assert again.cseq.number > first.cseq.number
+        assert 590 <= expires_left(again) <= 600
+        assert summary_of(again).new == 0
+        # The phone's refresh is in a dialog the exchange knows: 200, not 481.
+        ok, refreshed = await phone.subscribe(expires=600)
+        assert ok.status == 200 and refreshed is not None
+        assert refreshed.cseq.number > again.cseq.number
+
+        # A clean stop ends the subscription (the phone is to subscribe again), for good.
+        since = len(pbx_proc.log)
+        assert pbx_proc.stop() == 0
+        # Not answered: the exchange is gone, and the ICMP error our answer would bring
+        # back would cost the socket its next datagram (connected UDP on Linux).
+        final = parse_message(await ua.recv_raw(), datagram=True)
+        assert isinstance(final, Request) and final.method == "NOTIFY"
+        assert final.header("Subscription-State") == "terminated;reason=deactivated"
+        database = pbx_config.load(pbx_proc.config).database
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            assert db.execute("SELECT COUNT(*) FROM mwi_subscriptions").fetchone() == (0,)
+        pbx_proc.start()
+        gone, _ = await phone.subscribe(expires=600)
+        assert gone.status == 481

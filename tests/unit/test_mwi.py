@@ -9,18 +9,22 @@ import pytest
 from pbx.config import ListenAddress, MwiConfig, load
 from pbx.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from pbx.mwi import (
+    CSEQ_MARGIN,
     MessageSummary,
     Subscription,
     SubscriptionTable,
     accepts_summary,
     event_package,
     granted_expires,
+    stored_key,
+    subscription_from_record,
+    subscription_record,
     subscription_state,
 )
 from pbx.registrar import expires_header
 from pbx.sip.aio import Peer
 from pbx.sip.dialog import Dialog
-from pbx.sip.message import Request, build_response, parse_message
+from pbx.sip.message import Method, Request, build_response, parse_message
 
 PEER = Peer("udp", "127.0.0.1", 5062, ListenAddress("udp", "127.0.0.1", 5060))
 
@@ -247,3 +251,57 @@ def test_mwi_errors_name_key_and_line(tmp_path: Path, text: str, key: str, line:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text))
     assert (info.value.key, info.value.line) == (key, line)
+
+
+# the stored form (kept across a crash)
+
+
+def test_a_subscription_survives_its_record() -> None:
+    request = parse_message(
+        b"SUBSCRIBE sip:1001@pbx.test SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP [::1]:5062;branch=z9hG4bK1\r\n"
+        b'From: "Dr \\"Who\\"" <sip:1001@pbx.test>;tag=phone\r\nTo: <sip:1001@pbx.test>\r\n'
+        b"Call-ID: kept@phone\r\nCSeq: 7 SUBSCRIBE\r\nContact: <sip:1001@[::1]:5062;ob>\r\n"
+        b"Record-Route: <sip:proxy.test;lr>, <sip:edge.test;lr>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    assert isinstance(request, Request)
+    ok = build_response(request, 200, headers=[("Contact", "<sip:pbx@[::1]:5060>")], to_tag="us")
+    dialog = Dialog.from_uas(request, ok)
+    dialog.local_cseq = 3
+    peer = Peer("udp", "::1", 5062, ListenAddress("udp", "::1", 5060))
+    sub = Subscription(dialog, "1001", "1001", "sip:1001@pbx.test", 1600.0, 1000.0, peer,
+                       "message-summary;id=7")  # fmt: skip
+    back = subscription_from_record(stored_key(sub.key), subscription_record(sub))
+    assert back.key == sub.key
+    assert (back.box, back.subscriber, back.account, back.event) == (
+        "1001",
+        "1001",
+        "sip:1001@pbx.test",
+        "message-summary;id=7",
+    )
+    assert (back.expires_at, back.created_at, back.peer) == (1600.0, 1000.0, peer)
+    restored = back.dialog
+    assert str(restored.remote_party) == str(dialog.remote_party)
+    assert restored.remote_party.display_name == 'Dr "Who"'
+    assert str(restored.remote_target) == "sip:1001@[::1]:5062;ob"
+    assert [str(r) for r in restored.route_set] == ["<sip:proxy.test;lr>", "<sip:edge.test;lr>"]
+    assert restored.remote_cseq == 7
+    # NOTIFYs sent just before a crash may not have had their CSeq stored.
+    assert restored.local_cseq == 3 + CSEQ_MARGIN
+    # The NOTIFY it sends goes where the one before would have.
+    notify = restored.create_request(Method.NOTIFY, [], local_address=("::1", 5060))
+    assert str(notify.uri) == "sip:1001@[::1]:5062;ob"  # loose routing: Route headers
+    assert notify.headers_named("Route") == ["<sip:proxy.test;lr>", "<sip:edge.test;lr>"]
+    assert notify.call_id == "kept@phone" and notify.cseq.number == 4 + CSEQ_MARGIN
+    assert (notify.from_.tag, notify.to.tag) == ("us", "phone")
+
+
+@pytest.mark.parametrize(
+    "record", ["", "{}", "[1]", '{"box": "1001"}', '{"local_party": 5}', "not json"]
+)
+def test_an_unreadable_record_is_a_value_error(record: str) -> None:
+    good = subscription_record(subscription(10.0))
+    with pytest.raises(ValueError, match="unreadable MWI subscription record"):
+        subscription_from_record(("c", "l", "r"), record)
+    assert subscription_from_record(("c", "l", ""), good).key.remote_tag is None
