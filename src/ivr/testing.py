@@ -396,3 +396,15 @@ class MemoryMailboxes:
         self.stored.pop(message.id, None)
         message.path.unlink(missing_ok=True)
         self.changes.append(message.box)
+
+    async def set_pin(self, box: str, pin: str) -> None:
+        self.pins[box] = pin
+
+    async def set_greeting(self, box: str, kind: Greeting, recording: Recording) -> Path | None:
+        if recording.seconds < self.min_seconds:
+            return None
+        path = self.directory / box / f"greeting-{kind.value}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(path), recording.samples, RATE, subtype="PCM_16")
+        self.greetings[(box, kind)] = path
+        return path

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from ivr.session import HungUp, Recording, Session
+from ivr.session import HungUp, Recording, RecordingEnd, Session
 from media.speech import counted, digits_words, number_words
 
 
@@ -75,9 +75,25 @@ class Mailboxes(Protocol):
 
     async def delete(self, message: Message) -> None: ...
 
+    async def set_pin(self, box: str, pin: str) -> None:
+        """The box's new PIN (`valid_pin` has checked it)."""
+
+    async def set_greeting(self, box: str, kind: Greeting, recording: Recording) -> Path | None:
+        """Keep the owner's recording as the box's `kind` greeting (None: too short, the
+        greeting stays as it was)."""
+
 
 PIN_TRIES = 3
 MENU_KEYS = "1679"  # 1 listen again, 6 next, 7 delete, 9 save
+OPTIONS_KEY = "0"  # after the messages: the mailbox options
+OPTION_KEYS = "124"  # 1 unavailable greeting, 2 busy greeting, 4 new PIN (as Asterisk's)
+GREETING_SECONDS = 60.0
+GREETING_SILENCE = 3.0
+
+
+def valid_pin(pin: str) -> bool:
+    """A mailbox PIN: 4 to 16 digits."""
+    return pin.isascii() and pin.isdigit() and 4 <= len(pin) <= 16
 
 
 async def leave_message(
@@ -115,7 +131,8 @@ async def leave_message(
 
 async def check_messages(call: Session, mailboxes: Mailboxes, box: str | None = None) -> None:
     """Voicemail by phone: the box (asked for when None), its PIN, then each message with
-    1 to hear it again, 7 to delete it, 9 to save it, 6 for the next."""
+    1 to hear it again, 7 to delete it, 9 to save it, 6 for the next; after the last, 0
+    for the mailbox options (`mailbox_options`)."""
     await call.answer()
     if box is None:
         box = await call.collect(max_digits=12, timeout=10.0, prompt="enter-mailbox")
@@ -155,8 +172,52 @@ async def check_messages(call: Session, mailboxes: Mailboxes, box: str | None = 
             break
     else:
         await call.play("no-more-messages")
+        choice = await call.menu("mailbox-options", OPTIONS_KEY, retries=0, timeout=4.0)
+        if choice == OPTIONS_KEY:
+            await mailbox_options(call, mailboxes, box)
     await call.play("goodbye", interruptible=False)
     await call.hangup()
+
+
+async def mailbox_options(call: Session, mailboxes: Mailboxes, box: str) -> None:
+    """The owner's own settings, until no key is pressed: 1 record the unavailable
+    greeting, 2 the busy one, 4 a new PIN."""
+    while True:
+        key = await call.menu("options-menu", OPTION_KEYS, retries=2, timeout=6.0)
+        if key is None:
+            return
+        if key == "4":
+            await _change_pin(call, mailboxes, box)
+        else:
+            kind = Greeting.UNAVAILABLE if key == "1" else Greeting.BUSY
+            await _record_greeting(call, mailboxes, box, kind)
+
+
+async def _record_greeting(call: Session, mailboxes: Mailboxes, box: str, kind: Greeting) -> None:
+    await call.play("record-greeting")
+    recording = await call.record(GREETING_SECONDS, GREETING_SILENCE)
+    if recording.ended_by is RecordingEnd.HANG_UP:
+        return  # not confirmed: the greeting stays as it was
+    path = await mailboxes.set_greeting(box, kind, recording)
+    if path is None:
+        call.channel.report("greeting", f"{kind.value}: too short, not changed")
+        await call.play("greeting-too-short")
+        return
+    call.channel.report("greeting", f"{kind.value}: recorded")
+    await call.play([path, "greeting-saved"])  # what callers will hear
+
+
+async def _change_pin(call: Session, mailboxes: Mailboxes, box: str) -> None:
+    new = await call.collect(16, 10.0, 5.0, prompt="enter-new-pin")
+    if valid_pin(new):
+        again = await call.collect(16, 10.0, 5.0, prompt="reenter-pin")
+    if not valid_pin(new) or again != new:
+        call.channel.report("pin", "not changed")
+        await call.play("pin-not-changed")
+        return
+    await mailboxes.set_pin(box, new)
+    call.channel.report("pin", "changed")
+    await call.play("pin-changed")
 
 
 async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) -> bool:

@@ -93,6 +93,16 @@ PROMPTS: Mapping[str, str] = {
     "message-from": "message from",
     "urgent": "urgent",
     "urgent-message": "urgent message",
+    "mailbox-options": "for mailbox options, press 0",
+    "options-menu": "press 1 for your unavailable greeting, 2 for your busy greeting, 4 to "
+    "change your pin",
+    "record-greeting": "say your greeting after the tone, then press hash",
+    "greeting-saved": "greeting saved",
+    "greeting-too-short": "that was too short. your greeting was not changed",
+    "enter-new-pin": "please enter your new pin followed by the hash key",
+    "reenter-pin": "please enter your new pin again",
+    "pin-changed": "your pin has been changed",
+    "pin-not-changed": "your pin was not changed",
     "and": "and",
     # IVR
     "transferring": "please hold while we transfer your call",

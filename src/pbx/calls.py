@@ -215,6 +215,8 @@ class Fork:
     timed_out: bool = False  # cancelled because its member's time in a ring group was up
     cancelled: bool = False  # our CANCEL for it is sent (one is enough)
     digest: DigestClient | None = None  # a trunk's credentials, nonce-counts for this dialog
+    heard: bool = False  # a provisional response came: the phone is there
+    given_up: asyncio.Event = field(default_factory=asyncio.Event)  # cancelled while unheard
 
     @property
     def peer(self) -> Peer:
@@ -1139,11 +1141,16 @@ class CallManager:
         try:
             if fork.target.trunk is not None and self.trunks is not None:
                 await self.trunks.connect(fork.peer)
-            final = await self._invite(fork, on_response, go_on)
+            final = await self._invite_unless_given_up(fork, on_response, go_on)
         except PbxError as exc:
             log.info("INVITE to %s (%s) failed: %s", fork.target.party, fork.peer, exc)
             status = getattr(exc, "status", SipStatus.REQUEST_TIMEOUT)
             fork.final = int(status)
+            return fork.final
+        if final is None:
+            log.info("INVITE to %s (%s): not a word from it; given up", fork.target.party,
+                     fork.peer)  # fmt: skip
+            fork.final = SipStatus.REQUEST_TIMEOUT
             return fork.final
         if final.status in (401, 407):
             # A challenge we could not answer is not the caller's to answer.
@@ -1151,6 +1158,27 @@ class CallManager:
         elif final.status < 300 and fork.dialog is None:
             fork.final = SipStatus.BAD_GATEWAY  # a 2xx we could not make a dialog of
         return fork.final or final.status
+
+    async def _invite_unless_given_up(
+        self, fork: Fork, on_response: Callable[[Response], None], go_on: Callable[[], bool]
+    ) -> Response | None:
+        """The fork's final response; None once it is cancelled before the phone said a
+        word (not even 100 Trying). An unplugged phone whose binding lingers would hold the
+        call until the INVITE times out (Timer B, 32 s), not ring_seconds; its transaction
+        runs out on its own, and a 2xx it sends after all gets a BYE (the call is over)."""
+        invite = asyncio.ensure_future(self._invite(fork, on_response, go_on))
+        given_up = asyncio.ensure_future(fork.given_up.wait())
+        try:
+            await asyncio.wait((invite, given_up), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            invite.cancel()
+            raise
+        finally:
+            given_up.cancel()
+        if invite.done():
+            return invite.result()
+        self._spawn(_run_out(invite))
+        return None
 
     async def _invite(
         self, fork: Fork, on_response: Callable[[Response], None], go_on: Callable[[], bool]
@@ -1186,6 +1214,7 @@ class CallManager:
     ) -> None:
         status = response.status
         if status < 200:
+            fork.heard = True
             if on_provisional is not None and ringing.winner is None and not ringing.over:
                 on_provisional(fork, response)
             return
@@ -2200,8 +2229,10 @@ class CallManager:
         if call.conference is not None:
             self._reply(request, SipStatus.FORBIDDEN, reason="Cannot Transfer A Conference")
             return
-        if call.attempts or call.transferring is not None:
-            # One transfer at a time: a second one would race the first for the leg.
+        ringing = any(a.winner is None and not a.over for a in call.attempts)
+        if ringing or call.transferring is not None:
+            # One transfer at a time: a second one would race the first for the leg. (An
+            # attempt answered or given up is done, though its CANCELs may still run.)
             self._reply(request, SipStatus.REQUEST_PENDING, reason="Transfer In Progress")
             return
         if replaces is not None:
@@ -2570,14 +2601,14 @@ class CallManager:
         self._reply(call.a_request, SipStatus.REQUEST_TERMINATED, tag=call.a_tag)
         call.ended = call.ringing.over = True
         call.status, call.cause, call.hangup_by = 487, "caller cancelled", "caller"
-        for fork in call.ringing.pending():
-            await self._cancel(fork)
-        await self._release(call)
+        await self._release(call)  # CANCELs the forks, not waiting for phones that are gone
 
     async def _cancel(self, fork: Fork) -> None:
         if fork.cancelled:
             return
         fork.cancelled = True
+        if not fork.heard:
+            fork.given_up.set()
         try:
             await self.endpoint.request(build_cancel(fork.request), fork.peer)
         except PbxError as exc:
@@ -2868,3 +2899,9 @@ def _failure_rank(status: int) -> int:
     # RFC 3261 §16.7 step 6 in spirit: prefer a definite answer (busy, decline) to silence.
     order: dict[int, int] = {486: 0, 600: 1, 603: 2, 404: 3, 480: 4, 487: 5, 408: 6}
     return order.get(status, 3 if 400 <= status < 500 else 7)
+
+
+async def _run_out(invite: asyncio.Future[Response]) -> None:
+    """Let a given-up INVITE's transaction end as it will (a late 2xx gets its BYE)."""
+    with contextlib.suppress(PbxError):
+        await invite

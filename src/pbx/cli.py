@@ -608,7 +608,9 @@ def voicemail_boxes(ctx: _Context, as_json: bool) -> None:
 @pass_ctx
 def voicemail_pin(ctx: _Context, box: str, pin: str) -> None:
     """Set mailbox BOX's PIN for listening by phone (4 to 16 digits)."""
-    if not (pin.isdigit() and 4 <= len(pin) <= 16):
+    from ivr.voicemail import valid_pin
+
+    if not valid_pin(pin):
         raise click.BadParameter("expected 4 to 16 digits", param_hint="PIN")
     config = ctx.config
     _check_box(config, box)
@@ -676,17 +678,14 @@ def voicemail_export(ctx: _Context, message_id: str, destination: str) -> None:
 def voicemail_greeting(ctx: _Context, box: str, kind: str, audio: str | None, remove: bool) -> None:
     """Set mailbox BOX's KIND greeting from AUDIO (WAV, FLAC or OGG of any rate, made
     8 kHz mono), or --remove it."""
-    import soundfile
-
+    from ivr.voicemail import Greeting
     from media.prompts import RATE, load_audio
-    from pbx.voicemail import box_directory
+    from pbx.voicemail import box_directory, write_greeting
 
     config = ctx.config
     _check_box(config, box)
-    directory = box_directory(config, box)
-    target = directory / f"greeting-{kind}.wav"
     if remove:
-        target.unlink(missing_ok=True)
+        (box_directory(config, box) / f"greeting-{kind}.wav").unlink(missing_ok=True)
         click.echo(f"mailbox {box}: standard {kind} greeting")
         return
     if audio is None:
@@ -695,8 +694,7 @@ def voicemail_greeting(ctx: _Context, box: str, kind: str, audio: str | None, re
         samples = load_audio(Path(audio))
     except PbxError as exc:
         raise click.ClickException(str(exc)) from None
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    soundfile.write(str(target), samples, RATE, subtype="PCM_16")
+    target = write_greeting(config, box, Greeting(kind), samples)
     click.echo(f"mailbox {box}: {kind} greeting {target} ({len(samples) / RATE:.1f} s)")
 
 

@@ -44,6 +44,13 @@ def greeting_path(config: Config, box: str, kind: Greeting) -> Path | None:
     return None
 
 
+def write_greeting(config: Config, box: str, kind: Greeting, samples: np.ndarray) -> Path:
+    """Make `samples` (8 kHz mono) the box's `kind` greeting; its path. Blocking."""
+    path = box_directory(config, box) / f"greeting-{kind.value}.wav"
+    _write_wav(path, samples)
+    return path
+
+
 def message_from_row(row: dict[str, object]) -> Message:
     return Message(
         id=str(row["id"]), box=str(row["box"]), caller=str(row["caller"]),
@@ -138,6 +145,19 @@ class Voicemail:
     async def counts(self, box: str) -> VoicemailCounts:
         """What MWI tells the box's phones."""
         return await self.store.voicemail_counts(box)
+
+    async def set_pin(self, box: str, pin: str) -> None:
+        await self.store.set_mailbox_pin(box, pin, self.clock())
+        log.info("mailbox %s: PIN changed by phone", box)
+
+    async def set_greeting(self, box: str, kind: Greeting, recording: Recording) -> Path | None:
+        samples = trimmed(recording.samples)
+        if len(samples) / RATE < self.min_seconds:
+            return None
+        path = await asyncio.to_thread(write_greeting, self.config, box, kind, samples)
+        log.info("mailbox %s: %s greeting recorded by phone (%.1f s)", box, kind.value,
+                 len(samples) / RATE)  # fmt: skip
+        return path
 
     async def mark(self, message: Message, folder: Folder) -> None:
         await self.store.set_voicemail_folder(message.id, folder.value)

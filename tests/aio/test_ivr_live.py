@@ -27,6 +27,7 @@ from media.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from pbx import config as pbx_config
 from pbx.events import Event
 from pbx.server import Exchange
+from pbx.sip.message import Request, build_response, parse_message
 from pbx.store import Store
 from tests.aio.test_mwi import Subscriber, notified, summary_of
 from tests.aio.test_register_flow import server_of
@@ -658,3 +659,78 @@ async def test_a_call_whose_message_is_still_being_kept_has_its_cdr_on_shutdown(
         assert [r["call_id"] for r in await store.cdrs()] == [call_id]
     finally:
         await store.close()
+
+
+async def test_a_greeting_recorded_by_phone_is_what_callers_then_hear(
+    exchange: Exchange, bus: Bus
+) -> None:
+    assert exchange.store is not None
+    await exchange.store.set_mailbox_pin("1001", PIN, 0.0)
+    greeting_hz = 700.0
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "*97")
+        try:
+            access = call_id_of(bus, "1001")
+            await bus.wait("ivr", call_id=access, step="play", detail="enter-pin")
+            await mouth.keys(PIN + "#")
+            await bus.wait("ivr", call_id=access, step="play", detail="mailbox-options")
+            await mouth.keys("0")  # the options
+            await bus.wait("ivr", call_id=access, step="play", detail="options-menu")
+            await mouth.keys("1")  # the unavailable greeting
+            await ear.hears(1000.0)  # the tone: speak now
+            await mouth.say(sine(greeting_hz, 2.0))
+            await mouth.keys("#")
+            await bus.wait("ivr", call_id=access, step="greeting", detail="unavailable: recorded")
+            assert (await alice.bye(call)).status == 200
+        finally:
+            ear.stop()
+            # Its read must be over before the phone closes the socket: the next phone's
+            # socket may get the same descriptor.
+            await asyncio.gather(*[t for t in [ear.task] if t], return_exceptions=True)
+    # 1001 is gone: a call to it goes to its mailbox, which greets with what was recorded.
+    async with phone(exchange, "1002") as bob:
+        call, ear, _ = await dial(bob, "1001")
+        try:
+            caller = next(e.call_id for e in bus.matching("call_started", caller="1002"))
+            await ear.hears(greeting_hz)
+            await ear.hears(1000.0)  # then the tone before the message
+            assert (await bob.bye(call)).status == 200
+        finally:
+            ear.stop()
+    greeting = exchange.config.voicemail_dir / "1001" / "greeting-unavailable.wav"
+    plays = [detail for step, detail in bus.steps(caller) if step == "play"]
+    assert plays[0] == str(greeting), plays
+    stored, _ = soundfile.read(str(greeting), dtype="int16")
+    assert 1.5 <= seconds_of(stored) <= 2.8 and abs(tone_of(stored) - greeting_hz) < 10
+
+
+async def test_a_phone_that_is_gone_but_registered_does_not_hold_the_caller(
+    exchange: Exchange, bus: Bus
+) -> None:
+    # 1003 is registered but says nothing to INVITEs (unplugged): after ring_seconds the
+    # caller reaches its voicemail, not after the INVITE's 32 s Timer B.
+    async with SipTestClient(server_of(exchange)) as dead:
+        assert (await dead.register("1003", "pw1003")).status == 200
+        async with phone(exchange, "1002") as bob:
+            call, ear, _ = await dial(bob, "1003")
+            try:
+                invite = parse_message(await dead.recv_raw(), datagram=True)
+                assert isinstance(invite, Request) and invite.method == "INVITE"
+                await ear.hears(1000.0)  # 1003's voicemail: the tone before the message
+                caller = next(e.call_id for e in bus.matching("call_started", caller="1002"))
+                assert bus.matching("ivr", call_id=caller, step="voicemail", detail="1003")
+                # It answers at last: too late, it is told to hang up.
+                contact = f"<sip:1003@{dead.local[0]}:{dead.local[1]}>"
+                dead.send(build_response(invite, 200, headers=[("Contact", contact)],
+                                         to_tag="late").encode())  # fmt: skip
+                methods = []
+                while "BYE" not in methods:
+                    message = parse_message(await dead.recv_raw(), datagram=True)
+                    if isinstance(message, Request):
+                        methods.append(message.method)
+                        if message.method == "BYE":
+                            dead.send(build_response(message, 200).encode())
+                assert "ACK" in methods
+                assert (await bob.bye(call)).status == 200
+            finally:
+                ear.stop()

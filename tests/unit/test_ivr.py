@@ -14,7 +14,7 @@ import soundfile
 from ivr import FlowRegistry, HungUp, Outcome, RecordingEnd, Session, flow
 from ivr.flows import Flow, import_flows
 from ivr.testing import HangUp, MemoryMailboxes, ScriptedChannel, Speak, Wait, run, run_async
-from ivr.voicemail import Folder, check_messages
+from ivr.voicemail import Folder, Greeting, check_messages
 from pbx.errors import ConfigError
 
 
@@ -308,7 +308,7 @@ def test_voicemail_check_messages(tmp_path: Path) -> None:
     assert prompts.count("message-from") == 2
     assert str(first.path) in prompts and str(second.path) in prompts
     assert "message-deleted" in prompts and "message-saved" in prompts
-    assert prompts[-2:] == ["no-more-messages", "goodbye"]
+    assert prompts[-3:] == ["no-more-messages", "mailbox-options", "goodbye"]
     assert list(boxes.stored) == [second.id]
     assert boxes.stored[second.id].folder is Folder.SAVED
     assert not first.path.exists()
@@ -340,6 +340,66 @@ def test_an_urgent_message_is_counted_and_heard_first(tmp_path: Path) -> None:
     assert heard == [str(urgent.path), str(normal.path)]
     assert prompts.index("urgent-message") < prompts.index(str(urgent.path))
     assert prompts.count("urgent-message") == 1
+
+
+def test_mailbox_options_record_a_greeting_and_change_the_pin(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": "4321"}, personal={"1002"})
+
+    async def listen(call: Session) -> None:
+        await check_messages(call, boxes, "1002")
+
+    # No messages; 0 for the options, 2 the busy greeting (said after the tone, then #);
+    # 4 a new PIN, twice; then nothing, and the session ends.
+    script = ["4321#", "0", "2", Wait(5), Speak(3.0), "#", "4", "2468#", "2468#"]
+    result = run(listen, script, mailboxes=boxes)
+    greeting = boxes.greetings[("1002", Greeting.BUSY)]
+    assert ("greeting", "busy: recorded") in result.steps
+    kept, _ = soundfile.read(str(greeting), dtype="int16")
+    frames = kept[: len(kept) // 160 * 160].reshape(-1, 160).astype(np.float64)
+    talking = np.sqrt((frames**2).mean(axis=1)) > 100
+    assert talking.sum() * 0.02 == pytest.approx(3.0, abs=0.1)  # the 3 s said, kept
+    prompts = result.prompts
+    assert prompts.index("record-greeting") < prompts.index(str(greeting))  # heard back
+    assert ("pin", "changed") in result.steps and boxes.pins["1002"] == "2468"
+    assert prompts[-3:] == ["options-menu", "options-menu", "goodbye"]  # one retry
+    assert result.outcome is Outcome.HUNG_UP
+
+    async def leave(call: Session) -> None:
+        await call.voicemail("1002", "busy")
+
+    # Callers now hear the owner's greeting, not the standard one.
+    assert run(leave, [HangUp()], mailboxes=boxes).prompts[:1] == [str(greeting)]
+
+
+@pytest.mark.parametrize(
+    ("pins", "why"),
+    [(["12#"], "too short"), (["2468#", "2469#"], "a typo"), (["12345678901234567#"], "too long")],
+)
+def test_a_new_pin_must_be_4_to_16_digits_and_typed_twice(
+    tmp_path: Path, pins: list[str], why: str
+) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": "4321"})
+
+    async def listen(call: Session) -> None:
+        await check_messages(call, boxes, "1002")
+
+    result = run(listen, ["4321#", "0", "4", *pins], mailboxes=boxes)
+    assert ("pin", "not changed") in result.steps, why
+    assert "pin-not-changed" in result.prompts and boxes.pins["1002"] == "4321"
+
+
+def test_a_greeting_too_short_or_hung_up_on_changes_nothing(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": "4321"}, min_seconds=2.0)
+
+    async def listen(call: Session) -> None:
+        await check_messages(call, boxes, "1002")
+
+    short = run(listen, ["4321#", "0", "1", Wait(5), Speak(0.3), "#"], mailboxes=boxes)
+    assert ("greeting", "unavailable: too short, not changed") in short.steps
+    assert "greeting-too-short" in short.prompts
+    hung_up = run(listen, ["4321#", "0", "1", Wait(5), Speak(3.0), HangUp()], mailboxes=boxes)
+    assert hung_up.outcome is Outcome.CALLER_HUNG_UP
+    assert boxes.greetings == {}
 
 
 def test_voicemail_access_refused(tmp_path: Path) -> None:
