@@ -391,7 +391,6 @@ class Session:
         await channel.answer()
         channel.flush()  # keys from the menu before must not skip the greeting
         channel.report("voicemail", box)
-        channel.taking_message(box)
         self.destination = box
         await leave_message(self, mailboxes, box, greeting, urgent)
         if self.outcome is Outcome.RUNNING:

@@ -342,7 +342,7 @@ class MemoryMailboxes:
     def __init__(
         self, directory: Path, boxes: Mapping[str, str] | Sequence[str] = (),
         personal: Collection[str] = (), max_seconds: float = 120.0,
-        silence_seconds: float = 3.0, min_seconds: float = 1.0,
+        silence_seconds: float = 3.0, min_seconds: float = 1.0, operator: str = "",
     ) -> None:  # fmt: skip
         self.directory = directory
         self.pins: dict[str, str] = (
@@ -353,6 +353,7 @@ class MemoryMailboxes:
         self.stored: dict[str, Message] = {}
         self.max_seconds, self.silence_seconds = max_seconds, silence_seconds
         self.min_seconds = min_seconds
+        self.operator = operator
         self.changes: list[str] = []  # boxes whose counts changed, for MWI
         self._ids = itertools.count(1)
 

@@ -49,6 +49,8 @@ class Mailboxes(Protocol):
     """This much silence after speech ends a message."""
     min_seconds: float
     """A shorter message (a caller hanging up at the beep) is not kept."""
+    operator: str
+    """Where a caller who presses 0 during the greeting goes ("" none)."""
 
     async def exists(self, box: str) -> bool: ...
 
@@ -86,6 +88,7 @@ class Mailboxes(Protocol):
 PIN_TRIES = 3
 MENU_KEYS = "1679"  # 1 listen again, 6 next, 7 delete, 9 save
 OPTIONS_KEY = "0"  # after the messages: the mailbox options
+OPERATOR_KEY = "0"  # during a greeting: the operator, instead of a message
 OPTION_KEYS = "124"  # 1 unavailable greeting, 2 busy greeting, 4 new PIN (as Asterisk's)
 GREETING_SECONDS = 60.0
 GREETING_SILENCE = 3.0
@@ -103,16 +106,26 @@ async def leave_message(
     greeting: str = Greeting.UNAVAILABLE,
     urgent: bool = False,
 ) -> Message | None:
-    """The greeting, the beep, the message (kept even when the caller hangs up to end it)."""
+    """The greeting, the beep, the message (kept even when the caller hangs up to end it).
+    A key pressed during the greeting skips it; 0 goes to the operator, if there is one
+    (None: the caller went there)."""
     kind = Greeting(greeting)
     own = await mailboxes.greeting(box, kind)
     if own is not None:
-        await call.play(own)
+        greeting_prompts: list[str | Path] = [own]
     elif await mailboxes.is_personal(box):
         first = "person-busy" if kind is Greeting.BUSY else "no-one-available"
-        await call.play([first, "leave-message"])
+        greeting_prompts = [first, "leave-message"]
     else:
-        await call.play("leave-message")
+        greeting_prompts = ["leave-message"]
+    if mailboxes.operator and own is None:  # an owner's greeting says it, if it wants
+        greeting_prompts.append("operator-option")
+    await call.play(greeting_prompts)
+    if mailboxes.operator and await call.channel.digit(0.0) == OPERATOR_KEY:
+        if await call.transfer(mailboxes.operator):
+            return None
+        await call.play("leave-message")  # no one there: a message after all
+    call.channel.taking_message(box)
     recording = await call.record(mailboxes.max_seconds, mailboxes.silence_seconds)
     # Shielded: a hang-up now must not lose the message half-way into the database.
     message = await asyncio.shield(

@@ -103,6 +103,7 @@ PROMPTS: Mapping[str, str] = {
     "reenter-pin": "please enter your new pin again",
     "pin-changed": "your pin has been changed",
     "pin-not-changed": "your pin was not changed",
+    "operator-option": "to reach an operator, press 0",
     "and": "and",
     # IVR
     "transferring": "please hold while we transfer your call",

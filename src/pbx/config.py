@@ -386,6 +386,9 @@ class VoicemailConfig:
     """Shorter messages are dropped (a caller who hung up at the beep)."""
     directory: str = "voicemail"
     """Under data_dir: one directory per mailbox holding its messages and greetings."""
+    operator: str = ""
+    """Where a caller who presses 0 during a greeting goes instead of leaving a message
+    (a dialplan target: reception's extension...); "" offers nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -940,6 +943,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "silence_seconds": _positive(float),
             "min_seconds": _positive(float),
             "directory": _relative_dir,
+            "operator": _target,
         },
     ),
     "dialplan": (

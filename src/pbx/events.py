@@ -156,9 +156,9 @@ class IvrStep(CallEvent):
     "collected", "invalid", "timeout", "transfer", "transfer_failed" (detail: the target
     and why: "busy (486)", "no answer (487)", "declined (603)", "rejected (STATUS)", or
     refused before ringing: "not registered", "no route", "no such queue"...), "queue",
-    "voicemail", "recorded", "message", "pin", "error", "hangup", "ended" (detail: the
-    outcome)... A flow's "ended" comes before its call's CallEnded, but for a caller who
-    hangs up to end a voicemail message: saving it goes on after the call."""
+    "voicemail", "recorded", "message", "pin", "greeting", "error", "hangup", "ended"
+    (detail: the outcome)... A flow's "ended" comes before its call's CallEnded, also for
+    a caller who hangs up to end a voicemail message (the CallEnded waits for the save)."""
 
     type: ClassVar[str] = "ivr"
     flow: str = ""

@@ -90,6 +90,7 @@ class Voicemail:
         self.max_seconds = settings.max_seconds
         self.silence_seconds = settings.silence_seconds
         self.min_seconds = settings.min_seconds
+        self.operator = settings.operator
 
     def has(self, box: str) -> bool:
         """Whether mailbox `box` exists: a [[mailbox]], or an extension's own one."""

@@ -364,6 +364,7 @@ def test_ivr_and_voicemail_sections(tmp_path: Path) -> None:
         ('[ivr.numbers]\n"1 0" = "main"\n', "ivr.numbers", "not a dialable number"),
         ('[ivr]\nfallback = "a b"\n', "ivr.fallback", "not a dialplan target"),
         ("[voicemail]\nring_seconds = -1\n", "voicemail.ring_seconds", ""),
+        ('[voicemail]\noperator = "0 0"\n', "voicemail.operator", "not a dialplan target"),
         ('[[mailbox]]\nbox = "a/b"\n', "mailbox[0].box", "letters, digits"),
         ('[[mailbox]]\nbox = "a"\n[[mailbox]]\nbox = "a"\n', "mailbox[1].box", "already used"),
         ('[ivr.numbers]\n"800" = "main"\n[[conference]]\nnumber = "800"\n',

@@ -402,6 +402,27 @@ def test_a_greeting_too_short_or_hung_up_on_changes_nothing(tmp_path: Path) -> N
     assert boxes.greetings == {}
 
 
+def test_0_during_the_greeting_goes_to_the_operator(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1002": ""}, personal={"1002"}, operator="1001")
+
+    async def leave(call: Session) -> None:
+        await call.voicemail("1002")
+
+    result = run(leave, ["0"], mailboxes=boxes)
+    assert result.prompts[:3] == ["no-one-available", "leave-message", "operator-option"]
+    assert result.transfers == ["1001"] and result.outcome is Outcome.TRANSFERRED
+    assert boxes.stored == {}
+    # The operator does not answer: the caller leaves the message after all.
+    after = run(leave, ["0", Wait(3), Speak(3.0), Wait(10)], mailboxes=boxes,
+                unreachable={"1001"})  # fmt: skip
+    assert after.prompts.count("leave-message") == 2 and after.outcome is Outcome.VOICEMAIL
+    assert len(boxes.stored) == 1
+    # Another key only skips the greeting; without an operator, 0 does too.
+    for mailboxes, key in ((boxes, "5"), (MemoryMailboxes(tmp_path, {"1002": ""}), "0")):
+        skipped = run(leave, [key, Wait(1), Speak(3.0), Wait(10)], mailboxes=mailboxes)
+        assert skipped.transfers == [] and skipped.outcome is Outcome.VOICEMAIL
+
+
 def test_voicemail_access_refused(tmp_path: Path) -> None:
     boxes = MemoryMailboxes(tmp_path, {"1002": "4321", "nopin": ""})
 
