@@ -94,9 +94,12 @@ GREETING_SECONDS = 60.0
 GREETING_SILENCE = 3.0
 
 
+MIN_PIN, MAX_PIN = 4, 16
+
+
 def valid_pin(pin: str) -> bool:
     """A mailbox PIN: 4 to 16 digits."""
-    return pin.isascii() and pin.isdigit() and 4 <= len(pin) <= 16
+    return pin.isascii() and pin.isdigit() and MIN_PIN <= len(pin) <= MAX_PIN
 
 
 async def leave_message(
@@ -221,9 +224,12 @@ async def _record_greeting(call: Session, mailboxes: Mailboxes, box: str, kind: 
 
 
 async def _change_pin(call: Session, mailboxes: Mailboxes, box: str) -> None:
-    new = await call.collect(16, 10.0, 5.0, prompt="enter-new-pin")
+    # One digit more than a PIN may have: a 16-digit one still ends at its #, and a longer
+    # one is seen as too long (its rest, and its #, are dropped).
+    new = await call.collect(MAX_PIN + 1, 10.0, 5.0, prompt="enter-new-pin")
+    call.channel.flush()
     if valid_pin(new):
-        again = await call.collect(16, 10.0, 5.0, prompt="reenter-pin")
+        again = await call.collect(MAX_PIN + 1, 10.0, 5.0, prompt="reenter-pin")
     if not valid_pin(new) or again != new:
         call.channel.report("pin", "not changed")
         await call.play("pin-not-changed")

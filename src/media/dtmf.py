@@ -206,7 +206,6 @@ _TWIST_HIGH = 10 ** (REVERSE_TWIST_DB / 10)
 # Window index arrays for the two decisions of a 20 ms frame: (hop, window, sample).
 _ENDS = HISTORY + HOP * np.arange(1, FRAME // HOP + 1)
 _LONG_INDEX = np.stack([np.arange(e - LONG, e) for e in _ENDS])
-_LONG_TIME = np.arange(LONG) / RATE
 _INDEX = np.stack(
     [np.stack([np.arange(e - LAG - WINDOW, e - LAG), np.arange(e - WINDOW, e)]) for e in _ENDS]
 )
@@ -283,6 +282,7 @@ _MOST_RESTORED = float(1 / np.sinc(ACCEPTED_DEVIATION * _FREQUENCIES.max() * WIN
 # The held test's phasors over 30 ms as (fine) x (coarse): e^-iwn for n = 16b + a is
 # e^-iwa * e^-iw16b, so 31 complex exponentials a tone, not 240.
 _FINE = 16
+assert LONG % _FINE == 0
 _PHASOR_TIMES = np.concatenate([np.arange(_FINE), _FINE * np.arange(LONG // _FINE)]) / RATE
 
 

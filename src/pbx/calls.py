@@ -1165,7 +1165,8 @@ class CallManager:
         """The fork's final response; None once it is cancelled before the phone said a
         word (not even 100 Trying). An unplugged phone whose binding lingers would hold the
         call until the INVITE times out (Timer B, 32 s), not ring_seconds; its transaction
-        runs out on its own, and a 2xx it sends after all gets a BYE (the call is over)."""
+        runs out on its own. A 2xx it sends after all is handled as any fork's: a BYE when
+        the ringing is over or another phone answered, else it answers the call."""
         invite = asyncio.ensure_future(self._invite(fork, on_response, go_on))
         given_up = asyncio.ensure_future(fork.given_up.wait())
         try:
@@ -1189,7 +1190,9 @@ class CallManager:
         while True:
             final = await self.endpoint.invite(fork.request, fork.peer, on_response)
             again = None
-            if final.status == SESSION_INTERVAL_TOO_SMALL and go_on():
+            if fork.cancelled:
+                pass  # given up: no new INVITE that nothing would cancel
+            elif final.status == SESSION_INTERVAL_TOO_SMALL and go_on():
                 interval = retry_interval(fork.request, final)
                 again = _retried(fork.request, interval) if interval is not None else None
             elif final.status in (401, 407) and fork.target.trunk is not None and go_on():
@@ -1214,6 +1217,8 @@ class CallManager:
     ) -> None:
         status = response.status
         if status < 200:
+            if not fork.heard and fork.cancelled:
+                self._spawn(self._send_cancel(fork))  # held until now (§9.1)
             fork.heard = True
             if on_provisional is not None and ringing.winner is None and not ringing.over:
                 on_provisional(fork, response)
@@ -2229,10 +2234,8 @@ class CallManager:
         if call.conference is not None:
             self._reply(request, SipStatus.FORBIDDEN, reason="Cannot Transfer A Conference")
             return
-        ringing = any(a.winner is None and not a.over for a in call.attempts)
-        if ringing or call.transferring is not None:
-            # One transfer at a time: a second one would race the first for the leg. (An
-            # attempt answered or given up is done, though its CANCELs may still run.)
+        if call.attempts or call.transferring is not None:
+            # One transfer at a time: a second one would race the first for the leg.
             self._reply(request, SipStatus.REQUEST_PENDING, reason="Transfer In Progress")
             return
         if replaces is not None:
@@ -2365,14 +2368,29 @@ class CallManager:
                     None, on_won=on_won,
                 )  # fmt: skip
             finally:
-                call.attempts.remove(ringing)
+                _forget_attempt(call, ringing)
 
         # The winner takes the leg at once; the other forks' CANCELs finish on their own.
+        # The attempt is over when the leg is taken (or not), not when the last fork ends.
         ringing_task = self._spawn(ring())
+        try:
+            return await self._take_leg(call, leg, ringing, ringing_task, won, timeout,
+                                        referrer, claim, by)  # fmt: skip
+        finally:
+            _forget_attempt(call, ringing)
+
+    async def _take_leg(
+        self, call: Call, leg: Leg, ringing: Ringing, ringing_task: asyncio.Task[object],
+        won: asyncio.Future[None], ring_timer: asyncio.TimerHandle, referrer: Dialog | None,
+        claim: Callable[[], bool] | None, by: str,
+    ) -> bool | int:  # fmt: skip
+        """`_bring_in`'s second half: once the attempt is won (or done), the new phone
+        takes the leg."""
+        party = call.other(leg)
         try:
             await asyncio.wait((ringing_task, won), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            timeout.cancel()
+            ring_timer.cancel()
         fork, final = ringing.winner, ringing.answer
         unclaimed = fork is not None and claim is not None and not claim()
         if fork is None or final is None or fork.dialog is None or call.ended or unclaimed:
@@ -2608,7 +2626,13 @@ class CallManager:
             return
         fork.cancelled = True
         if not fork.heard:
+            # RFC 3261 §9.1: no CANCEL before a provisional response; it goes when one
+            # comes (_fork_response). Meanwhile the call does not wait for this phone.
             fork.given_up.set()
+            return
+        await self._send_cancel(fork)
+
+    async def _send_cancel(self, fork: Fork) -> None:
         try:
             await self.endpoint.request(build_cancel(fork.request), fork.peer)
         except PbxError as exc:
@@ -2905,3 +2929,8 @@ async def _run_out(invite: asyncio.Future[Response]) -> None:
     """Let a given-up INVITE's transaction end as it will (a late 2xx gets its BYE)."""
     with contextlib.suppress(PbxError):
         await invite
+
+
+def _forget_attempt(call: Call, ringing: Ringing) -> None:
+    if ringing in call.attempts:
+        call.attempts.remove(ringing)

@@ -319,7 +319,8 @@ def subscription_from_record(key: StoredKey, record: str) -> Subscription:
             float(r["expires_at"]), float(r["created_at"]),
             Peer(str(transport), str(host), int(port), local), str(r["event"]),
         )  # fmt: skip
-    except (PbxError, KeyError, TypeError, ValueError) as exc:  # json's errors are ValueErrors
+    # A field missing or of the wrong type (5 where a URI was), a JSON error (ValueError)
+    except (PbxError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable MWI subscription record: {exc}") from None
 
 
@@ -370,13 +371,15 @@ class MwiService:
         self._store = store
         self._unsubscribe = self.events.subscribe(self._on_event)
 
-    async def restore(self) -> None:
-        """Take back the subscriptions a crash left in the store: each one not expired is
-        sent the current state at once (its box may have changed meanwhile)."""
+    async def restore(self) -> list[Subscription]:
+        """Take back the subscriptions a crash left in the store, before SUBSCRIBEs are
+        served (a phone that subscribes anew then displaces its restored one, not the
+        other way round). The ones taken back are returned: `notify` each once the
+        mailboxes can be read (its box may have changed meanwhile)."""
         if self._store is None:
-            return
+            return []
         now = self.clock()
-        restored = 0
+        restored: list[Subscription] = []
         for key, _expires_at, record in await self._store.mwi_subscriptions():
             try:
                 sub = subscription_from_record(key, record)
@@ -386,13 +389,20 @@ class MwiService:
                 continue
             if sub.expires_at <= now:
                 self._dirty[sub.key] = None
-            elif self.table.get(sub.key) is None:  # else it subscribed again meanwhile
-                self._keep(sub)
-                restored += 1
-        log.info("%d MWI subscriptions restored", restored)
+            else:
+                self._keep(sub, notify=False)
+                restored.append(sub)
+        log.info("%d MWI subscriptions restored", len(restored))
         if self._dirty:
             self._write_soon()
         self._arm()
+        return restored
+
+    def notify(self, subs: list[Subscription]) -> None:
+        """Send each of `subs` that is still live its current state."""
+        for sub in subs:
+            if self.table.get(sub.key) is sub:
+                self._notify(sub)
 
     async def stop(self) -> None:
         """Tell every subscriber to subscribe again (reason=deactivated, RFC 6665 §4.1.3:
@@ -741,15 +751,16 @@ class MwiService:
             while self._dirty:
                 changes, self._dirty = self._dirty, {}
                 written, self._next_write = self._next_write, None
-                saved = [(stored_key(key), sub.expires_at, subscription_record(sub))
-                         for key, sub in changes.items() if sub is not None]  # fmt: skip
-                deleted = [stored_key(key) for key, sub in changes.items() if sub is None]
                 try:
+                    saved = [(stored_key(key), sub.expires_at, subscription_record(sub))
+                             for key, sub in changes.items() if sub is not None]  # fmt: skip
+                    deleted = [stored_key(key) for key, sub in changes.items() if sub is None]
                     await store.write_mwi_subscriptions(saved, deleted)
                 except Exception:  # the subscriptions still work, only not across a crash
                     log.exception("cannot store %d MWI subscription changes", len(changes))
-                if written is not None and not written.done():
-                    written.set_result(None)
+                finally:  # answered either way: a SUBSCRIBE is not left waiting
+                    if written is not None and not written.done():
+                        written.set_result(None)
         finally:
             self._writer = None
 

@@ -128,6 +128,7 @@ class Exchange:
             )
             await self.registrar.load()
             self.mwi.start(self.registrar, self.store)
+            restored = await self.mwi.restore()  # before SUBSCRIBEs come in
             await self.endpoint.start()
             await self.control.start()
             pool = PortPool(*self.config.rtp.port_range)
@@ -156,7 +157,7 @@ class Exchange:
             self.events.subscribe(self._write_cdr)
             await self._finish_recordings()
             await self.trunks.start()
-            await self.mwi.restore()  # the counts come from the voicemail above
+            self.mwi.notify(restored)  # the counts come from the voicemail above
         except BaseException:
             # A start that fails half-way releases what it took, so the process can exit.
             await self.endpoint.stop()

@@ -47,7 +47,10 @@ def greeting_path(config: Config, box: str, kind: Greeting) -> Path | None:
 def write_greeting(config: Config, box: str, kind: Greeting, samples: np.ndarray) -> Path:
     """Make `samples` (8 kHz mono) the box's `kind` greeting; its path. Blocking."""
     path = box_directory(config, box) / f"greeting-{kind.value}.wav"
-    _write_wav(path, samples)
+    # Whole or not at all: a caller reaching the box meanwhile reads the old one.
+    partial = path.with_name(f".greeting-{kind.value}.partial.wav")
+    _write_wav(partial, samples)
+    os.replace(partial, path)
     return path
 
 

@@ -731,6 +731,35 @@ async def test_a_phone_that_is_gone_but_registered_does_not_hold_the_caller(
                         if message.method == "BYE":
                             dead.send(build_response(message, 200).encode())
                 assert "ACK" in methods
+                # No CANCEL ever went to it: none may before a provisional (RFC 3261 §9.1).
+                assert "CANCEL" not in methods
+                assert (await bob.bye(call)).status == 200
+            finally:
+                ear.stop()
+
+
+async def test_the_cancel_for_a_phone_that_was_silent_goes_once_it_rings(
+    exchange: Exchange, bus: Bus
+) -> None:
+    async with SipTestClient(server_of(exchange)) as late:
+        assert (await late.register("1003", "pw1003")).status == 200
+        async with phone(exchange, "1002") as bob:
+            call, ear, _ = await dial(bob, "1003")
+            try:
+                invite = parse_message(await late.recv_raw(), datagram=True)
+                assert isinstance(invite, Request) and invite.method == "INVITE"
+                await ear.hears(1000.0)  # given up: the caller is at the voicemail's tone
+                # Only now it rings; the CANCEL held back (RFC 3261 §9.1) follows at once.
+                late.send(build_response(invite, 180, to_tag="late").encode())
+                while True:
+                    message = parse_message(await late.recv_raw(), datagram=True)
+                    if isinstance(message, Request) and message.method == "CANCEL":
+                        break
+                assert message.cseq.number == invite.cseq.number
+                late.send(build_response(message, 200).encode())
+                late.send(build_response(invite, 487, to_tag="late").encode())
+                while not (isinstance(message, Request) and message.method == "ACK"):
+                    message = parse_message(await late.recv_raw(), datagram=True)
                 assert (await bob.bye(call)).status == 200
             finally:
                 ear.stop()

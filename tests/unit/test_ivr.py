@@ -371,21 +371,33 @@ def test_mailbox_options_record_a_greeting_and_change_the_pin(tmp_path: Path) ->
     assert run(leave, [HangUp()], mailboxes=boxes).prompts[:1] == [str(greeting)]
 
 
+SIXTEEN = "1234567890123456"
+
+
 @pytest.mark.parametrize(
-    ("pins", "why"),
-    [(["12#"], "too short"), (["2468#", "2469#"], "a typo"), (["12345678901234567#"], "too long")],
+    ("pins", "changed"),
+    [
+        (["12#"], False),  # too short
+        (["2468#", "2469#"], False),  # a typo the second time
+        ([SIXTEEN + "7#", SIXTEEN + "7#"], False),  # too long
+        ([SIXTEEN + "#", SIXTEEN + "#"], True),  # the longest
+        (["1234#", "1234#"], True),  # the shortest
+    ],
 )
 def test_a_new_pin_must_be_4_to_16_digits_and_typed_twice(
-    tmp_path: Path, pins: list[str], why: str
+    tmp_path: Path, pins: list[str], changed: bool
 ) -> None:
     boxes = MemoryMailboxes(tmp_path, {"1002": "4321"})
 
     async def listen(call: Session) -> None:
         await check_messages(call, boxes, "1002")
 
-    result = run(listen, ["4321#", "0", "4", *pins], mailboxes=boxes)
-    assert ("pin", "not changed") in result.steps, why
-    assert "pin-not-changed" in result.prompts and boxes.pins["1002"] == "4321"
+    result = run(listen, ["4321#", "0", "4", pins[0], Wait(1), *pins[1:]], mailboxes=boxes)
+    first_entry = [d for s, d in result.steps if s == "collected"][1]  # after the old PIN
+    assert first_entry == pins[0].rstrip("#")  # the whole of it was read as the new PIN
+    expected = pins[0].rstrip("#") if changed else "4321"
+    assert boxes.pins["1002"] == expected
+    assert ("pin", "changed" if changed else "not changed") in result.steps
 
 
 def test_a_greeting_too_short_or_hung_up_on_changes_nothing(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -297,11 +298,23 @@ def test_a_subscription_survives_its_record() -> None:
     assert (notify.from_.tag, notify.to.tag) == ("us", "phone")
 
 
+GOOD = json.loads(subscription_record(subscription(10.0)))
+
+
 @pytest.mark.parametrize(
-    "record", ["", "{}", "[1]", '{"box": "1001"}', '{"local_party": 5}', "not json"]
-)
+    "record",
+    [
+        "", "{}", "[1]", "not json", '{"box": "1001"}',
+        # a whole record, but one field of the wrong type or unparsable
+        *(json.dumps({**GOOD, field: value}) for field, value in [
+            ("local_party", 5), ("local_target", None), ("remote_target", "not a uri"),
+            ("route_set", "sip:proxy"), ("peer", ["udp", "127.0.0.1"]), ("local", 5060),
+            ("expires_at", "soon"),
+        ]),
+    ],
+)  # fmt: skip
 def test_an_unreadable_record_is_a_value_error(record: str) -> None:
-    good = subscription_record(subscription(10.0))
     with pytest.raises(ValueError, match="unreadable MWI subscription record"):
         subscription_from_record(("c", "l", "r"), record)
-    assert subscription_from_record(("c", "l", ""), good).key.remote_tag is None
+    good = subscription_from_record(("c", "l", ""), json.dumps(GOOD))
+    assert good.key.remote_tag is None
