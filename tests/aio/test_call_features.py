@@ -363,6 +363,8 @@ async def test_blind_transfer_to_a_ring_group(pbx: Exchange, phones: PhoneFactor
     assert (await bob.refer(dave_call, "600")).status == 202
     to_carol, to_dave = await carol.incoming(), await dave.incoming()
     assert to_carol.from_.uri.user == "1001"  # the members see who they will talk to
+    # Rings (a phone that has said nothing gets no CANCEL: RFC 3261 §9.1).
+    carol.respond(to_carol, 180, tag="c1")
     answered = await dave.answer(to_dave)
     await carol.next("CANCEL")
     assert (await bob.notifies_until_final())[-1] == "SIP/2.0 200 OK"
@@ -375,7 +377,9 @@ async def test_a_call_ended_while_ringing_leaves_no_phone_waiting(
 ) -> None:
     alice, bob = await phones("1001", "1002")
     invite = await alice.dial("1002")
-    await bob.incoming()
+    bob.respond(await bob.incoming(), 180, tag="b1")  # a CANCEL only after a provisional
+    while (await alice.response(invite)).status != 180:  # the exchange has it
+        pass
     await pbx.calls.stop()  # shutting down with a call still ringing
     assert (await alice.final(invite)).status == 503
     await bob.next("CANCEL")

@@ -320,6 +320,15 @@ def call_id_of(bus: Bus, caller: str) -> str:
     return started.call_id
 
 
+async def own_mailbox(handset: Phone, bus: Bus) -> tuple[Call, Ear, Mouth, str]:
+    """`handset` dials *97 and, asked for it, enters PIN: the call, and its Call-ID."""
+    call, ear, mouth = await dial(handset, "*97")
+    access = call_id_of(bus, handset.ext)
+    await bus.wait("ivr", call_id=access, step="play", detail="enter-pin")
+    await mouth.keys(PIN + "#")
+    return call, ear, mouth, access
+
+
 # ---- the tests
 
 
@@ -471,11 +480,8 @@ async def test_a_message_ends_by_silence_raises_mwi_and_plays_back_on_97(
 
     # *97 from 1001: the PIN, then "you have 1 new message", then the message itself.
     async with phone(exchange, "1001") as alice:
-        call, ear, mouth = await dial(alice, "*97")
+        call, ear, mouth, access = await own_mailbox(alice, bus)
         try:
-            access = call_id_of(bus, "1001")
-            await bus.wait("ivr", call_id=access, step="play", detail="enter-pin")
-            await mouth.keys(PIN + "#")
             await bus.wait("ivr", call_id=access, step="pin", detail="accepted")
             playing = await bus.wait("ivr", call_id=access, step="play", detail=str(message.path))
             menu = await bus.wait("ivr", call_id=access, step="play", detail="voicemail-menu")
@@ -668,11 +674,8 @@ async def test_a_greeting_recorded_by_phone_is_what_callers_then_hear(
     await exchange.store.set_mailbox_pin("1001", PIN, 0.0)
     greeting_hz = 700.0
     async with phone(exchange, "1001") as alice:
-        call, ear, mouth = await dial(alice, "*97")
+        call, ear, mouth, access = await own_mailbox(alice, bus)
         try:
-            access = call_id_of(bus, "1001")
-            await bus.wait("ivr", call_id=access, step="play", detail="enter-pin")
-            await mouth.keys(PIN + "#")
             await bus.wait("ivr", call_id=access, step="play", detail="mailbox-options")
             await mouth.keys("0")  # the options
             await bus.wait("ivr", call_id=access, step="play", detail="options-menu")
@@ -704,62 +707,70 @@ async def test_a_greeting_recorded_by_phone_is_what_callers_then_hear(
     assert 1.5 <= seconds_of(stored) <= 2.8 and abs(tone_of(stored) - greeting_hz) < 10
 
 
+@dataclass
+class SilentCall:
+    """1002 calls 1003, whose registered phone says nothing to the INVITE (unplugged), and
+    is at 1003's voicemail (its tone heard) after ring_seconds."""
+
+    callee: SipTestClient
+    invite: Request
+    caller: Phone
+    call: Call
+
+
+@contextlib.asynccontextmanager
+async def silent_call(exchange: Exchange) -> AsyncIterator[SilentCall]:
+    async with SipTestClient(server_of(exchange)) as callee:
+        assert (await callee.register("1003", "pw1003")).status == 200
+        async with phone(exchange, "1002") as bob:
+            call, ear, _ = await dial(bob, "1003")
+            try:
+                invite = parse_message(await callee.recv_raw(), datagram=True)
+                assert isinstance(invite, Request) and invite.method == "INVITE"
+                await ear.hears(1000.0)  # 1003's voicemail: the tone before the message
+                yield SilentCall(callee, invite, bob, call)
+                assert (await bob.bye(call)).status == 200
+            finally:
+                ear.stop()
+
+
 async def test_a_phone_that_is_gone_but_registered_does_not_hold_the_caller(
     exchange: Exchange, bus: Bus
 ) -> None:
-    # 1003 is registered but says nothing to INVITEs (unplugged): after ring_seconds the
-    # caller reaches its voicemail, not after the INVITE's 32 s Timer B.
-    async with SipTestClient(server_of(exchange)) as dead:
-        assert (await dead.register("1003", "pw1003")).status == 200
-        async with phone(exchange, "1002") as bob:
-            call, ear, _ = await dial(bob, "1003")
-            try:
-                invite = parse_message(await dead.recv_raw(), datagram=True)
-                assert isinstance(invite, Request) and invite.method == "INVITE"
-                await ear.hears(1000.0)  # 1003's voicemail: the tone before the message
-                caller = next(e.call_id for e in bus.matching("call_started", caller="1002"))
-                assert bus.matching("ivr", call_id=caller, step="voicemail", detail="1003")
-                # It answers at last: too late, it is told to hang up.
-                contact = f"<sip:1003@{dead.local[0]}:{dead.local[1]}>"
-                dead.send(build_response(invite, 200, headers=[("Contact", contact)],
-                                         to_tag="late").encode())  # fmt: skip
-                methods = []
-                while "BYE" not in methods:
-                    message = parse_message(await dead.recv_raw(), datagram=True)
-                    if isinstance(message, Request):
-                        methods.append(message.method)
-                        if message.method == "BYE":
-                            dead.send(build_response(message, 200).encode())
-                assert "ACK" in methods
-                # No CANCEL ever went to it: none may before a provisional (RFC 3261 §9.1).
-                assert "CANCEL" not in methods
-                assert (await bob.bye(call)).status == 200
-            finally:
-                ear.stop()
+    # Reached after ring_seconds, not after the INVITE's 32 s Timer B.
+    async with silent_call(exchange) as silent:
+        dead, invite = silent.callee, silent.invite
+        caller = next(e.call_id for e in bus.matching("call_started", caller="1002"))
+        assert bus.matching("ivr", call_id=caller, step="voicemail", detail="1003")
+        # It answers at last: too late, it is told to hang up.
+        contact = f"<sip:1003@{dead.local[0]}:{dead.local[1]}>"
+        dead.send(build_response(invite, 200, headers=[("Contact", contact)],
+                                 to_tag="late").encode())  # fmt: skip
+        methods = []
+        while "BYE" not in methods:
+            message = parse_message(await dead.recv_raw(), datagram=True)
+            if isinstance(message, Request):
+                methods.append(message.method)
+                if message.method == "BYE":
+                    dead.send(build_response(message, 200).encode())
+        assert "ACK" in methods
+        # No CANCEL ever went to it: none may before a provisional (RFC 3261 §9.1).
+        assert "CANCEL" not in methods
 
 
 async def test_the_cancel_for_a_phone_that_was_silent_goes_once_it_rings(
-    exchange: Exchange, bus: Bus
+    exchange: Exchange,
 ) -> None:
-    async with SipTestClient(server_of(exchange)) as late:
-        assert (await late.register("1003", "pw1003")).status == 200
-        async with phone(exchange, "1002") as bob:
-            call, ear, _ = await dial(bob, "1003")
-            try:
-                invite = parse_message(await late.recv_raw(), datagram=True)
-                assert isinstance(invite, Request) and invite.method == "INVITE"
-                await ear.hears(1000.0)  # given up: the caller is at the voicemail's tone
-                # Only now it rings; the CANCEL held back (RFC 3261 §9.1) follows at once.
-                late.send(build_response(invite, 180, to_tag="late").encode())
-                while True:
-                    message = parse_message(await late.recv_raw(), datagram=True)
-                    if isinstance(message, Request) and message.method == "CANCEL":
-                        break
-                assert message.cseq.number == invite.cseq.number
-                late.send(build_response(message, 200).encode())
-                late.send(build_response(invite, 487, to_tag="late").encode())
-                while not (isinstance(message, Request) and message.method == "ACK"):
-                    message = parse_message(await late.recv_raw(), datagram=True)
-                assert (await bob.bye(call)).status == 200
-            finally:
-                ear.stop()
+    async with silent_call(exchange) as silent:
+        late, invite = silent.callee, silent.invite
+        # Only now it rings; the CANCEL held back (RFC 3261 §9.1) follows at once.
+        late.send(build_response(invite, 180, to_tag="late").encode())
+        while True:
+            message = parse_message(await late.recv_raw(), datagram=True)
+            if isinstance(message, Request) and message.method == "CANCEL":
+                break
+        assert message.cseq.number == invite.cseq.number
+        late.send(build_response(message, 200).encode())
+        late.send(build_response(invite, 487, to_tag="late").encode())
+        while not (isinstance(message, Request) and message.method == "ACK"):
+            message = parse_message(await late.recv_raw(), datagram=True)

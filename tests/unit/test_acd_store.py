@@ -36,6 +36,7 @@ from acd.model import (
     Transferred,
 )
 from pbx.store import _QUEUE_NAMES, MIGRATIONS, AgentRecord, Store, StoreError
+from tests.support.schema import database_at, schema_version
 
 
 @pytest.fixture
@@ -208,19 +209,13 @@ async def test_agents_and_their_presence(store: Store) -> None:
 
 
 async def test_schema_4_database_gains_the_acd_tables(tmp_path: Path) -> None:
-    path = tmp_path / "pbx.sqlite3"
-    with sqlite3.connect(path) as db:
-        for script in MIGRATIONS[:4]:
-            db.executescript(script)
-        db.execute("PRAGMA user_version = 4")
-        db.execute(
-            "INSERT INTO users (extension, name, realm, ha1_md5, ha1_sha256, created)"
-            " VALUES ('1001', 'Desk', 'pbx', 'a', 'b', 1.0)"
-        )
-        db.execute(
-            "INSERT INTO recordings (id, call_id, path, format, started) VALUES"
-            " ('r1', 'c1', '/tmp/r1.wav', 'wav', 5.0)"
-        )
+    path = database_at(
+        tmp_path / "pbx.sqlite3", 4,
+        "INSERT INTO users (extension, name, realm, ha1_md5, ha1_sha256, created)"
+        " VALUES ('1001', 'Desk', 'pbx', 'a', 'b', 1.0)",
+        "INSERT INTO recordings (id, call_id, path, format, started) VALUES"
+        " ('r1', 'c1', '/tmp/r1.wav', 'wav', 5.0)",
+    )  # fmt: skip
     store = await Store.open(path)
     try:
         assert [u.extension for u in await store.users()] == ["1001"]
@@ -232,7 +227,7 @@ async def test_schema_4_database_gains_the_acd_tables(tmp_path: Path) -> None:
         assert await store.queue_log() == OUTPUTS
     finally:
         await store.close()
+    assert schema_version(path) == len(MIGRATIONS)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         [(state, reason, queues)] = db.execute("SELECT state, reason, queues FROM agents")
         assert (state, reason, queues) == ("logged_out", "", "[]")
