@@ -213,7 +213,7 @@ class Fork:
     dialog: Dialog | None = None
     final: int | None = None
     timed_out: bool = False  # cancelled because its member's time in a ring group was up
-    cancelled: bool = False  # our CANCEL for it is sent (one is enough)
+    cancelled: bool = False  # we want it over: CANCEL sent, or held until it is heard
     digest: DigestClient | None = None  # a trunk's credentials, nonce-counts for this dialog
     heard: bool = False  # a provisional response came: the phone is there
     given_up: asyncio.Event = field(default_factory=asyncio.Event)  # cancelled while unheard
@@ -386,6 +386,8 @@ class CallManager:
                 await asyncio.wait_for(asyncio.gather(*hang_ups), SHUTDOWN_GRACE)
         for call in list(self.calls.values()):
             await self._release(call)
+        if self._ending:  # flows keeping the message a caller hung up on: a moment to
+            await asyncio.wait(self._ending, timeout=SHUTDOWN_GRACE)  # save it, then end
         await self.recordings.stop_all()
         self.media_clock.stop()
         for task in list(self._tasks):
