@@ -376,9 +376,7 @@ class MemoryMailboxes:
         if recording.seconds < self.min_seconds:
             return None
         message_id = f"m{next(self._ids)}"
-        path = self.directory / box / f"{message_id}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(str(path), recording.samples, RATE, subtype="PCM_16")
+        path = _written(self.directory / box / f"{message_id}.wav", recording.samples)
         message = Message(message_id, box, caller, caller_name, float(len(self.stored)),
                           recording.seconds, path, urgent=urgent)  # fmt: skip
         self.stored[message_id] = message
@@ -404,8 +402,12 @@ class MemoryMailboxes:
     async def set_greeting(self, box: str, kind: Greeting, recording: Recording) -> Path | None:
         if recording.seconds < self.min_seconds:
             return None
-        path = self.directory / box / f"greeting-{kind.value}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(str(path), recording.samples, RATE, subtype="PCM_16")
+        path = _written(self.directory / box / f"greeting-{kind.value}.wav", recording.samples)
         self.greetings[(box, kind)] = path
         return path
+
+
+def _written(path: Path, samples: Samples) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), samples, RATE, subtype="PCM_16")
+    return path

@@ -228,9 +228,10 @@ async def _change_pin(call: Session, mailboxes: Mailboxes, box: str) -> None:
     # one is seen as too long (its rest, and its #, are dropped).
     new = await call.collect(MAX_PIN + 1, 10.0, 5.0, prompt="enter-new-pin")
     call.channel.flush()
-    if valid_pin(new):
-        again = await call.collect(MAX_PIN + 1, 10.0, 5.0, prompt="reenter-pin")
-    if not valid_pin(new) or again != new:
+    if (
+        not valid_pin(new)
+        or await call.collect(MAX_PIN + 1, 10.0, 5.0, prompt="reenter-pin") != new
+    ):
         call.channel.report("pin", "not changed")
         await call.play("pin-not-changed")
         return

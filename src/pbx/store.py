@@ -732,17 +732,13 @@ class Store:
     async def voicemail_counts(self, box: str) -> VoicemailCounts:
         """How many messages `box` holds, by folder and urgency."""
         rows = await self._db.execute_fetchall(
-            "SELECT folder = 'new', urgent != 0, COUNT(*) FROM voicemail WHERE box = ? "
-            "GROUP BY folder = 'new', urgent != 0",
+            "SELECT TOTAL(folder = 'new'), TOTAL(folder != 'new'), "
+            "TOTAL(folder = 'new' AND urgent), TOTAL(folder != 'new' AND urgent) "
+            "FROM voicemail WHERE box = ?",
             (box,),
         )
-        counts = {(bool(new), bool(urgent)): int(count) for new, urgent, count in rows}
-        return VoicemailCounts(
-            new=counts.get((True, False), 0) + counts.get((True, True), 0),
-            saved=counts.get((False, False), 0) + counts.get((False, True), 0),
-            urgent_new=counts.get((True, True), 0),
-            urgent_saved=counts.get((False, True), 0),
-        )
+        [counts] = rows
+        return VoicemailCounts(*(int(n) for n in counts))
 
     async def set_voicemail_folder(self, message_id: str, folder: str) -> None:
         await self._write([("UPDATE voicemail SET folder = ? WHERE id = ?", (folder, message_id))])
