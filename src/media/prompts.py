@@ -33,7 +33,9 @@ def load_audio(path: Path) -> Samples:
     if rate != RATE:
         common = math.gcd(int(rate), RATE)
         mono = resample_poly(mono, RATE // common, int(rate) // common)
-    samples: Samples = np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16)
+    # libsndfile reads int16 x as x / 32768: scaled back by the same, a 16-bit (or G.711)
+    # file at 8 kHz gives its own samples, bit for bit.
+    samples: Samples = np.clip(np.round(mono * 32768), -32768, 32767).astype(np.int16)
     return samples
 
 

@@ -80,6 +80,12 @@ def test_any_rate_and_channel_count_becomes_8k_mono(tmp_path: Path) -> None:
         load_audio(tmp_path / "bad.wav")
 
 
+def test_an_8khz_file_loads_bit_for_bit(tmp_path: Path) -> None:
+    samples = np.array([-32768, -20001, -1, 0, 1, 16385, 20001, 32767], dtype=np.int16)
+    soundfile.write(tmp_path / "p.wav", samples, 8000, subtype="PCM_16")
+    assert load_audio(tmp_path / "p.wav").tolist() == samples.tolist()
+
+
 def test_cache_reloads_a_changed_file(tmp_path: Path) -> None:
     path = tmp_path / "p.wav"
     soundfile.write(path, sine(500, 0.5), 8000, subtype="PCM_16")
