@@ -6,8 +6,10 @@
 
 What each prompt says is `media.speech.PROMPTS` (slug -> text); `media.speech.prompt_audio`
 makes espeak-ng's 22.05 kHz speech 8 kHz, trims it and sets its level, and the result is
-written as 16-bit mono WAV. The same espeak-ng version, voice and speed give the same
-bytes (espeak-ng 1.51, en-us, 150 words a minute made the shipped set).
+written as G.711 mu-law mono WAV, quantized by `media.g711` (libsndfile's own encoder
+rounds a few values the other way): half the size of 16-bit, and a PCMU phone gets the very
+codes a 16-bit file would have given it. The same espeak-ng version, voice and speed give
+the same bytes (espeak-ng 1.51, en-us, 150 words a minute made the shipped set).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import soundfile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, installed or not
 
+from media.g711 import ULAW_DECODE, ulaw_encode  # noqa: E402
 from media.prompts import RATE, Samples  # noqa: E402
 from media.speech import PROMPTS, SPEED, VOICE, speak  # noqa: E402
 from pbx.errors import MediaError  # noqa: E402
@@ -34,8 +37,9 @@ OUT = ROOT / "src" / "media" / "sounds" / "en"
 
 
 def wav_bytes(samples: Samples) -> bytes:
+    levels = ULAW_DECODE[np.frombuffer(ulaw_encode(samples), dtype=np.uint8)]
     out = io.BytesIO()
-    soundfile.write(out, samples, RATE, subtype="PCM_16", format="WAV")
+    soundfile.write(out, levels, RATE, subtype="ULAW", format="WAV")
     return out.getvalue()
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -336,13 +337,21 @@ def _as_flow(function: FlowFunction) -> Flow:
     return flow_of(function) or Flow(getattr(function, "__name__", "flow"), function)
 
 
+TEST_EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC).timestamp()
+"""When `MemoryMailboxes` receives its first message: a Monday, 9 a.m. UTC."""
+
+
 class MemoryMailboxes:
-    """Mailboxes for tests: messages as WAV files in `directory`, rows in memory."""
+    """Mailboxes for tests: messages as WAV files in `directory`, rows in memory. A
+    message is received at `clock()` (by default 2026-01-05 09:00 UTC, a Monday, and a
+    minute later for each message after it), and its envelope said in `timezone`."""
 
     def __init__(
         self, directory: Path, boxes: Mapping[str, str] | Sequence[str] = (),
         personal: Collection[str] = (), max_seconds: float = 120.0,
         silence_seconds: float = 3.0, min_seconds: float = 1.0, operator: str = "",
+        envelope: bool = True, timezone: tzinfo | None = UTC,
+        clock: Callable[[], float] | None = None,
     ) -> None:  # fmt: skip
         self.directory = directory
         self.pins: dict[str, str] = (
@@ -354,6 +363,9 @@ class MemoryMailboxes:
         self.max_seconds, self.silence_seconds = max_seconds, silence_seconds
         self.min_seconds = min_seconds
         self.operator = operator
+        self.envelope, self.timezone = envelope, timezone
+        self._received = 0
+        self.clock = clock or (lambda: TEST_EPOCH + 60.0 * self._received)
         self.changes: list[str] = []  # boxes whose counts changed, for MWI
         self._ids = itertools.count(1)
 
@@ -377,8 +389,9 @@ class MemoryMailboxes:
             return None
         message_id = f"m{next(self._ids)}"
         path = _written(self.directory / box / f"{message_id}.wav", recording.samples)
-        message = Message(message_id, box, caller, caller_name, float(len(self.stored)),
+        message = Message(message_id, box, caller, caller_name, float(self.clock()),
                           recording.seconds, path, urgent=urgent)  # fmt: skip
+        self._received += 1
         self.stored[message_id] = message
         self.changes.append(box)
         return message

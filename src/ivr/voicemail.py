@@ -9,13 +9,15 @@ them in memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from ivr.session import HungUp, Recording, RecordingEnd, Session
-from media.speech import counted, digits_words, number_words
+from media.speech import counted, digits_words, number_words, when_words
 
 
 class Folder(StrEnum):
@@ -51,6 +53,12 @@ class Mailboxes(Protocol):
     """A shorter message (a caller hanging up at the beep) is not kept."""
     operator: str
     """Where a caller who presses 0 during the greeting goes ("" none)."""
+    envelope: bool
+    """Say when each message came, and from whom, before it plays."""
+    timezone: tzinfo | None
+    """The zone the envelope is said in (None: the machine's own)."""
+    clock: Callable[[], float]
+    """Now, as a UNIX time (what `Message.received` is)."""
 
     async def exists(self, box: str) -> bool: ...
 
@@ -240,14 +248,25 @@ async def _change_pin(call: Session, mailboxes: Mailboxes, box: str) -> None:
     await call.play("pin-changed")
 
 
+def envelope_words(message: Message, now: float, zone: tzinfo | None = None) -> list[str]:
+    """What is said before a message: when it came, against `now`, in `zone` (None: the
+    machine's own), and the caller's number when it is one ("received today at 9 oh 5
+    a.m., message from 1 0 0 1")."""
+    received = datetime.fromtimestamp(message.received, zone)
+    words = ["received", *when_words(received, datetime.fromtimestamp(now, zone))]
+    if message.caller.isdigit():
+        words += ["message-from", *digits_words(message.caller)]
+    return words
+
+
 async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) -> bool:
     """Play a message and act on the caller's keys; False when the caller made no choice
     (the session ends)."""
     while True:
         if message.urgent:
             await call.play("urgent-message")
-        if message.caller.isdigit():
-            await call.play(["message-from", *digits_words(message.caller)])
+        if mailboxes.envelope:
+            await call.play(envelope_words(message, mailboxes.clock(), mailboxes.timezone))
         await call.play(message.path)
         if message.folder is Folder.NEW:
             await mailboxes.mark(message, Folder.SAVED)  # heard: no longer new (as Asterisk)

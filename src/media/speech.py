@@ -1,10 +1,10 @@
 """Spoken prompts: numbers, digits and durations as sequences of prompt names (slugs), and
 the audio of such a sequence, for queue announcements and IVR flows.
 
-The English set ships in `media/sounds/en/` as 8 kHz mono 16-bit WAV files named by slug
-(`3.wav`, `hundred.wav`, `you-are-caller-number.wav`); `PROMPTS` says what each one says,
-and `tools/make_prompts.py` makes them again from it with espeak-ng. Numbers are read the
-American way, without "and": 105 is "one hundred five".
+The English set ships in `media/sounds/en/` as 8 kHz mono G.711 mu-law WAV files named by
+slug (`3.wav`, `hundred.wav`, `you-are-caller-number.wav`); `PROMPTS` says what each one
+says, and `tools/make_prompts.py` makes them again from it with espeak-ng. Numbers, times
+and dates are read the American way: 105 is "one hundred five", 15:05 "three oh five p.m.".
 
 The word functions are pure; `sequence` reads the files through a `PromptCache`;
 `prompt_audio` makes any speech (espeak-ng's, a recording) a prompt like the shipped ones.
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
+from datetime import datetime, time
 from importlib.resources import files
 from pathlib import Path
 
@@ -44,6 +45,13 @@ _ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 _TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
           "seventeen", "eighteen", "nineteen")  # fmt: skip
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+             "ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth",
+             "fifteenth", "sixteenth", "seventeenth", "eighteenth", "nineteenth",
+             "twentieth", "thirtieth")  # fmt: skip
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
+          "september", "october", "november", "december")  # fmt: skip
 
 PROMPTS: Mapping[str, str] = {
     **{str(n): word for n, word in enumerate(_ONES)},
@@ -55,8 +63,19 @@ PROMPTS: Mapping[str, str] = {
     "hash": "hash",
     "minute": "minute",
     "minutes": "minutes",
-    "second": "second",
+    "second": "second",  # the unit, and the ordinal (the second of May)
     "seconds": "seconds",
+    # dates and times, for a voicemail message's envelope
+    **{word: word for word in _ORDINALS if word != "second"},
+    **{word: word for word in (*WEEKDAYS, *MONTHS)},
+    "today": "today",
+    "yesterday": "yesterday",
+    "received": "received",
+    "at": "at",
+    "oh": "oh",
+    "oclock": "o'clock",
+    "a-m": "a.m.",
+    "p-m": "p.m.",
     # queues
     "you-are-caller-number": "you are caller number",
     "your-call-is-important": "your call is important to us, please stay on the line",
@@ -176,6 +195,50 @@ def duration_words(seconds: float) -> list[str]:
     # A hair over a whole minute (60.000001 from float arithmetic) is still that minute.
     minutes = math.ceil(round(seconds / 60, 6))
     return counted(minutes, "minute", "minutes")
+
+
+def ordinal_words(n: int) -> list[str]:
+    """A day of the month (1-31) as said in a date: 2 -> ["second"], 21 -> ["20", "first"],
+    30 -> ["thirtieth"]. ValueError outside that range."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 31:
+        raise ValueError(f"can say days of the month 1-31, not {n!r}")
+    if n < 20:
+        return [_ORDINALS[n - 1]]
+    tens, ones = divmod(n, 10)
+    if not ones:
+        return [_ORDINALS[17 + tens]]
+    return [str(10 * tens), _ORDINALS[ones - 1]]
+
+
+def time_words(at: time) -> list[str]:
+    """A time of day the American way: 9:00 is ["9", "oclock", "a-m"], 15:05 ["3", "oh",
+    "5", "p-m"], 12:30 ["12", "30", "p-m"], 0:45 ["12", "40", "5", "a-m"]."""
+    hour = at.hour % 12 or 12
+    if at.minute == 0:
+        minutes = ["oclock"]
+    elif at.minute < 10:
+        minutes = ["oh", str(at.minute)]
+    else:
+        minutes = number_words(at.minute)
+    return [*number_words(hour), *minutes, "a-m" if at.hour < 12 else "p-m"]
+
+
+def when_words(at: datetime, now: datetime) -> list[str]:
+    """When something happened, said against `now` (both in the zone to say it in):
+    ["today", "at", ...time], ["yesterday", "at", ...], a weekday within the last week,
+    else the month and day (and the year, when not this year's)."""
+    days = (now.date() - at.date()).days
+    if days == 0:
+        day = ["today"]
+    elif days == 1:
+        day = ["yesterday"]
+    elif 1 < days < 7:
+        day = [WEEKDAYS[at.weekday()]]
+    else:
+        day = [MONTHS[at.month - 1], *ordinal_words(at.day)]
+        if at.year != now.year:
+            day += number_words(at.year)
+    return [*day, "at", *time_words(at.time())]
 
 
 def sound_path(slug: str, language: str = "en") -> Path:

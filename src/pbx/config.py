@@ -389,6 +389,11 @@ class VoicemailConfig:
     operator: str = ""
     """Where a caller who presses 0 during a greeting goes instead of leaving a message
     (a dialplan target: reception's extension...); "" offers nothing."""
+    envelope: bool = True
+    """Before each message heard by phone, when it came ("received yesterday at 3 oh 5
+    p.m.") and from which number."""
+    timezone: ZoneInfo | None = None
+    """The zone the envelope's times are said in; None: the server's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -809,6 +814,10 @@ def _timezone(value: Any) -> ZoneInfo:
     return zone(_string(value))
 
 
+def _optional_timezone(value: Any) -> ZoneInfo | None:
+    return zone(_string(value)) if _string(value) else None
+
+
 def _day_ranges(value: Any) -> tuple[Range, ...]:
     return parse_ranges(_string(value))
 
@@ -944,6 +953,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "min_seconds": _positive(float),
             "directory": _relative_dir,
             "operator": _target,
+            "envelope": _boolean,
+            "timezone": _optional_timezone,
         },
     ),
     "dialplan": (

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,8 @@ class Voicemail:
         self.silence_seconds = settings.silence_seconds
         self.min_seconds = settings.min_seconds
         self.operator = settings.operator
+        self.envelope = settings.envelope
+        self.timezone: tzinfo | None = settings.timezone
 
     def has(self, box: str) -> bool:
         """Whether mailbox `box` exists: a [[mailbox]], or an extension's own one."""

@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ivr.session import Recording, RecordingEnd
 from ivr.testing import speech_like
 from ivr.voicemail import Folder
 from media.g711 import alaw_decode, ulaw_decode, ulaw_encode
+from media.speech import time_words
 from pbx import config as pbx_config
 from pbx.events import Event
 from pbx.server import Exchange
@@ -483,7 +485,10 @@ async def test_a_message_ends_by_silence_raises_mwi_and_plays_back_on_97(
         call, ear, mouth, access = await own_mailbox(alice, bus)
         try:
             await bus.wait("ivr", call_id=access, step="pin", detail="accepted")
-            playing = await bus.wait("ivr", call_id=access, step="play", detail=str(message.path))
+            # After the counts and the envelope: ~10 s of prompts.
+            playing = await bus.wait(
+                "ivr", timeout=25.0, call_id=access, step="play", detail=str(message.path)
+            )
             menu = await bus.wait("ivr", call_id=access, step="play", detail="voicemail-menu")
             played = ear.between(bus.at(playing), bus.at(menu))
             assert (await alice.bye(call)).status == 200
@@ -492,7 +497,13 @@ async def test_a_message_ends_by_silence_raises_mwi_and_plays_back_on_97(
             ear.stop()
     plays = [detail for step, detail in bus.steps(access) if step == "play"]
     counts = plays.index("you-have 1 new-message and 0 saved-messages")
-    assert plays[counts + 1 :][:2] == ["message-from 1 0 0 2", str(message.path)], plays
+    envelope, heard_path = plays[counts + 1 :][:2]
+    # "received today at 3 oh 5 p-m message-from 1 0 0 2" (the server's zone), the message.
+    left = datetime.fromtimestamp(message.received)
+    assert envelope.startswith("received ") and envelope.endswith(
+        f"at {' '.join(time_words(left.time()))} message-from 1 0 0 2"
+    ), plays
+    assert heard_path == str(message.path), plays
     # What the phone heard: the message, as long as stored, and its loudness follows the
     # stored one's, 20 ms by 20 ms (G.711 twice over changes the samples, not the shape).
     assert seconds_of(played) == pytest.approx(seconds_of(stored), abs=0.15)

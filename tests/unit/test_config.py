@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -342,6 +343,7 @@ def test_ivr_and_voicemail_sections(tmp_path: Path) -> None:
             'data_dir = "d"\n[ivr]\nmodules = ["flows.py", "site.flows"]\nprompts = ["p"]\n'
             'fallback = "1001"\n[ivr.numbers]\n"100" = "main"\n"101" = "after_hours"\n'
             "[voicemail]\nextensions = true\nring_seconds = 20\nsilence_seconds = 0\n"
+            'envelope = false\ntimezone = "America/Chicago"\n'
             '[[mailbox]]\nbox = "refills"\nname = "Refills"\npin = "1234"\n',
         )
     )
@@ -349,9 +351,12 @@ def test_ivr_and_voicemail_sections(tmp_path: Path) -> None:
     assert config.ivr.numbers == (("100", "main"), ("101", "after_hours"))
     assert config.voicemail.extensions and config.voicemail.ring_seconds == 20.0
     assert config.voicemail.silence_seconds == 0.0  # only # or a hang-up ends a message
+    assert not config.voicemail.envelope
+    assert config.voicemail.timezone == ZoneInfo("America/Chicago")
     assert config.mailbox("refills") is not None and config.mailbox("x") is None
     assert config.voicemail_dir == tmp_path / "d" / "voicemail"
     example = load(EXAMPLE)
+    assert example.voicemail.envelope and example.voicemail.timezone is None
     assert ("100", "main") in example.ivr.numbers
     assert {m.box for m in example.mailboxes} == {"refills", "clinic"}
 
@@ -365,6 +370,8 @@ def test_ivr_and_voicemail_sections(tmp_path: Path) -> None:
         ('[ivr]\nfallback = "a b"\n', "ivr.fallback", "not a dialplan target"),
         ("[voicemail]\nring_seconds = -1\n", "voicemail.ring_seconds", ""),
         ('[voicemail]\noperator = "0 0"\n', "voicemail.operator", "not a dialplan target"),
+        ('[voicemail]\ntimezone = "Mars/Olympus"\n', "voicemail.timezone", "not an IANA"),
+        ("[voicemail]\nenvelope = 1\n", "voicemail.envelope", ""),
         ('[[mailbox]]\nbox = "a/b"\n', "mailbox[0].box", "letters, digits"),
         ('[[mailbox]]\nbox = "a"\n[[mailbox]]\nbox = "a"\n', "mailbox[1].box", "already used"),
         ('[ivr.numbers]\n"800" = "main"\n[[conference]]\nnumber = "800"\n',

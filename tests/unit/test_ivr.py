@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -13,7 +14,16 @@ import soundfile
 
 from ivr import FlowRegistry, HungUp, Outcome, RecordingEnd, Session, flow
 from ivr.flows import Flow, import_flows
-from ivr.testing import HangUp, MemoryMailboxes, ScriptedChannel, Speak, Wait, run, run_async
+from ivr.testing import (
+    TEST_EPOCH,
+    HangUp,
+    MemoryMailboxes,
+    ScriptedChannel,
+    Speak,
+    Wait,
+    run,
+    run_async,
+)
 from ivr.voicemail import Folder, Greeting, check_messages
 from pbx.errors import ConfigError
 
@@ -305,13 +315,48 @@ def test_voicemail_check_messages(tmp_path: Path) -> None:
     prompts = result.prompts
     assert prompts[:3] == ["enter-pin", "pin-incorrect", "enter-pin"]
     assert prompts[3:9] == ["you-have", "2", "new-messages", "and", "0", "saved-messages"]
-    assert prompts.count("message-from") == 2
+    # Each message's envelope, then the message: left a minute apart from 9 a.m. (UTC).
+    at = prompts.index(str(first.path))
+    assert prompts[at - 11 : at] == [
+        "received", "today", "at", "9", "oclock", "a-m", "message-from", "1", "0", "0", "5",
+    ]  # fmt: skip
+    at = prompts.index(str(second.path))
+    assert prompts[at - 12 : at] == [
+        "received", "today", "at", "9", "oh", "1", "a-m", "message-from", "1", "0", "0", "5",
+    ]  # fmt: skip
     assert str(first.path) in prompts and str(second.path) in prompts
     assert "message-deleted" in prompts and "message-saved" in prompts
     assert prompts[-3:] == ["no-more-messages", "mailbox-options", "goodbye"]
     assert list(boxes.stored) == [second.id]
     assert boxes.stored[second.id].folder is Folder.SAVED
     assert not first.path.exists()
+
+
+def test_the_envelope_is_said_in_the_mailboxes_zone_or_not_at_all(tmp_path: Path) -> None:
+    now = [TEST_EPOCH]  # Monday 2026-01-05 09:00 UTC: 04:00 in New York
+    boxes = MemoryMailboxes(
+        tmp_path, {"1002": "4321"}, timezone=ZoneInfo("America/New_York"), clock=lambda: now[0]
+    )
+
+    async def leave(call: Session) -> None:
+        await call.voicemail("1002")
+
+    async def listen(call: Session) -> None:
+        await check_messages(call, boxes, "1002")
+
+    run(leave, [Speak(3.0), Wait(10)], mailboxes=boxes, caller="anonymous")
+    [message] = boxes.stored.values()
+    now[0] += 86_400  # Tuesday, 04:00 there
+    prompts = run(listen, ["4321#", Wait(20)], mailboxes=boxes).prompts
+    at = prompts.index(str(message.path))
+    # Not a number the caller gave: no "message from".
+    assert prompts[at - 6 : at] == ["received", "yesterday", "at", "4", "oclock", "a-m"]
+    now[0] += 3 * 86_400  # Friday: a weekday
+    prompts = run(listen, ["4321#", Wait(20)], mailboxes=boxes).prompts
+    assert prompts[prompts.index("received") + 1] == "monday"
+    boxes.envelope = False
+    prompts = run(listen, ["4321#", Wait(20)], mailboxes=boxes).prompts
+    assert "received" not in prompts and str(message.path) in prompts
 
 
 def test_an_urgent_message_is_counted_and_heard_first(tmp_path: Path) -> None:

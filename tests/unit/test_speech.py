@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, time, timedelta
+
 import numpy as np
 import pytest
 import soundfile
 
+from media.g711 import ULAW_DECODE, ulaw_encode
 from media.prompts import RATE, PromptCache
 from media.speech import (
     GAP,
@@ -14,10 +17,13 @@ from media.speech import (
     digits_words,
     duration_words,
     number_words,
+    ordinal_words,
     prompt_audio,
     sequence,
     sequence_samples,
     sound_path,
+    time_words,
+    when_words,
 )
 from pbx.errors import MediaError
 
@@ -57,6 +63,56 @@ NAMED = (
 )
 def test_number_words(n: int, words: list[str]) -> None:
     assert number_words(n) == words
+
+
+def test_ordinal_words() -> None:
+    said = {n: ordinal_words(n) for n in range(1, 32)}
+    assert said[1] == ["first"] and said[2] == ["second"] and said[12] == ["twelfth"]
+    assert said[19] == ["nineteenth"] and said[20] == ["twentieth"]
+    assert said[21] == ["20", "first"] and said[29] == ["20", "ninth"]
+    assert said[30] == ["thirtieth"] and said[31] == ["30", "first"]
+    assert {word for words in said.values() for word in words} <= set(PROMPTS)
+    for bad in (0, 32, -1, True):
+        with pytest.raises(ValueError, match="days of the month"):
+            ordinal_words(bad)
+
+
+@pytest.mark.parametrize(
+    ("hour", "minute", "words"),
+    [
+        (0, 0, ["12", "oclock", "a-m"]),
+        (0, 45, ["12", "40", "5", "a-m"]),
+        (9, 0, ["9", "oclock", "a-m"]),
+        (11, 59, ["11", "50", "9", "a-m"]),
+        (12, 0, ["12", "oclock", "p-m"]),
+        (12, 30, ["12", "30", "p-m"]),
+        (15, 5, ["3", "oh", "5", "p-m"]),
+        (23, 10, ["11", "10", "p-m"]),
+    ],
+)
+def test_time_words(hour: int, minute: int, words: list[str]) -> None:
+    assert time_words(time(hour, minute)) == words
+
+
+def test_when_words_against_now() -> None:
+    now = datetime(2026, 12, 7, 10, 0)  # a Monday
+    assert when_words(datetime(2026, 12, 7, 8, 15), now) == ["today", "at", "8", "15", "a-m"]
+    assert when_words(datetime(2026, 12, 6, 23, 59), now)[:1] == ["yesterday"]
+    assert when_words(datetime(2026, 12, 2, 12, 0), now) == [
+        "wednesday", "at", "12", "oclock", "p-m",
+    ]  # fmt: skip
+    assert when_words(datetime(2026, 11, 30, 7, 1), now) == [
+        "november", "thirtieth", "at", "7", "oh", "1", "a-m",
+    ]  # fmt: skip
+    assert when_words(datetime(2025, 12, 25, 18, 0), now) == [
+        "december", "20", "fifth", "2", "thousand", "20", "5", "at", "6", "oclock", "p-m",
+    ]  # fmt: skip
+    # Days are calendar days, not 24 hours: late last night is yesterday.
+    assert when_words(datetime(2026, 12, 6, 23, 0), datetime(2026, 12, 7, 0, 30))[0] == (
+        "yesterday"
+    )
+    every = {w for d in range(400) for w in when_words(now - timedelta(days=d, minutes=7 * d), now)}
+    assert every <= set(PROMPTS)
 
 
 @pytest.mark.parametrize("n", [-1, 1_000_000, True])
@@ -124,14 +180,16 @@ def test_the_set_is_what_prompts_says() -> None:
     shipped = {p.stem for p in sound_path("0").parent.glob("*.wav")}
     assert shipped == set(PROMPTS)
     total = sum(sound_path(slug).stat().st_size for slug in PROMPTS)
-    assert total < 2_000_000  # 8 kHz 16-bit: about 125 s of speech per 2 MB
+    assert total < 2_000_000  # 8 kHz mu-law: about 250 s of speech per 2 MB
 
 
 @pytest.mark.parametrize("slug", sorted(PROMPTS))
 def test_prompt_file(slug: str) -> None:
     info = soundfile.info(str(sound_path(slug)))
-    assert (info.samplerate, info.channels, info.subtype) == (RATE, 1, "PCM_16")
+    assert (info.samplerate, info.channels, info.subtype) == (RATE, 1, "ULAW")
     samples = PromptCache().get(sound_path(slug))
+    # Quantized by our G.711 encoder: a PCMU phone gets the file's own codes.
+    assert np.array_equal(ULAW_DECODE[np.frombuffer(ulaw_encode(samples), np.uint8)], samples)
     seconds = len(samples) / RATE
     assert 0.2 < seconds <= 6.0
     level = 20 * np.log10(np.sqrt(np.mean(samples.astype(np.float64) ** 2)) / 32767)
