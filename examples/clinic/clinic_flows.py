@@ -7,7 +7,8 @@ Dial 100. In clinic hours (the [[hours]] table "clinic"):
     0 reception -> extension 1001 (its voicemail when nobody answers)
     or an extension's number -> that extension (its voicemail when nobody answers)
 After hours, and on holidays, callers always hear the emergency number first, then may
-leave a message for the clinic.
+leave a message for the clinic: pressing 1 first makes it urgent (heard first, counted
+apart on the phones' message lamps).
 
 Prompts named here are looked for in prompts/ (made with `pbx prompts tts`) and then in
 pbx's shipped English set. `pbx -c CONFIG reload` loads an edited copy of this file
@@ -21,6 +22,7 @@ from ivr import Session, flow
 RECEPTION = "1001"
 HOURS = "clinic"
 MENU = {"1": "appointments", "2": "refills", "3": "nurse", "0": "reception"}
+URGENT_KEY = "1"  # after hours, before the message
 NURSE_PRIORITY = 5  # nurse-line callers are served before others waiting in the queue
 
 
@@ -51,7 +53,8 @@ async def after_hours(call: Session) -> None:
     await call.answer()
     await call.play(["after-hours", "emergency"], interruptible=False)  # always, in full
     await call.play("after-hours-message")
-    await call.voicemail("clinic")
+    urgent = await call.menu("after-hours-urgent", URGENT_KEY, retries=0, timeout=3.0)
+    await call.voicemail("clinic", urgent=urgent == URGENT_KEY)
 
 
 async def queue_or_reception(call: Session, queue: str, priority: int = 0) -> None:

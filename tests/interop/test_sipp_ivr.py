@@ -137,9 +137,10 @@ def branches(speech_seconds: float) -> dict[str, Branch]:
     beep = 0.25
     # Key 2: refills-intro, then the box's greeting and the beep; speech 1 s after that.
     refills_at = KEY_AT + prompt_seconds("refills-intro", "leave-message") + beep + 1.0
-    # After hours: both notices in full, the message prompt, the greeting and the beep.
-    after_at = prompt_seconds("after-hours", "emergency", "after-hours-message", "leave-message")
-    after_at += 0.2 + beep + 1.0  # the GAP inside the first play, the beep, a margin
+    # After hours: both notices in full, the message prompt; 1 a second into the urgent
+    # question (the message is urgent); the greeting and the beep.
+    urgent_at = prompt_seconds("after-hours", "emergency", "after-hours-message") + 0.2 + 1.0
+    after_at = urgent_at + prompt_seconds("leave-message") + beep + 1.0
     # No key: the welcome, then the menu and its 6 s wait three times, then "transferring".
     no_choice = prompt_seconds("clinic-welcome") + 3 * (prompt_seconds("clinic-menu") + 6.0)
     hang_up = 1.5  # after the message: well before SILENCE_SECONDS would end it
@@ -152,7 +153,9 @@ def branches(speech_seconds: float) -> dict[str, Branch]:
         "reception": Branch("5004", 8.0, ((KEY_AT, "0"),)),
         "invalid": Branch("5005", KEY_AT + prompt_seconds("invalid") + 3.0, ((KEY_AT, "9"),)),
         "timeout": Branch("5006", no_choice + prompt_seconds("transferring") + 4.0),
-        "after_hours": Branch("5007", after_at + speech_seconds + hang_up, speech_at=after_at),
+        "after_hours": Branch(
+            "5007", after_at + speech_seconds + hang_up, ((urgent_at, "1"),), speech_at=after_at
+        ),
     }
 
 
@@ -364,10 +367,11 @@ def test_after_hours_callers_hear_the_notices_then_leave_a_message(clinic: Clini
     assert_completed(clinic, "after_hours")
     steps = clinic.steps("after_hours")
     plays = [detail for step, detail in steps if step == "play"]
-    assert plays[:2] == ["after-hours emergency", "after-hours-message"], steps
+    assert plays[:3] == ["after-hours emergency", "after-hours-message", "after-hours-urgent"]
+    assert ("menu", "1") in steps, steps
     assert "clinic-menu" not in plays
     assert ("voicemail", "clinic") in steps, steps
     assert clinic.of("after_hours", type="call_ended")[0]["answered_by"] == "voicemail:clinic"
     [message] = clinic.closed_messages
-    assert (message["box"], message["caller"]) == ("clinic", "5007")
+    assert (message["box"], message["caller"], message["urgent"]) == ("clinic", "5007", True)
     assert message["seconds"] > 1.0, message

@@ -142,7 +142,21 @@ def test_after_hours_always_says_the_emergency_number_in_full(tmp_path: Path) ->
     assert result.destination == "clinic"
     assert [m.box for m in boxes.stored.values()] == ["clinic"]
     assert second.names == ("after-hours-message",) and not second.interrupted
-    assert result.prompts[3:5] == ["leave-message", "tone:beep"]
+    # No key for the urgent question: an ordinary message.
+    assert result.prompts[3:6] == ["after-hours-urgent", "leave-message", "tone:beep"]
+    assert not boxes.stored["m1"].urgent
+
+
+def test_after_hours_a_caller_can_mark_the_message_urgent(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"clinic": ""})
+    notices = sum(
+        PROMPTS.sound(name).seconds for name in ("after-hours", "emergency", "after-hours-message")
+    )
+    result = call([Wait(notices + 1.0), "1", Speak(4.0), Wait(10)], open_=False, mailboxes=boxes)
+    assert result.played[2].names == ("after-hours-urgent",) and result.played[2].interrupted
+    assert result.prompts[4:6] == ["leave-message", "tone:beep"]
+    [message] = boxes.stored.values()
+    assert message.box == "clinic" and message.urgent
 
 
 def test_caller_hanging_up_in_the_menu() -> None:
