@@ -54,7 +54,8 @@ class Mailboxes(Protocol):
     operator: str
     """Where a caller who presses 0 during the greeting goes ("" none)."""
     envelope: bool
-    """Say when each message came, and from whom, before it plays."""
+    """Say when each message came, and from whom, before it plays (False: only from
+    whom)."""
     timezone: tzinfo | None
     """The zone the envelope is said in (None: the machine's own)."""
     clock: Callable[[], float]
@@ -267,6 +268,8 @@ async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) ->
             await call.play("urgent-message")
         if mailboxes.envelope:
             await call.play(envelope_words(message, mailboxes.clock(), mailboxes.timezone))
+        elif message.caller.isdigit():
+            await call.play(["message-from", *digits_words(message.caller)])
         await call.play(message.path)
         if message.folder is Folder.NEW:
             await mailboxes.mark(message, Folder.SAVED)  # heard: no longer new (as Asterisk)

@@ -303,7 +303,11 @@ _SINC_SCALE = _GROUP_FREQUENCIES * WINDOW / RATE
 # The most that restoring can multiply a tone's power by: the loss at 1.5% off, highest for
 # the highest frequency.
 _MOST_RESTORED = float(1 / np.sinc(ACCEPTED_DEVIATION * _FREQUENCIES.max() * WINDOW / RATE) ** 2)
-_LEAST_SHARE = MIN_SHARE / _MOST_RESTORED
+# The pre-check's bounds, a hair below the full test's: its float64 (Python) or float32
+# arithmetic must never reject a decision the full test, in float32, would accept.
+_SLACK = 1 - 1e-5
+_LEAST_POWER = _MIN_POWER * _SLACK
+_LEAST_SHARE = MIN_SHARE / _MOST_RESTORED * _SLACK
 # The held test's phasors over 30 ms as (fine) x (coarse): e^-iwn for n = 16b + a is
 # e^-iwa * e^-iw16b, so 31 complex exponentials a tone, not 240.
 _FINE = 16
@@ -337,13 +341,13 @@ def _maybe_keys(strongest: npt.NDArray[np.float32], total: npt.NDArray[np.float3
     decisions are tested in Python: numpy's seven calls cost 4 us, the loop 1 us."""
     if strongest.size <= 16:
         return any(
-            min(low, high) >= _MIN_POWER and low + high >= _LEAST_SHARE * energy
+            min(low, high) >= _LEAST_POWER and low + high >= _LEAST_SHARE * energy
             for hops, energies in zip(strongest.tolist(), total.tolist(), strict=True)
             for (low, high), energy in zip(hops, energies, strict=True)
         )
     return bool(
         (
-            (strongest.min(axis=-1) >= _MIN_POWER)
+            (strongest.min(axis=-1) >= _LEAST_POWER)
             & (strongest.sum(axis=-1) >= _LEAST_SHARE * total)
         ).any()
     )

@@ -228,7 +228,7 @@ def when_words(at: datetime, now: datetime) -> list[str]:
     ["today", "at", ...time], ["yesterday", "at", ...], a weekday within the last week,
     else the month and day (and the year, when not this year's)."""
     days = (now.date() - at.date()).days
-    if days == 0:
+    if days <= 0:  # a clock set back may put it ahead of now: it is still today's
         day = ["today"]
     elif days == 1:
         day = ["yesterday"]

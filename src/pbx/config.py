@@ -391,7 +391,7 @@ class VoicemailConfig:
     (a dialplan target: reception's extension...); "" offers nothing."""
     envelope: bool = True
     """Before each message heard by phone, when it came ("received yesterday at 3 oh 5
-    p.m.") and from which number."""
+    p.m."); the caller's number is said either way."""
     timezone: ZoneInfo | None = None
     """The zone the envelope's times are said in; None: the server's own."""
 
@@ -815,7 +815,8 @@ def _timezone(value: Any) -> ZoneInfo:
 
 
 def _optional_timezone(value: Any) -> ZoneInfo | None:
-    return zone(_string(value)) if _string(value) else None
+    name = _string(value)
+    return zone(name) if name else None
 
 
 def _day_ranges(value: Any) -> tuple[Range, ...]:

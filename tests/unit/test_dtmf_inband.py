@@ -103,6 +103,17 @@ def test_repeated_digit_with_a_40ms_pause_is_two_digits() -> None:
     assert detect(np.concatenate([dual("3", 50), silence(40), dual("3", 50)])) == "33"
 
 
+def test_keys_changing_without_a_pause() -> None:
+    # Each key's run is judged afresh (held test and all), though the one before it was
+    # steady; a key coming back after another is a new digit.
+    signal = np.concatenate([dual("1", 200), dual("2", 200), dual("1", 200)])
+    padded = np.concatenate([signal, silence(200)])
+    detector = InbandDetector()
+    digits = [d for frame in padded.reshape(-1, 160) for d in detector.feed(frame)]
+    assert [d.digit for d in digits] == ["1", "2", "1"]
+    assert [round(d.duration, 2) for d in digits] == pytest.approx([0.2] * 3, abs=0.03)
+
+
 def test_duration_is_measured() -> None:
     detector = InbandDetector()
     samples = np.concatenate([dual("9", 300), silence(200)])

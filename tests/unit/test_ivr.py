@@ -354,9 +354,12 @@ def test_the_envelope_is_said_in_the_mailboxes_zone_or_not_at_all(tmp_path: Path
     now[0] += 3 * 86_400  # Friday: a weekday
     prompts = run(listen, ["4321#", Wait(20)], mailboxes=boxes).prompts
     assert prompts[prompts.index("received") + 1] == "monday"
+    # Without the envelope, a caller's number is still said.
+    run(leave, [Speak(3.0), Wait(10)], mailboxes=boxes, caller="1005")
     boxes.envelope = False
-    prompts = run(listen, ["4321#", Wait(20)], mailboxes=boxes).prompts
+    prompts = run(listen, ["4321#", Wait(20), "6", Wait(20)], mailboxes=boxes).prompts
     assert "received" not in prompts and str(message.path) in prompts
+    assert prompts.count("message-from") == 1, prompts
 
 
 def test_an_urgent_message_is_counted_and_heard_first(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -111,6 +112,13 @@ def test_when_words_against_now() -> None:
     assert when_words(datetime(2026, 12, 6, 23, 0), datetime(2026, 12, 7, 0, 30))[0] == (
         "yesterday"
     )
+    # A message stamped after now (a clock set back) is still today's.
+    assert when_words(datetime(2026, 12, 7, 10, 5), now)[:1] == ["today"]
+    # Across the change to summer time the days are still the zone's calendar days.
+    new_york = ZoneInfo("America/New_York")
+    before = datetime(2026, 3, 7, 23, 30, tzinfo=new_york)
+    after = datetime(2026, 3, 8, 10, 0, tzinfo=new_york)
+    assert when_words(before, after) == ["yesterday", "at", "11", "30", "p-m"]
     every = {w for d in range(400) for w in when_words(now - timedelta(days=d, minutes=7 * d), now)}
     assert every <= set(PROMPTS)
 
