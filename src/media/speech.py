@@ -29,6 +29,7 @@ from scipy.signal import resample_poly
 
 from media.prompts import RATE, Clip, PromptCache, Samples
 from pbx.errors import MediaError
+from pbx.hours import DAYS as WEEKDAYS
 
 GAP = 0.04
 """Seconds of silence put between two prompts of a sequence (each file also starts and
@@ -49,7 +50,6 @@ _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", 
              "ninth", "tenth", "eleventh", "twelfth", "thirteenth", "fourteenth",
              "fifteenth", "sixteenth", "seventeenth", "eighteenth", "nineteenth",
              "twentieth", "thirtieth")  # fmt: skip
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
           "september", "october", "november", "december")  # fmt: skip
 

@@ -18,9 +18,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from media.speech import WEEKDAYS
-
-DAYS = WEEKDAYS  # the [[hours]] keys, Monday first as date.weekday() counts
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+"""The [[hours]] keys, Monday first as date.weekday() counts (media.speech says them)."""
 """The weekday keys, Monday first (as date.weekday() counts)."""
 
 _RANGE = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
