@@ -250,14 +250,10 @@ async def _change_pin(call: Session, mailboxes: Mailboxes, box: str) -> None:
 
 
 def envelope_words(message: Message, now: float, zone: tzinfo | None = None) -> list[str]:
-    """What is said before a message: when it came, against `now`, in `zone` (None: the
-    machine's own), and the caller's number when it is one ("received today at 9 oh 5
-    a.m., message from 1 0 0 1")."""
+    """When a message came, against `now`, in `zone` (None: the machine's own):
+    "received today at 9 oh 5 a.m."."""
     received = datetime.fromtimestamp(message.received, zone)
-    words = ["received", *when_words(received, datetime.fromtimestamp(now, zone))]
-    if message.caller.isdigit():
-        words += ["message-from", *digits_words(message.caller)]
-    return words
+    return ["received", *when_words(received, datetime.fromtimestamp(now, zone))]
 
 
 async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) -> bool:
@@ -266,10 +262,15 @@ async def _one_message(call: Session, mailboxes: Mailboxes, message: Message) ->
     while True:
         if message.urgent:
             await call.play("urgent-message")
-        if mailboxes.envelope:
-            await call.play(envelope_words(message, mailboxes.clock(), mailboxes.timezone))
-        elif message.caller.isdigit():
-            await call.play(["message-from", *digits_words(message.caller)])
+        said = (
+            envelope_words(message, mailboxes.clock(), mailboxes.timezone)
+            if mailboxes.envelope
+            else []
+        )
+        if message.caller.isdigit():
+            said += ["message-from", *digits_words(message.caller)]
+        if said:
+            await call.play(said)
         await call.play(message.path)
         if message.folder is Folder.NEW:
             await mailboxes.mark(message, Folder.SAVED)  # heard: no longer new (as Asterisk)

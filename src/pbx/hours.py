@@ -19,7 +19,6 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-"""The [[hours]] keys, Monday first as date.weekday() counts (media.speech says them)."""
 """The weekday keys, Monday first (as date.weekday() counts)."""
 
 _RANGE = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
