@@ -74,6 +74,8 @@ PROMPTS: Mapping[str, str] = {
     "at": "at",
     "oh": "oh",
     "oclock": "o'clock",
+    "midnight": "midnight",
+    "noon": "noon",
     "a-m": "a.m.",
     "p-m": "p.m.",
     # queues
@@ -212,7 +214,10 @@ def ordinal_words(n: int) -> list[str]:
 
 def time_words(at: time) -> list[str]:
     """A time of day the American way: 9:00 is ["9", "oclock", "a-m"], 15:05 ["3", "oh",
-    "5", "p-m"], 12:30 ["12", "30", "p-m"], 0:45 ["12", "40", "5", "a-m"]."""
+    "5", "p-m"], 12:30 ["12", "30", "p-m"], 0:45 ["12", "40", "5", "a-m"]; 0:00 and 12:00
+    on the minute are ["midnight"] and ["noon"] (12 a.m. and 12 p.m. are often misheard)."""
+    if at.minute == 0 and at.hour in (0, 12):
+        return ["midnight" if at.hour == 0 else "noon"]
     hour = at.hour % 12 or 12
     if at.minute == 0:
         minutes = ["oclock"]

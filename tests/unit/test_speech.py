@@ -81,11 +81,13 @@ def test_ordinal_words() -> None:
 @pytest.mark.parametrize(
     ("hour", "minute", "words"),
     [
-        (0, 0, ["12", "oclock", "a-m"]),
+        (0, 0, ["midnight"]),
+        (0, 1, ["12", "oh", "1", "a-m"]),
         (0, 45, ["12", "40", "5", "a-m"]),
         (9, 0, ["9", "oclock", "a-m"]),
         (11, 59, ["11", "50", "9", "a-m"]),
-        (12, 0, ["12", "oclock", "p-m"]),
+        (12, 0, ["noon"]),
+        (13, 0, ["1", "oclock", "p-m"]),
         (12, 30, ["12", "30", "p-m"]),
         (15, 5, ["3", "oh", "5", "p-m"]),
         (23, 10, ["11", "10", "p-m"]),
@@ -100,7 +102,7 @@ def test_when_words_against_now() -> None:
     assert when_words(datetime(2026, 12, 7, 8, 15), now) == ["today", "at", "8", "15", "a-m"]
     assert when_words(datetime(2026, 12, 6, 23, 59), now)[:1] == ["yesterday"]
     assert when_words(datetime(2026, 12, 2, 12, 0), now) == [
-        "wednesday", "at", "12", "oclock", "p-m",
+        "wednesday", "at", "noon",
     ]  # fmt: skip
     assert when_words(datetime(2026, 11, 30, 7, 1), now) == [
         "november", "thirtieth", "at", "7", "oh", "1", "a-m",
