@@ -39,7 +39,7 @@ from ivr.session import (
     Session,
     Sound,
 )
-from ivr.voicemail import Folder, Greeting, Mailboxes, Message
+from ivr.voicemail import Folder, Greeting, Mailboxes, Message, Operator
 from media.prompts import RATE, Samples
 
 
@@ -350,7 +350,7 @@ class MemoryMailboxes:
         self, directory: Path, boxes: Mapping[str, str] | Sequence[str] = (),
         personal: Collection[str] = (), max_seconds: float = 120.0,
         silence_seconds: float = 3.0, min_seconds: float = 1.0, operator: str = "",
-        envelope: bool = True, timezone: tzinfo | None = UTC,
+        operator_hours: str = "", envelope: bool = True, timezone: tzinfo | None = UTC,
         clock: Callable[[], float] | None = None,
     ) -> None:  # fmt: skip
         self.directory = directory
@@ -362,7 +362,7 @@ class MemoryMailboxes:
         self.stored: dict[str, Message] = {}
         self.max_seconds, self.silence_seconds = max_seconds, silence_seconds
         self.min_seconds = min_seconds
-        self.operator = operator
+        self._operator = Operator(operator, operator_hours) if operator else None
         self.envelope, self.timezone = envelope, timezone
         self._received = 0
         self.clock = clock or (lambda: TEST_EPOCH + 60.0 * self._received)
@@ -380,6 +380,11 @@ class MemoryMailboxes:
 
     async def is_personal(self, box: str) -> bool:
         return box in self.personal
+
+    async def operator(self, box: str) -> Operator | None:
+        if self._operator is None or self._operator.target == box:
+            return None
+        return self._operator
 
     async def save(
         self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str,

@@ -44,6 +44,16 @@ class Message:
     """Marked urgent by the flow that took it: heard first, counted apart by MWI."""
 
 
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """Where a caller who presses 0 during a greeting goes instead of leaving a message."""
+
+    target: str
+    """A dialplan target: reception's extension, a ring group..."""
+    hours: str = ""
+    """Names an [[hours]] schedule: 0 is offered only while it is open ("" always)."""
+
+
 class Mailboxes(Protocol):
     max_seconds: float
     """The longest message (seconds)."""
@@ -51,8 +61,6 @@ class Mailboxes(Protocol):
     """This much silence after speech ends a message."""
     min_seconds: float
     """A shorter message (a caller hanging up at the beep) is not kept."""
-    operator: str
-    """Where a caller who presses 0 during the greeting goes ("" none)."""
     envelope: bool
     """Say when each message came, and from whom, before it plays (False: only from
     whom)."""
@@ -71,6 +79,10 @@ class Mailboxes(Protocol):
 
     async def is_personal(self, box: str) -> bool:
         """An extension's own box (its default greeting names a person)."""
+
+    async def operator(self, box: str) -> Operator | None:
+        """Where 0 during `box`'s greeting goes (None: 0 only skips the greeting, as any
+        key does). Never the box's own extension: it has just not answered."""
 
     async def save(
         self, box: str, caller: str, caller_name: str, recording: Recording, call_id: str,
@@ -119,8 +131,8 @@ async def leave_message(
     urgent: bool = False,
 ) -> Message | None:
     """The greeting, the beep, the message (kept even when the caller hangs up to end it).
-    A key pressed during the greeting skips it; 0 goes to the operator, if there is one
-    (None: the caller went there)."""
+    A key pressed during the greeting skips it; 0 goes to the box's operator, if it has
+    one and its hours are open (None: the caller went there)."""
     kind = Greeting(greeting)
     own = await mailboxes.greeting(box, kind)
     if own is not None:
@@ -130,11 +142,14 @@ async def leave_message(
         greeting_prompts = [first, "leave-message"]
     else:
         greeting_prompts = ["leave-message"]
-    if mailboxes.operator and own is None:  # an owner's greeting says it, if it wants
+    operator = await mailboxes.operator(box)
+    if operator is not None and operator.hours and not call.is_open(operator.hours):
+        operator = None  # reception is closed: no one would answer
+    if operator is not None and own is None:  # an owner's greeting says it, if it wants
         greeting_prompts.append("operator-option")
     await call.play(greeting_prompts)
-    if mailboxes.operator and await call.channel.digit(0.0) == OPERATOR_KEY:
-        if await call.transfer(mailboxes.operator):
+    if operator is not None and await call.channel.digit(0.0) == OPERATOR_KEY:
+        if await call.transfer(operator.target):
             return None
         await call.play("leave-message")  # no one there: a message after all
     call.channel.taking_message(box)

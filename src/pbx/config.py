@@ -388,7 +388,11 @@ class VoicemailConfig:
     """Under data_dir: one directory per mailbox holding its messages and greetings."""
     operator: str = ""
     """Where a caller who presses 0 during a greeting goes instead of leaving a message
-    (a dialplan target: reception's extension...); "" offers nothing."""
+    (a dialplan target: reception's extension...); "" offers nothing. A [[mailbox]] may
+    name its own; an extension's box never offers the extension itself."""
+    operator_hours: str = ""
+    """Names an [[hours]] table: the operator is offered only while it is open ("" at
+    any time)."""
     envelope: bool = True
     """Before each message heard by phone, when it came ("received yesterday at 3 oh 5
     p.m."); the caller's number is said either way."""
@@ -404,6 +408,8 @@ class MailboxConfig:
     pin: str = ""
     """The PIN for listening by phone; `pbx voicemail pin` sets one in the database, which
     wins over this."""
+    operator: str | None = None
+    """Where 0 during this box's greeting goes; None: [voicemail] operator; "": nowhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -954,6 +960,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "min_seconds": _positive(float),
             "directory": _relative_dir,
             "operator": _target,
+            "operator_hours": _string,
             "envelope": _boolean,
             "timezone": _optional_timezone,
         },
@@ -1043,7 +1050,7 @@ _ARRAYS: dict[str, tuple[str, type, dict[str, Callable[[Any], Any]], tuple[str, 
     "mailbox": (
         "mailboxes",
         MailboxConfig,
-        {"box": _box, "name": _string, "pin": _pin},
+        {"box": _box, "name": _string, "pin": _pin, "operator": _target},
         ("box",),
     ),
     "did": (
@@ -1291,13 +1298,13 @@ def answered_by_config(config: Config, number: str) -> str | None:
 def _check_time_routes(
     config: Config, trunks: set[str], fail: Callable[[str, str], ConfigError]
 ) -> list[tuple[str, str]]:
-    """[[hours]] names and what [[time_route]]s refer to. Returns the time_route numbers,
-    keyed, for the clash checks."""
+    """[[hours]] names and what [[time_route]]s (and the voicemail operator) refer to.
+    Returns the time_route numbers, keyed, for the clash checks."""
     _unique(fail, [(f"hours[{i}].name", h.name) for i, h in enumerate(config.hours)], "hours")
     names = {h.name for h in config.hours}
+    known = ", ".join(sorted(names)) or "none is configured"
     for i, route in enumerate(config.time_routes):
         if route.hours not in names:
-            known = ", ".join(sorted(names)) or "none is configured"
             raise fail(f"time_route[{i}].hours", f"no [[hours]] is named {route.hours!r} ({known})")
         for key in ("open", "closed"):
             target: str = getattr(route, key)
@@ -1305,6 +1312,9 @@ def _check_time_routes(
                 name = target.split(":")[1]
                 if name not in trunks:
                     raise fail(f"time_route[{i}].{key}", _no_trunk(name, trunks))
+    hours = config.voicemail.operator_hours
+    if hours and hours not in names:
+        raise fail("voicemail.operator_hours", f"no [[hours]] is named {hours!r} ({known})")
     return [(f"time_route[{i}].number", r.number) for i, r in enumerate(config.time_routes)]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile
 
 from ivr.session import AUDIO_SUFFIXES, Recording
-from ivr.voicemail import Folder, Greeting, Message
+from ivr.voicemail import Folder, Greeting, Message, Operator
 from media.prompts import RATE
 from media.vad import speech_bounds
 from pbx.config import Config
@@ -94,7 +94,6 @@ class Voicemail:
         self.max_seconds = settings.max_seconds
         self.silence_seconds = settings.silence_seconds
         self.min_seconds = settings.min_seconds
-        self.operator = settings.operator
         self.envelope = settings.envelope
         self.timezone: tzinfo | None = settings.timezone
 
@@ -109,6 +108,14 @@ class Voicemail:
 
     async def is_personal(self, box: str) -> bool:
         return self.config.mailbox(box) is None and self._is_extension(box)
+
+    async def operator(self, box: str) -> Operator | None:
+        configured = self.config.mailbox(box)
+        own = configured.operator if configured is not None else None
+        target = self.config.voicemail.operator if own is None else own
+        if not target or target == box:
+            return None
+        return Operator(target, self.config.voicemail.operator_hours)
 
     async def pin(self, box: str) -> str:
         stored = await self.store.mailbox_pin(box)

@@ -99,6 +99,13 @@ def write_prompts(directory: Path) -> None:
 async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
     """Flows menu (200), long (201), broken (202, falls back to 1002), versioned (203);
     every extension has a mailbox; *97 checks one's own."""
+    ex = await start_exchange(tmp_path)
+    yield ex
+    await ex.stop()
+
+
+async def start_exchange(tmp_path: Path, voicemail: str = "") -> Exchange:
+    """The `exchange` fixture's, with more `voicemail` settings."""
     write_flows(tmp_path, "old")
     write_prompts(tmp_path)
     extra = """
@@ -122,11 +129,10 @@ ring_seconds = 2
 max_seconds = 30
 silence_seconds = 1.5
 """
-    ex = Exchange(pbx_config.load(write_config(tmp_path, free_port(), extra)))
+    ex = Exchange(pbx_config.load(write_config(tmp_path, free_port(), extra + voicemail)))
     await ex.start()
     await add_users(ex, {"1001": "pw1001", "1002": "pw1002", "1003": "pw1003"})
-    yield ex
-    await ex.stop()
+    return ex
 
 
 # ---- what happened: the event bus
@@ -597,6 +603,35 @@ async def test_a_transfer_to_nobody_registered_says_so(exchange: Exchange, bus: 
     steps = bus.steps(call_id)
     at = steps.index(("transfer", "1002"))
     assert steps[at : at + 2] == [("transfer", "1002"), ("transfer_failed", "1002 not registered")]
+
+
+async def test_0_during_a_greeting_rings_the_operator(tmp_path: Path) -> None:
+    # 1003 is not registered: its mailbox answers, offers the operator (1002), and a 0
+    # while the greeting plays puts the caller through to 1002 instead of the beep.
+    exchange = await start_exchange(tmp_path, 'operator = "1002"\n')
+    bus = Bus(exchange)
+    try:
+        async with phone(exchange, "1001") as alice, phone(exchange, "1002") as bob:
+            call, ear, mouth = await dial(alice, "1003")
+            try:
+                call_id = call_id_of(bus, "1001")
+                await bus.wait("ivr", call_id=call_id, step="play",
+                               detail="no-one-available leave-message operator-option")  # fmt: skip
+                await mouth.key("0")
+                ringing = await bob.incoming(timeout=10)
+                await bob.answer(ringing)
+                moved = await bus.wait("call_transferred", call_id=call_id)
+                assert (await alice.bye(call)).status == 200
+                ended = await bus.wait("call_ended", call_id=call_id)
+            finally:
+                ear.stop()
+        assert exchange.voicemail is not None
+        assert await exchange.voicemail.messages("1003") == []
+    finally:
+        await exchange.stop()
+    assert ("transfer", "1002") in bus.steps(call_id)
+    assert ("ended", "transferred") in bus.steps(call_id), bus.steps(call_id)
+    assert moved.to == "1002" and ended.answered_by == "1002"  # type: ignore[attr-defined]
 
 
 async def test_urgent_messages_reach_the_phones_mwi_apart(exchange: Exchange) -> None:

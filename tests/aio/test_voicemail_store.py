@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from ivr.session import Recording, RecordingEnd
 from ivr.testing import speech_like
-from ivr.voicemail import Folder, Greeting
+from ivr.voicemail import Folder, Greeting, Operator
 from pbx.cli import main
 from pbx.config import Config, load
 from pbx.store import Store, User, VoicemailCounts
@@ -120,6 +120,35 @@ def test_urgent_messages_are_counted_apart_and_listed_first(config: Config) -> N
     code, out = _cli(config, "voicemail", "boxes", "--json")
     refills = {b["box"]: b for b in json.loads(out)}["refills"]
     assert (refills["new"], refills["urgent"], refills["saved"]) == (2, 1, 1)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clinic" / "pbx.toml"
+
+
+async def test_each_box_has_its_operator(tmp_path: Path) -> None:
+    path = tmp_path / "pbx.toml"
+    path.write_text(
+        CONFIG.replace(
+            "[voicemail]\n", '[voicemail]\noperator = "1001"\noperator_hours = "clinic"\n'
+        )
+        + 'operator = "600"\n[[mailbox]]\nbox = "night"\noperator = ""\n'
+        '[[hours]]\nname = "clinic"\nmonday = "08:00-17:00"\n'
+    )
+    config = load(path)
+    store = await Store.open(config.database)
+    try:
+        boxes = Voicemail(config, store, lambda ext: ext in ("1001", "1002"))
+        assert await boxes.operator("1002") == Operator("1001", "clinic")  # [voicemail]'s
+        assert await boxes.operator("refills") == Operator("600", "clinic")  # the box's own
+        assert await boxes.operator("night") is None  # "" in [[mailbox]]: none
+        assert await boxes.operator("1001") is None  # not the extension that did not answer
+        # The demo clinic: reception while open, for every box but reception's own.
+        demo = Voicemail(load(EXAMPLE), store, lambda ext: ext in ("1001", "1002"))
+        assert await demo.operator("1002") == Operator("1001", "clinic")
+        assert await demo.operator("clinic") == Operator("1001", "clinic")
+        assert await demo.operator("1001") is None
+    finally:
+        await store.close()
 
 
 def _cli(config: Config, *args: str) -> tuple[int, str]:

@@ -136,6 +136,8 @@ extensions = true
 ring_seconds = 10
 max_seconds = {max_seconds}
 silence_seconds = {silence_seconds}
+operator = "1001"
+operator_hours = "clinic"
 
 [[mailbox]]
 box = "refills"

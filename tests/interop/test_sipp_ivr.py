@@ -136,8 +136,10 @@ def prompt_seconds(*names: str) -> float:
 
 def branches(speech_seconds: float) -> dict[str, Branch]:
     beep = 0.25
-    # Key 2: refills-intro, then the box's greeting and the beep; speech 1 s after that.
-    refills_at = KEY_AT + prompt_seconds("refills-intro", "leave-message") + beep + 1.0
+    # Key 2: refills-intro, then the box's greeting (with 0 for reception: it is open) and
+    # the beep; speech 1 s after that.
+    greeting = prompt_seconds("leave-message", "operator-option")
+    refills_at = KEY_AT + prompt_seconds("refills-intro") + greeting + beep + 1.0
     # After hours: both notices in full, the message prompt; 1 a second into the urgent
     # question (the message is urgent); the greeting and the beep.
     urgent_at = prompt_seconds("after-hours", "emergency", "after-hours-message") + 0.2 + 1.0
@@ -327,7 +329,7 @@ def test_key_2_leaves_a_message_for_refills(clinic: Clinic) -> None:
     steps = clinic.steps("refills")
     assert ("menu", "2") in steps and ("play", "refills-intro") in steps, steps
     assert ("voicemail", "refills") in steps, steps
-    assert ("play", "leave-message") in steps, steps
+    assert ("play", "leave-message operator-option") in steps, steps
     # The caller hung up to end it (well before the silence would have): the message stays.
     [recorded] = [detail for step, detail in steps if step == "recorded"]
     assert recorded.endswith("hang-up"), steps
@@ -376,6 +378,7 @@ def test_after_hours_callers_hear_the_notices_then_leave_a_message(clinic: Clini
     assert ("menu", "1") in steps, steps
     assert "clinic-menu" not in plays
     assert ("voicemail", "clinic") in steps, steps
+    assert "leave-message" in plays, plays  # no "operator-option": reception is closed
     assert clinic.of("after_hours", type="call_ended")[0]["answered_by"] == "voicemail:clinic"
     [message] = clinic.closed_messages
     assert (message["box"], message["caller"], message["urgent"]) == ("clinic", "5007", True)

@@ -483,6 +483,29 @@ def test_0_during_the_greeting_goes_to_the_operator(tmp_path: Path) -> None:
         assert skipped.transfers == [] and skipped.outcome is Outcome.VOICEMAIL
 
 
+def test_the_operator_is_offered_only_while_its_hours_are_open(tmp_path: Path) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1001": "", "1002": ""}, personal={"1001", "1002"},
+                            operator="1001", operator_hours="clinic")  # fmt: skip
+
+    async def leave(call: Session) -> None:
+        await call.voicemail("1002")
+
+    script = ["0", Wait(1), Speak(3.0), Wait(10)]
+    opened = run(leave, script, mailboxes=boxes, hours={"clinic": True})
+    assert "operator-option" in opened.prompts and opened.transfers == ["1001"]
+    closed = run(leave, script, mailboxes=boxes, hours={"clinic": False})
+    assert "operator-option" not in closed.prompts and closed.transfers == []
+    assert closed.outcome is Outcome.VOICEMAIL and len(boxes.stored) == 1  # 0 skipped
+    # Reception's own box does not offer reception, which has just not answered.
+
+    async def leave_for_reception(call: Session) -> None:
+        await call.voicemail("1001")
+
+    own = run(leave_for_reception, script, mailboxes=boxes, hours={"clinic": True})
+    assert "operator-option" not in own.prompts and own.transfers == []
+    assert own.outcome is Outcome.VOICEMAIL
+
+
 def test_voicemail_access_refused(tmp_path: Path) -> None:
     boxes = MemoryMailboxes(tmp_path, {"1002": "4321", "nopin": ""})
 
