@@ -113,16 +113,22 @@ class FlowRegistry:
 
 
 def import_flows(spec: str, base: Path) -> object:
-    """Import a flow module afresh: "path/to/file.py" (relative to `base`) or "pkg.module"."""
+    """Import a flow module afresh: "path/to/file.py" (relative to `base`) or "pkg.module".
+    Either way a new module object, compiled from the source: the calls still in the old
+    flows keep the old module, and an edit of the same size saved within the second of the
+    last import (which Python's bytecode cache would miss) is seen."""
     from pbx.dialplan import import_file, import_module
 
     try:
         if spec.endswith(".py") or "/" in spec:
             return import_file((base / spec).resolve(), key="ivr.modules", prefix="pbx_flows_")
         module = sys.modules.get(spec)
-        if module is not None:
-            return importlib.reload(module)
-        return import_module(spec, base, key="ivr.modules")
+        if module is None:
+            return import_module(spec, base, key="ivr.modules")
+        source = getattr(module, "__file__", None) or ""
+        if source.endswith(".py"):  # afresh as a file is: a new module, not from the cache
+            return import_file(Path(source), key="ivr.modules", name=spec)
+        return importlib.reload(module)
     except ConfigError:
         raise
     except Exception as exc:

@@ -478,16 +478,20 @@ def load_hook(spec: str, base: Path) -> Hook:
     return hook
 
 
-def import_file(path: Path, key: str = "dialplan.hook", prefix: str = "pbx_hook_") -> object:
-    """Import a Python file afresh (a new module object each time: `pbx reload`)."""
+def import_file(
+    path: Path, key: str = "dialplan.hook", prefix: str = "pbx_hook_", name: str | None = None
+) -> object:
+    """Import a Python file afresh (a new module object each time: `pbx reload`), as
+    module `name` (by default `prefix` and the file's stem)."""
     if not path.is_file():
         raise ConfigError(f"no such file {path}", key=key)
     # Registered in sys.modules so dataclasses and pickling inside the module work.
-    name = f"{prefix}{path.stem}"
+    name = name or f"{prefix}{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import {path}", key=key)
     module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(name)
     sys.modules[name] = module
     try:
         # Compiled from the source, not a cached .pyc: the cache goes by size and mtime in
@@ -495,7 +499,10 @@ def import_file(path: Path, key: str = "dialplan.hook", prefix: str = "pbx_hook_
         code = compile(path.read_bytes(), str(path), "exec")
         exec(code, module.__dict__)  # the site's own code, named in its config
     except BaseException:
-        del sys.modules[name]
+        if previous is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = previous  # what the old flows run in
         raise
     return module
 

@@ -5,6 +5,8 @@ of how to unit-test a flow (README, "Testing a flow")."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -163,3 +165,19 @@ def test_caller_hanging_up_in_the_menu() -> None:
     result = call([Wait(3), HangUp()])
     assert result.outcome is Outcome.CALLER_HUNG_UP
     assert result.transfers == [] and result.queued is None
+
+
+def test_the_readmes_flow_test_passes_as_written(tmp_path: Path) -> None:
+    # README's "Testing a flow" is a test file to put beside clinic_flows.py: it must pass.
+    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Testing a flow") :]
+    start = section.index("```python\n") + len("```python\n")
+    (tmp_path / "test_clinic.py").write_text(section[start : section.index("```", start)])
+    shutil.copy(EXAMPLE / "clinic_flows.py", tmp_path)
+    shutil.copytree(EXAMPLE / "prompts", tmp_path / "prompts")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_clinic.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout, done.stdout

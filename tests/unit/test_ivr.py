@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -554,3 +555,31 @@ def test_run_async_works_inside_a_loop() -> None:
         return (await run_async(flow_, [])).queued
 
     assert asyncio.run(main()) == ("nurse", 3)
+
+
+def test_a_dotted_flow_module_reloads_afresh(tmp_path: Path) -> None:
+    # "pkg.module" in [ivr] modules: a reload is a new module compiled from the source, so
+    # an edit of the same size within the same second is seen, and old calls keep theirs.
+    package = tmp_path / "site_pkg_reload"
+    package.mkdir()
+    _write(package / "__init__.py", "")
+    source = 'from ivr import flow\n\nPROMPT = "{}"\n\n@flow("main")\nasync def main(call):\n' \
+             "    await call.play(PROMPT)\n"  # fmt: skip
+    _write(package / "flows.py", source.format("goodbye"))
+    registry = FlowRegistry(["site_pkg_reload.flows"], tmp_path)
+    try:
+        assert registry.load() == []
+        old = registry.get("main")
+        _write(package / "flows.py", source.format("invalid"))  # the same size
+        assert registry.load() == []
+        new = registry.get("main")
+        assert old is not None and new is not None
+        assert run(new, []).prompts == ["invalid"]
+        assert run(old, []).prompts == ["goodbye"]
+        _write(package / "flows.py", "def broken(:\n")
+        [error] = registry.load()
+        assert "SyntaxError" in error and registry.get("main") is new
+        assert sys.modules["site_pkg_reload.flows"].PROMPT == "invalid"  # still there
+    finally:
+        for name in ("site_pkg_reload.flows", "site_pkg_reload"):
+            sys.modules.pop(name, None)
