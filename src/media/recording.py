@@ -10,9 +10,12 @@ whose packets have had 0.2 s to come to be written: to a `FileJobs` thread (the 
 call by 0.2 to 1.4 s. The WAV writer rewrites its header sizes at each of those writes, so
 a process killed mid-call leaves a file that plays up to the last write; `repair_wav`
 fixes the header of one cut off before that (a crash between two writes). FLAC frames
-stand on their own: libsndfile leaves "length unknown" in the header until it closes,
-which players accept. While paused (a card number being read out) the recorder writes
-silence, so the two channels stay in step with the call and the pause shows where it was.
+stand on their own, but libsndfile leaves "length unknown" in the header until it closes
+(and its encoder holds the last 0.5 s, a FLAC frame, until it is full): `repair_flac`
+copies the whole frames of a file left so into one with its length.
+
+While paused (a card number being read out) the recorder writes silence, so the two
+channels stay in step with the call and the pause shows where it was.
 
 `trim_silence` cuts a finished recording's leading and trailing silence (voice activity by
 webrtcvad on both channels), rewriting the file beside it and renaming it over the old one.
@@ -518,13 +521,86 @@ def repair_wav(path: Path) -> float | None:
         return None
 
 
+_UNKNOWN_LENGTH = 2**62
+"""libsndfile's frame count of a FLAC file that was never closed is 2**63 - 1: unknown."""
+
+
 def audio_duration(path: Path) -> float | None:
-    """Seconds of audio in a recording (WAV or FLAC), None if it cannot be read."""
+    """Seconds of audio in a recording (WAV or FLAC), None if it cannot be read. A FLAC
+    file still being written (or cut off) has no length in its header: what it holds so
+    far is found by seeking."""
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, OSError, soundfile.LibsndfileError):
         return None
-    return float(info.frames) / info.samplerate if info.samplerate else None
+    if not info.samplerate:
+        return None
+    frames = info.frames if info.frames < _UNKNOWN_LENGTH else _reachable_frames(path)
+    return float(frames / info.samplerate)
+
+
+def _reachable_frames(path: Path) -> int:
+    """How far into a FLAC file of unknown length its decoder can seek, to a frame (20 ms):
+    its whole FLAC frames (a cut-off last one, or one still being encoded, is not)."""
+
+    def reaches(frame: int) -> bool:
+        # libFLAC fails the odd seek to the very first sample of a FLAC frame (seen at
+        # 20480 of one file, not at 16384): the sample after it decides then.
+        for sample in (frame, frame + 1):
+            try:
+                with soundfile.SoundFile(str(path)) as file:
+                    file.seek(sample)
+            except (RuntimeError, OSError, soundfile.LibsndfileError):
+                continue
+            return True
+        return False
+
+    low, high = 0, 1  # in frames of FRAME samples: `low` is reached, `high` is not
+    while reaches(high * FRAME):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if reaches(middle * FRAME) else (low, middle)
+    return low * FRAME
+
+
+def repair_flac(path: Path) -> float | None:
+    """Make a FLAC recording a killed process left (no length in its header, perhaps half
+    a frame at its end) whole again: its whole frames are copied into a new file that
+    replaces it. Its duration in seconds; None if it is not a readable FLAC file."""
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, OSError, soundfile.LibsndfileError):
+        return None
+    if info.format != "FLAC" or not info.samplerate:
+        return None
+    if info.frames < _UNKNOWN_LENGTH:  # closed as it should have been
+        return float(info.frames / info.samplerate)
+    frames = _reachable_frames(path)
+    tmp = path.with_name(f".{path.name}.repair")
+    try:
+        with soundfile.SoundFile(str(path)) as source, soundfile.SoundFile(
+            str(tmp), "w", samplerate=info.samplerate, channels=info.channels,
+            format="FLAC", subtype="PCM_16",
+        ) as target:  # fmt: skip
+            for at in range(0, frames, _COPY):
+                target.write(source.read(min(_COPY, frames - at), dtype="int16"))
+        _replace_synced(tmp, path)
+    except (RuntimeError, OSError, soundfile.LibsndfileError):
+        tmp.unlink(missing_ok=True)
+        return None
+    return float(frames / info.samplerate)
+
+
+def _replace_synced(tmp: Path, path: Path) -> None:
+    """`tmp`'s data on disk, then its name replaces `path`'s: a crash leaves one or the
+    other whole."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def trim_silence(
@@ -564,12 +640,7 @@ def trim_silence(
                     writer.write(read(at, min(_COPY, end - at)))
             finally:
                 writer.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the new file's data on disk before its name replaces the old
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            _replace_synced(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -34,7 +34,7 @@ from media.recording import (
     RATE,
     RecordedStream,
     Recorder,
-    audio_duration,
+    repair_flac,
     repair_wav,
     trim_silence,
 )
@@ -299,4 +299,4 @@ def finished_duration(path: Path, fmt: str) -> float | None:
     the file where its format needs it (WAV's header); None if nothing playable is left."""
     if fmt == "wav":
         return repair_wav(path)
-    return audio_duration(path)
+    return repair_flac(path)

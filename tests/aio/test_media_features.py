@@ -28,6 +28,7 @@ from tests.support.espeak import espeak
 from tests.support.pbxproc import write_config
 from tests.support.phone import Call, Phone, rtp_packet
 from tests.support.ports import free_port
+from tests.support.streams import killed_mid_recording
 
 PhoneFactory = Callable[..., Awaitable[list[Phone]]]
 RECORD_ALL = """
@@ -232,8 +233,9 @@ async def test_feature_codes_start_pause_and_stop_a_recording(tmp_path: Path) ->
         await exchange.stop()
 
 
-async def test_a_recording_left_unfinished_is_repaired_on_start(tmp_path: Path) -> None:
-    exchange = await exchange_with(tmp_path, RECORD_ALL)
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+async def test_a_recording_left_unfinished_is_repaired_on_start(tmp_path: Path, fmt: str) -> None:
+    exchange = await exchange_with(tmp_path, RECORD_ALL + f'format = "{fmt}"\n')
     events = Events(exchange)
     async with phones_on(exchange) as phones:
         alice, bob = await phones("1001", "1002")
@@ -246,8 +248,13 @@ async def test_a_recording_left_unfinished_is_repaired_on_start(tmp_path: Path) 
         exchange.calls.media_clock.stop()
     await exchange.stop()
     path = Path(str(started["path"]))
-    with open(path, "ab") as file:
-        file.write(b"\x00\x01" * 1001)  # a write the header never heard of
+    assert path.suffix == f".{fmt}"
+    if fmt == "wav":
+        with open(path, "ab") as file:
+            file.write(b"\x00\x01" * 1001)  # a write the header never heard of
+    else:  # the file a killed process leaves (here the recorder's own close ran)
+        assert killed_mid_recording(path, fmt).returncode == -9
+        assert soundfile.info(str(path)).frames > 2**62  # no length in the header
     again = Exchange(pbx_config.load(tmp_path / "pbx.toml"))
     await again.start()
     try:

@@ -3,6 +3,10 @@ takes, 20 ms a tick on a clock the test moves (no sockets: the stream is sans-I/
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 
@@ -50,3 +54,28 @@ class Ticks:
             for party in parties:
                 party.send(self.now)
             recorder.tick(self.now)
+
+
+_KILLED = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+from media.aio import FileWriter
+from media.recording import Recorder
+from tests.support.streams import Party, Ticks
+
+files = FileWriter()
+caller = Party(np.full(8000 * 3, 1008, dtype=np.int16))  # a value PCMA keeps as it is
+recorder = Recorder(Path(sys.argv[1]), sys.argv[2], caller.stream, None, files)
+Ticks().run(recorder, [caller], 130)  # 2.6 s: two whole seconds handed to the thread
+files.drain()
+os.kill(os.getpid(), signal.SIGKILL)  # a crash, the file still open
+"""
+
+
+def killed_mid_recording(path: Path, fmt: str) -> subprocess.CompletedProcess[bytes]:
+    """A child process records 2.6 s of a caller (left: 1008 throughout, right: nobody)
+    to `path` in `fmt` and is killed (SIGKILL) with the file open, two seconds written."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-c", _KILLED, str(path), fmt], capture_output=True,
+                          timeout=60, cwd=root)  # fmt: skip
