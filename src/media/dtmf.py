@@ -453,6 +453,11 @@ def dtmf_samples(digits: str, tone_ms: int = 100, pause_ms: int = 100) -> npt.ND
 EVENT_CODES = {d: i for i, d in enumerate(DIGITS)}
 
 
+MAX_PRESS = 60.0
+"""Seconds: a longer key press is sent as this long (a SIP INFO may say anything)."""
+_SEGMENT = 0xFFFF  # the most an event's 16-bit duration holds: a segment (RFC 4733 §2.5.1.3)
+
+
 @dataclass(frozen=True, slots=True)
 class EventPacket:
     """One RTP packet of a telephone-event: its payload and RTP header flags."""
@@ -460,6 +465,9 @@ class EventPacket:
     payload: bytes
     marker: bool
     end: bool
+    offset: int = 0
+    """Its RTP timestamp after the event's: 0, but for the later segments of a press of
+    more than 0xFFFF ticks (8.2 s at 8 kHz), which each start where the one before ended."""
 
 
 def event_packets(
@@ -468,17 +476,25 @@ def event_packets(
 ) -> list[EventPacket]:  # fmt: skip
     """The packets of one key press (RFC 4733 §2.5.1): the first with the marker bit, one
     every `interval` with the growing duration, the last three with the E bit and the final
-    duration (redundancy against loss). All carry the event's start timestamp."""
+    duration (redundancy against loss). All carry the event's start timestamp, but for a
+    press longer than a 16-bit duration holds: it goes on in segments (§2.5.1.3), each
+    timestamped where the one before ended (`offset`), and at most `MAX_PRESS` long."""
     code = EVENT_CODES.get(digit.upper())
     if code is None:
         raise ValueError(f"not a DTMF digit: {digit!r}")
     step = round(interval * clock_rate)
-    total = max(step, round(duration * clock_rate))
-    packets: list[EventPacket] = []
-    elapsed = step
-    while elapsed < total:
-        packets.append(EventPacket(_EVENT.pack(code, volume & 0x3F, elapsed), not packets, False))
-        elapsed += step
-    end = _EVENT.pack(code, 0x80 | (volume & 0x3F), min(total, 0xFFFF))
-    packets += [EventPacket(end, not packets and i == 0, True) for i in range(3)]
+    total = max(step, round(min(duration, MAX_PRESS) * clock_rate))
+
+    def packet(elapsed: int, end: bool, marker: bool) -> EventPacket:
+        offset = (elapsed - 1) // _SEGMENT * _SEGMENT
+        if offset and elapsed - offset < step:
+            # The first report past a segment's end closes it at 0xFFFF: a receiver joins
+            # the next segment on where this one ends (the next report covers the rest).
+            offset -= _SEGMENT
+        duration = min(elapsed - offset, _SEGMENT)
+        flags = (0x80 if end else 0) | (volume & 0x3F)
+        return EventPacket(_EVENT.pack(code, flags, duration), marker, end, offset)
+
+    packets = [packet(elapsed, False, elapsed == step) for elapsed in range(step, total, step)]
+    packets += [packet(total, True, not packets and i == 0) for i in range(3)]
     return packets

@@ -46,7 +46,7 @@ import numpy.typing as npt
 
 from media.aio import Bridge, MediaEndpoint
 from media.clock import Listener, MediaClock, Source, decodable
-from media.dtmf import Digit, digit_from_info, dtmf_samples, event_packets
+from media.dtmf import MAX_PRESS, Digit, digit_from_info, dtmf_samples, event_packets
 from media.ports import PortPool
 from media.prompts import Clip, PromptCache, music_files, playlist
 from media.speech import duration_words, number_words, sequence
@@ -1555,13 +1555,14 @@ class CallManager:
         media = leg.media
         loop = asyncio.get_running_loop()
         packets = event_packets(digit, duration or 0.1)
-        samples = round(max(duration, 0.1) * media.clock_rate)
+        samples = round(min(max(duration, 0.1), MAX_PRESS) * media.clock_rate)
         start: int | None = None
         media.local = True  # the audio relayed meanwhile would cut into the event
         try:
             for packet in packets:
                 data, timestamp = media.outgoing.emit(
-                    payload_type, packet.payload, samples, loop.time(), timestamp=start,
+                    payload_type, packet.payload, samples - packet.offset, loop.time(),
+                    timestamp=None if start is None else start + packet.offset,
                     marker=packet.marker,
                 )  # fmt: skip
                 start = timestamp if start is None else start

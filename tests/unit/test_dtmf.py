@@ -118,3 +118,26 @@ def test_sent_events_are_what_a_receiver_reads() -> None:
     assert [p.end for p in short] == [True] * 3 and short[0].marker
     with pytest.raises(ValueError, match="not a DTMF digit"):
         event_packets("x")
+
+
+def test_a_long_press_is_sent_in_segments_a_receiver_joins() -> None:
+    from media.dtmf import MAX_PRESS, event_packets
+
+    # 10 s is 80000 ticks: more than a 16-bit duration holds (§2.5.1.3).
+    packets = event_packets("9", duration=10.0)
+    assert sum(p.marker for p in packets) == 1 and packets[0].marker
+    assert {p.offset for p in packets} == {0, 0xFFFF}
+    durations = [int.from_bytes(p.payload[2:4], "big") for p in packets]
+    first_segment = [d for p, d in zip(packets, durations, strict=True) if p.offset == 0]
+    assert max(first_segment) == 0xFFFF
+    assert durations[-3:] == [80000 - 0xFFFF] * 3 and all(p.end for p in packets[-3:])
+    receiver = TelephoneEventReceiver()
+    digits = []
+    for n, packet in enumerate(packets):
+        header = struct.pack("!BBHII", 0x80, (0x80 if packet.marker else 0) | 101, n & 0xFFFF,
+                             (4000 + packet.offset) & 0xFFFFFFFF, 7)  # fmt: skip
+        digits += receiver.on_packet(header + packet.payload, n * 0.02)
+    assert digits == [Digit("9", 10.0, 4000)]
+    # However long an INFO says the press was, it is sent as at most MAX_PRESS.
+    huge = event_packets("1", duration=1e9)
+    assert len(huge) == round(MAX_PRESS / 0.02) + 2
