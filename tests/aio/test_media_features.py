@@ -161,6 +161,108 @@ async def test_record_all_puts_the_caller_left_and_the_callee_right(tmp_path: Pa
     assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
 
 
+async def call_between(caller: Phone, callee: Phone) -> tuple[Call, Call]:
+    invite = await caller.dial(callee.ext)
+    callee_call = await callee.answer(await callee.incoming())
+    return await caller.answered(invite), callee_call
+
+
+@pytest.mark.parametrize(
+    ("policy", "rules", "recorded"),
+    [
+        # Only what a rule names: calls of extension 1002, either way.
+        ("rules", '[[recording_rule]]\nextension = "1002"\n', {"1002", "1002<"}),
+        # Everything but what a rule keeps out.
+        ("all", '[[recording_rule]]\nextension = "1003"\nrecord = false\n', {"1002", "1002<"}),
+    ],
+)
+async def test_recording_rules_pick_calls_by_extension(
+    tmp_path: Path, policy: str, rules: str, recorded: set[str]
+) -> None:
+    exchange = await exchange_with(tmp_path, f'[recording]\nrecord = "{policy}"\n\n{rules}')
+    events = Events(exchange)
+    made: set[str] = set()
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob, carol = await phones("1001", "1002", "1003")
+            # 1001 calls 1002, then 1003; then 1002 calls 1001 (1002 is the caller).
+            calls = ((alice, bob, "1002"), (alice, carol, "1003"), (bob, alice, "1002<"))
+            for n, (caller, callee, name) in enumerate(calls):
+                before = len(events.of("recording_started"))
+                caller_call, _ = await call_between(caller, callee)
+                answered = (await events.at_least("call_answered", n + 1))[n]
+                if len(events.of("recording_started")) > before:
+                    [started] = events.of("recording_started")[before:]
+                    assert started["call_id"] == answered["call_id"]
+                    assert started["by"] == "policy"
+                    made.add(name)
+                await caller.bye(caller_call)
+                await callee.next("BYE")
+                await events.at_least("call_ended", n + 1)
+    finally:
+        await exchange.stop()
+    assert made == recorded
+
+
+async def test_the_api_starts_pauses_resumes_and_stops_a_recording(tmp_path: Path) -> None:
+    # `pbx recordings start|pause|resume|stop CALL_ID`, as an operator runs them, on a call
+    # the policy does not record; the caller's tone is in the file but for the pause.
+    exchange = await exchange_with(tmp_path, "")
+    events = Events(exchange)
+    try:
+        async with phones_on(exchange) as phones:
+            alice, bob = await phones("1001", "1002")
+            alice_call, _ = await connected(alice, bob)
+            [answered] = events.of("call_answered")
+            call_id = str(answered["call_id"])
+            tone = asyncio.create_task(talk(alice, alice_call.media_port, sine(600, 30.0)))
+            try:
+                said = json.loads(await pbx_command(tmp_path, "recordings", "start", call_id))
+                assert said["call_id"] == call_id
+                [started] = events.of("recording_started")
+                assert started["by"] == "api" and started["path"] == said["path"]
+                await pbx_command(tmp_path, "recordings", "pause", call_id)
+                await pbx_command(tmp_path, "recordings", "resume", call_id)
+                paused = events.of("recording_paused")
+                assert [(p["paused"], p["by"]) for p in paused] == [(True, "api"), (False, "api")]
+                await pbx_command(tmp_path, "recordings", "stop", call_id)
+                [stopped] = await events.at_least("recording_stopped", 1, timeout=10)
+                # Stopped by hand: the policy does not start it again, and it is not live.
+                failed = await pbx_failing(tmp_path, "recordings", "pause", call_id)
+                assert "is not being recorded" in failed
+            finally:
+                tone.cancel()
+            await alice.bye(alice_call)
+        unknown = await pbx_failing(tmp_path, "recordings", "pause", "no-such-call")
+        assert "no answered call 'no-such-call'" in unknown
+    finally:
+        await exchange.stop()
+    pause = stopped["paused_seconds"]
+    assert isinstance(pause, float) and pause > 0.05, stopped
+    data, _ = soundfile.read(Path(str(stopped["path"])), dtype="int16")
+    left = data[:, 0].astype(np.float64)
+    assert strongest(left, 1) == pytest.approx([600.0], abs=10)
+    # The pause is a stretch of silence as long as it was, between the tone before and after.
+    frames = left[: len(left) // 160 * 160].reshape(-1, 160)
+    loud = np.sqrt(np.mean(frames**2, axis=1)) > 1000
+    assert loud[:3].all() and loud[-3:].all(), loud
+    quiet_runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[1], loud, [1]]).astype(np.int8))))
+    longest_quiet = max(quiet_runs[::2], default=0) * 0.02
+    assert longest_quiet == pytest.approx(pause, abs=0.05), (longest_quiet, pause)
+    assert (~loud).sum() * 0.02 <= pause + 0.05  # no other silence
+
+
+async def pbx_failing(tmp_path: Path, *args: str) -> str:
+    """Run `pbx -c CONFIG ARGS...` that must fail; its standard error."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pbx", "-c", str(tmp_path / "pbx.toml"), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode != 0
+    return err.decode()
+
+
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     return espeak(tmp_path_factory.mktemp("speech"))
