@@ -780,7 +780,16 @@ def main(argv: list[str] | None = None) -> int:
                 "value_us": round(dtmf.us, 2),
                 "streams": top,
                 "one_stream_us": round(dtmf_one.us, 2),
-                "met": dtmf.us <= DTMF_GOAL_US,
+                # Every figure: talk (what a line mostly carries) and key tones held half
+                # the time, over each batch size.
+                "us_per_frame": {
+                    signal: {str(n): round(figure(f"in-band, {signal}", n).us, 2) for n in STREAMS}
+                    for signal in ("talk", "key tones")
+                },
+                "met": all(figure("in-band, talk", n).us <= DTMF_GOAL_US for n in STREAMS),
+                "met_for_key_tones": all(
+                    figure("in-band, key tones", n).us <= DTMF_GOAL_US for n in STREAMS
+                ),
             },
             {
                 "goal": f"{MIX_GOAL_PARTIES}-party mix <= {MIX_GOAL_US:g} us per tick",
@@ -802,7 +811,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(
             f"\nin-band DTMF: {dtmf.us:.1f} us/frame batched over {top} streams, "
-            f"{dtmf_one.us:.1f} us for one stream (goal <= {DTMF_GOAL_US:g}); "
+            f"{dtmf_one.us:.1f} us for one stream, "
+            f"{figure('in-band, key tones', 1).us:.1f} for one of key tones "
+            f"(goal <= {DTMF_GOAL_US:g}); "
             f"{MIX_GOAL_PARTIES}-party mix {mix.us_per_tick:.1f} us/tick "
             f"(goal <= {MIX_GOAL_US:g}); a recorded call's Python work "
             f"{tapped.ratio or 0:.2f}x a bridged one's ({top} calls)"
