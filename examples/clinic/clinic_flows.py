@@ -5,7 +5,8 @@ Dial 100. In clinic hours (the [[hours]] table "clinic"):
     2 prescription refills -> voicemail box "refills"
     3 nurse line -> queue "nurse", ahead of other callers
     0 reception -> extension 1001 (its voicemail when nobody answers)
-    or an extension's number -> that extension (its voicemail when nobody answers)
+    or an extension's number -> that extension (its voicemail when nobody answers, with
+    its busy greeting when the phone says busy)
 After hours, and on holidays, callers always hear the emergency number first, then may
 leave a message for the clinic: pressing 1 first makes it urgent (heard first, counted
 apart on the phones' message lamps).
@@ -17,7 +18,7 @@ without dropping calls. tests/unit/test_clinic_flows.py shows how to unit-test a
 
 from __future__ import annotations
 
-from ivr import Session, flow
+from ivr import DialStatus, Session, flow
 
 RECEPTION = "1001"
 HOURS = "clinic"
@@ -64,9 +65,11 @@ async def queue_or_reception(call: Session, queue: str, priority: int = 0) -> No
 
 
 async def person(call: Session, extension: str) -> None:
-    """Ring someone; when they do not answer, take a message for them."""
+    """Ring someone; when they do not answer, take a message for them (with their busy
+    greeting when their phone said busy)."""
     await call.play("transferring")
     if await call.transfer(extension):
         return
-    if not await call.voicemail(extension):
+    greeting = "busy" if call.dial_status is DialStatus.BUSY else "unavailable"
+    if not await call.voicemail(extension, greeting=greeting):
         await call.voicemail("clinic")

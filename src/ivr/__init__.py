@@ -12,9 +12,19 @@
 """
 
 from ivr.flows import Flow, FlowRegistry, flow, run_flow
-from ivr.session import HungUp, Outcome, Prompts, Recording, RecordingEnd, Session, Sound
+from ivr.session import (
+    DialStatus,
+    HungUp,
+    Outcome,
+    Prompts,
+    Recording,
+    RecordingEnd,
+    Session,
+    Sound,
+)
 
 __all__ = [
+    "DialStatus",
     "Flow",
     "FlowRegistry",
     "HungUp",

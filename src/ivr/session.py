@@ -46,6 +46,17 @@ class RecordingEnd(StrEnum):
     HANG_UP = "hang-up"
 
 
+class DialStatus(StrEnum):
+    """How the flow's last `transfer` went (Asterisk's DIALSTATUS)."""
+
+    NONE = "none"  # no transfer yet
+    ANSWER = "answer"  # it got there: answered, or taken by a queue, flow or mailbox
+    BUSY = "busy"  # 486 or 600 from the phone: its voicemail's busy greeting fits
+    NO_ANSWER = "no answer"  # rang out (or 408, 487)
+    UNAVAILABLE = "unavailable"  # not registered, no route, no such queue, flow or box
+    REJECTED = "rejected"  # declined (603) or another refusal
+
+
 class Outcome(StrEnum):
     """How a flow left the call."""
 
@@ -115,9 +126,9 @@ class Channel(Protocol):
         silence detection), `max_seconds`, one of `keys`, or a hang-up, which does not
         raise here: a message left by a caller who then hangs up is kept."""
 
-    async def transfer(self, target: str) -> bool:
-        """Send the caller to `target` (a dialplan target); True once it is there (the
-        flow is then over), False if it could not be reached."""
+    async def transfer(self, target: str) -> DialStatus:
+        """Send the caller to `target` (a dialplan target): ANSWER once it is there (the
+        flow is then over), else why it could not be reached."""
 
     async def enqueue(self, queue: str, priority: int) -> bool:
         """Put the caller in ACD queue `queue`; False if there is no such queue."""
@@ -190,6 +201,9 @@ class Session:
         self.vars: dict[str, str] = {}
         self.outcome = Outcome.RUNNING
         self.destination = ""  # where the call went: the transfer target, queue or box
+        self.dial_status = DialStatus.NONE
+        """How the last `transfer` went: BUSY, NO_ANSWER... (a phone that said busy gets
+        its voicemail's busy greeting: `voicemail(box, greeting="busy")`)."""
 
     # who and what
 
@@ -356,10 +370,12 @@ class Session:
         """Send the caller to `target`: an extension, a ring group, "queue:NAME",
         "voicemail:BOX", "ivr:FLOW", "trunk:NAME:NUMBER"... True once it got there (the
         flow has done its part: later calls raise HungUp); False if it could not be
-        reached (busy, no answer, no such target), and the flow goes on."""
+        reached (busy, no answer, no such target: `dial_status` says which), and the flow
+        goes on."""
         channel = self._live()
         channel.report("transfer", target)
-        if await channel.transfer(target):
+        self.dial_status = await channel.transfer(target)
+        if self.dial_status is DialStatus.ANSWER:
             self.outcome, self.destination = Outcome.TRANSFERRED, target
             return True
         return False

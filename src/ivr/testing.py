@@ -31,6 +31,7 @@ import soundfile
 
 from ivr.flows import Flow, FlowFunction, flow_of, run_flow
 from ivr.session import (
+    DialStatus,
     HungUp,
     Outcome,
     Prompts,
@@ -104,6 +105,7 @@ class ScriptedChannel:
         queues: Collection[str] | None = None,
         mailboxes: Mailboxes | None = None,
         patience: float = 300.0,
+        busy: Collection[str] = (),
     ) -> None:
         self.call_id = "test-call"
         self.caller, self.caller_name, self.dialled, self.flow = caller, caller_name, dialled, flow
@@ -113,6 +115,7 @@ class ScriptedChannel:
         self._extensions = frozenset(extensions)
         self._hours = dict(hours or {})
         self._unreachable = frozenset(unreachable)
+        self._busy = frozenset(busy)
         self._queues = None if queues is None else frozenset(queues)
         self._patience = patience
         self._idle = 0.0
@@ -246,13 +249,15 @@ class ScriptedChannel:
         self.recordings.append(recording)
         return recording
 
-    async def transfer(self, target: str) -> bool:
+    async def transfer(self, target: str) -> DialStatus:
         self._check()
+        if target in self._busy:
+            return DialStatus.BUSY
         if target in self._unreachable:
-            return False
+            return DialStatus.NO_ANSWER
         self.transfers.append(target)
         self.gone = True
-        return True
+        return DialStatus.ANSWER
 
     async def enqueue(self, queue: str, priority: int) -> bool:
         self._check()
@@ -328,7 +333,8 @@ def run(
 ) -> FlowRun:
     """Run the flow against the script (in a fresh event loop) and say what happened.
     `channel` takes: caller, caller_name, dialled, extensions (the numbers that exist),
-    hours ({"clinic": True}), unreachable (targets whose transfer fails), queues (the
+    hours ({"clinic": True}), unreachable (targets that do not answer), busy (targets that
+    say busy), queues (the
     queues that exist; default any), mailboxes, patience."""
     return asyncio.run(run_async(function, script, prompts, fallback, **channel))
 

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ivr.flows import Flow, FlowRegistry, run_flow
-from ivr.session import HungUp, Outcome, Prompts, Recording, RecordingEnd, Session, Sound
+from ivr.session import (
+    DialStatus,
+    HungUp,
+    Outcome,
+    Prompts,
+    Recording,
+    RecordingEnd,
+    Session,
+    Sound,
+)
 from ivr.voicemail import check_messages
 from media.clock import Listener, decodable
 from media.prompts import Clip
@@ -42,6 +51,9 @@ _RINGING_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
 # ran out gives.
 _TRANSFER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 404: "not found",
                       408: "no answer", 480: "unavailable", 487: "no answer"}  # fmt: skip
+_DIAL_STATUSES = {486: DialStatus.BUSY, 600: DialStatus.BUSY, 408: DialStatus.NO_ANSWER,
+                  487: DialStatus.NO_ANSWER, 404: DialStatus.UNAVAILABLE,
+                  480: DialStatus.UNAVAILABLE}  # fmt: skip
 _NO_FLOW = {RouteKind.IVR: "no such flow", RouteKind.VOICEMAIL: "no such mailbox",
             RouteKind.VOICEMAIL_ACCESS: "no voicemail"}  # fmt: skip
 
@@ -203,32 +215,32 @@ class LiveChannel:
             self._keys.clear()
         return Recording(taker.samples(), why, key)
 
-    async def transfer(self, target: str) -> bool:
+    async def transfer(self, target: str) -> DialStatus:
         self._check()
         manager, call = self._manager, self._call
         route = manager.dialplan.route(CallRequest(call.caller, target, None))
         kind = route.kind
         if kind is RouteKind.QUEUE:
             if await self.enqueue(route.number, route.priority):
-                return True
+                return DialStatus.ANSWER
             self._transfer_failed(target, "no such queue")
-            return False
+            return DialStatus.UNAVAILABLE
         if kind in (RouteKind.IVR, RouteKind.VOICEMAIL, RouteKind.VOICEMAIL_ACCESS):
             if self._service.hand_over(call, route, by=self.flow):
-                return True
+                return DialStatus.ANSWER
             self._transfer_failed(target, _NO_FLOW[kind])
-            return False
+            return DialStatus.UNAVAILABLE
         if kind not in _RINGING_ROUTES:
             log.info("call %s: flow %s cannot transfer to %s: %s", call.id, self.flow, target,
                      route.reason)  # fmt: skip
             why = "no route" if kind is RouteKind.UNKNOWN else f"not callable ({kind.value})"
             self._transfer_failed(target, why)
-            return False
+            return DialStatus.UNAVAILABLE
         if kind is not RouteKind.TRUNK and not any(
             manager.registrar.contacts(m) for m in route.members
         ):
             self._transfer_failed(target, "not registered")
-            return False
+            return DialStatus.UNAVAILABLE
         await self.answer()
         leg = call.a
         codec = self._player_codec()
@@ -242,13 +254,15 @@ class LiveChannel:
         if result is True:
             call.answered_by = call.b.party  # the CDR names who took the call, not the flow
             self._leave()
-            return True
+            return DialStatus.ANSWER
         if not call.ended:
             manager._stop_music(leg)
         self._check()
         why = _TRANSFER_REFUSALS.get(result, "rejected")
         self._transfer_failed(target, f"{why} ({result})" if result else "failed")
-        return False
+        if not result:
+            return DialStatus.REJECTED
+        return _DIAL_STATUSES.get(result, DialStatus.REJECTED)
 
     async def enqueue(self, queue: str, priority: int) -> bool:
         self._check()

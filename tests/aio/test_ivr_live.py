@@ -634,6 +634,33 @@ async def test_0_during_a_greeting_rings_the_operator(tmp_path: Path) -> None:
     assert moved.to == "1002" and ended.answered_by == "1002"  # type: ignore[attr-defined]
 
 
+async def test_a_phone_that_says_busy_sends_the_caller_to_its_busy_greeting(
+    exchange: Exchange, bus: Bus
+) -> None:
+    # 1001 calls 1002 directly (no flow); 1002's phone answers 486: its mailbox takes the
+    # call with the busy greeting, and the caller's message is kept.
+    async with phone(exchange, "1001") as alice, phone(exchange, "1002") as bob:
+        ear = Ear(alice).start()
+        try:
+            invite = await alice.dial("1002", alice.offer(formats=(0, 101)))
+            bob.reject(await bob.incoming(timeout=10), 486)
+            call = await alice.answered(invite)
+            mouth = Mouth(alice, call.media_port)
+            call_id = call_id_of(bus, "1001")
+            await bus.wait("ivr", call_id=call_id, step="play",
+                           detail="person-busy leave-message")  # fmt: skip
+            await ear.hears(1000.0)  # the beep
+            await mouth.say(speech_like(2.0))
+            await mouth.keys("#")
+            await bus.wait("ivr", call_id=call_id, step="message")
+            assert (await alice.bye(call)).status == 200
+        finally:
+            ear.stop()
+    assert exchange.voicemail is not None
+    [message] = await exchange.voicemail.messages("1002")
+    assert message.caller == "1001" and message.seconds > 1.0
+
+
 async def test_urgent_messages_reach_the_phones_mwi_apart(exchange: Exchange) -> None:
     voicemail = exchange.voicemail
     assert voicemail is not None

@@ -95,6 +95,16 @@ def test_reception_not_answering_takes_a_message_for_it(tmp_path: Path) -> None:
     assert message.box == "1001"
 
 
+def test_an_extension_that_says_busy_takes_a_message_with_its_busy_greeting(
+    tmp_path: Path,
+) -> None:
+    boxes = MemoryMailboxes(tmp_path, {"1004": "", "clinic": ""}, personal={"1004"})
+    result = call(["1004", Speak(3.0), HangUp()], busy={"1004"}, mailboxes=boxes)
+    assert result.outcome is Outcome.VOICEMAIL and result.destination == "1004"
+    assert "person-busy" in result.prompts and "no-one-available" not in result.prompts
+    assert [m.box for m in boxes.stored.values()] == ["1004"]
+
+
 def test_dial_by_extension() -> None:
     result = call(["1004"])
     assert result.transfers == ["1004"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from ivr import FlowRegistry, HungUp, Outcome, RecordingEnd, Session, flow
+from ivr import DialStatus, FlowRegistry, HungUp, Outcome, RecordingEnd, Session, flow
 from ivr.flows import Flow, import_flows
 from ivr.testing import (
     TEST_EPOCH,
@@ -583,3 +583,19 @@ def test_a_dotted_flow_module_reloads_afresh(tmp_path: Path) -> None:
     finally:
         for name in ("site_pkg_reload.flows", "site_pkg_reload"):
             sys.modules.pop(name, None)
+
+
+def test_dial_status_says_how_the_last_transfer_went() -> None:
+    seen: list[DialStatus] = []
+
+    async def transfers(call: Session) -> None:
+        seen.append(call.dial_status)
+        for target in ("1002", "1003", "1004"):
+            if await call.transfer(target):
+                break
+            seen.append(call.dial_status)
+        seen.append(call.dial_status)
+
+    result = run(transfers, [], busy={"1002"}, unreachable={"1003"})
+    assert seen == [DialStatus.NONE, DialStatus.BUSY, DialStatus.NO_ANSWER, DialStatus.ANSWER]
+    assert result.transfers == ["1004"] and result.outcome is Outcome.TRANSFERRED
