@@ -9,8 +9,9 @@ The same set-up as netns_call.py (pbx and the phones on 10.77.0.1, a veth addres
 namespace has), with examples/clinic's flows and prompts, open all week. 1001 (baresip's
 `mwi` module) subscribes to its mailbox's message-summary once registered. 1002 dials the
 main number 100, keys 1 0 0 1 (RFC 4733) during the welcome; 1001 rejects the call that
-rings it (486), so the flow takes a message for 1001. 1002 says a sentence after the beep
-(its audio source switched from silence to espeak-ng's speech) and falls silent; the
+rings it (486, busy), so the flow takes a message for 1001 with its busy greeting. 1002
+says a sentence after the beep (its audio source switched from silence to espeak-ng's
+speech) and falls silent; the
 silence ends the message, pbx says goodbye and hangs up. `pbx events --json` runs along;
 its lines, 1001's MWI_NOTIFY bodies, the SIP between pbx and 1001 (tapped on `lo`), `pbx
 cdr --json`, `pbx voicemail --json`, pbx's MWI log lines and 1002's recording of what it
