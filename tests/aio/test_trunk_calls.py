@@ -46,6 +46,20 @@ min_length = 8
 [[did]]
 number = "+15551230000"
 target = "1002"
+
+# The on-call line: closed all week, so it always forwards out through the trunk.
+[[hours]]
+name = "never"
+
+[[time_route]]
+number = "300"
+hours = "never"
+open = "1001"
+closed = "trunk:provider:+15550001111"
+
+[[did]]
+number = "+15551230001"
+target = "300"
 """
 REALM = "provider.example"
 
@@ -196,6 +210,30 @@ async def test_inbound_did_rings_its_extension(clinic: tuple[Exchange, Phone]) -
         "+15551230000",
         "provider",
     )
+
+
+async def test_after_hours_a_did_is_forwarded_to_the_on_call_number(
+    clinic: tuple[Exchange, Phone],
+) -> None:
+    # A call from outside for the on-call DID, while its hours are closed, goes out again
+    # through the trunk to the on-call number: the one way a trunk call may leave.
+    exchange, provider = clinic
+    inbound = await provider.dial("+15551230001")
+    first = await provider.incoming()
+    assert first.call_id != inbound.call_id
+    assert isinstance(first.uri, SipUri) and first.uri.user == "+15550001111"
+    nonce = challenge(provider, first)
+    await provider.next("ACK")
+    second = await provider.incoming()
+    check_credentials(second, nonce)
+    await provider.answer(second)
+    caller = await provider.answered(inbound)
+    await provider.hears(provider, caller.media_port, b"\x17")  # through the bridge
+    assert (await provider.bye(caller)).status == 200
+    await provider.next("BYE")  # the forwarded leg ends with it
+    [cdr] = await cdrs(exchange, 1)
+    assert (cdr["dialled"], cdr["route"], cdr["trunk"]) == ("+15551230001", "trunk", "provider")
+    assert (cdr["callee"], cdr["disposition"]) == ("+15550001111", "ANSWERED"), cdr
 
 
 async def test_inbound_calls_cannot_reach_unknown_dids_or_go_out_again(

@@ -646,3 +646,32 @@ def test_schedule_lookup_and_default_clock(tmp_path: Path) -> None:
     assert not clinic.is_open(MONDAY_LUNCH)
     assert dialplan.schedule("nope") is None
     assert dial(dialplan, "100").kind in (RouteKind.RING_GROUP, RouteKind.TRUNK)
+
+
+def test_time_routes_send_after_hours_calls_to_a_flow_or_a_mailbox(tmp_path: Path) -> None:
+    config = configure(
+        tmp_path,
+        TIMED
+        + """
+[[time_route]]
+number = "102"
+hours = "clinic"
+open = "1001"
+closed = "ivr:after_hours"
+
+[[time_route]]
+number = "103"
+hours = "clinic"
+open = "1001"
+closed = "voicemail:refills:busy"
+""",
+    )
+    closed, opened = timed(config, SUNDAY), timed(config, MONDAY_MORNING)
+    flow = dial(closed, "102")
+    assert (flow.kind, flow.number) == (RouteKind.IVR, "after_hours"), flow
+    assert flow.reason.startswith("102: clinic hours closed (opens Mon 08:00) -> ivr:after_hours")
+    box = dial(closed, "103")
+    assert (box.kind, box.number, box.greeting) == (RouteKind.VOICEMAIL, "refills", "busy"), box
+    for number in ("102", "103"):
+        during = dial(opened, number)
+        assert (during.kind, during.number) == (RouteKind.EXTENSION, "1001"), during
