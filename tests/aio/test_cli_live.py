@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
-from tests.support.pbxproc import PbxProcess
+from tests.support.pbxproc import PbxProcess, make_pbx
+from tests.support.phone import Phone
 from tests.support.sipclient import SipTestClient
 
 REFRESH_DEADLINE = 10.0  # the server re-reads users within ~1 s of a CLI change
@@ -186,3 +188,44 @@ async def test_cdr_listing_shows_routing_and_legs(pbx_proc: PbxProcess) -> None:
     assert (row["duration"], row["billsec"]) == (10.0, 8.0)
     table = pbx_proc.cli("cdr").stdout
     assert "ANSWERED_BY" in table.splitlines()[0] and "1003" in table
+
+
+FLOW = """from ivr import Session, flow
+
+@flow("main")
+async def main(call: Session) -> None:
+    await call.answer()
+    await call.collect(timeout=60.0)
+"""
+
+
+async def test_reload_by_the_cli_keeps_calls_and_says_what_failed(tmp_path: Path) -> None:
+    (tmp_path / "flows.py").write_text(FLOW)
+    extra = '[registrar]\nqualify_interval = 0\n[ivr]\nmodules = ["flows.py"]\n'
+    extra += '[ivr.numbers]\n"200" = "main"\n'
+    proc = make_pbx(tmp_path, extra)
+    try:
+        proc.add_user("1001", "pw1001")
+        proc.start()
+        alice = await Phone(("127.0.0.1", proc.port), "1001", "pw1001").start()
+        try:
+            call = await alice.call("200")  # in the flow, waiting for a key
+            # A new flow beside the old: reloaded, listed, exit 0.
+            (tmp_path / "flows.py").write_text(FLOW + FLOW.split("\n", 1)[1].replace(
+                '"main"', '"other"').replace("def main", "def other"))  # fmt: skip
+            done = proc.cli("reload")
+            assert done.stdout.strip() == "flows: main, other", done.stdout
+            # A module that no longer imports: exit 1, the error said, the old flows kept.
+            (tmp_path / "flows.py").write_text("def broken(:\n")
+            failed = proc.cli("reload", check=False)
+            assert failed.returncode == 1, failed
+            assert failed.stdout.strip() == "flows: main, other", failed.stdout
+            assert "error:" in failed.stderr and "SyntaxError" in failed.stderr, failed.stderr
+            # The call that was in the flow all along is still up.
+            [live] = proc.cli_json("calls")
+            assert (live["caller"], live["callee"], live["state"]) == ("1001", "main", "answered")
+            assert (await alice.bye(call)).status == 200
+        finally:
+            await alice.stop()
+    finally:
+        proc.stop()
