@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -368,6 +369,35 @@ async def test_the_caller_hears_the_prompt_and_keys_drive_the_menu(
         ("started", "menu"), ("play", "low"), ("menu", "1"), ("set", "choice=1"),
         ("play", "high"), ("hangup", ""), ("ended", "hung up"),
     ]  # fmt: skip
+
+
+async def test_a_prompt_is_paced_at_20_ms_with_true_rtp_timestamps(
+    exchange: Exchange, bus: Bus
+) -> None:
+    # The menu's prompt "low" (1 s of 440 Hz) as it reaches the phone: 50 PCMU packets of
+    # 160 samples, sequence numbers one apart, timestamps 160 apart, the first marked, sent
+    # one every 20 ms (the span of 50 packets is 980 ms on the media clock).
+    async with phone(exchange, "1001") as alice:
+        call = await alice.call("200", alice.offer(formats=(0, 101)))
+        loop = asyncio.get_running_loop()
+        packets: list[tuple[float, bytes]] = []
+        async with asyncio.timeout(10):
+            while len(packets) < 50:
+                data = await loop.sock_recv(alice.rtp, 2048)
+                if data[1] & 0x7F == 0:
+                    packets.append((loop.time(), data))
+        assert (await alice.bye(call)).status == 200
+    headers = [struct.unpack("!BBHII", data[:12]) for _, data in packets]
+    assert headers[0][1] & 0x80, "the first packet of the prompt is marked"
+    assert not any(h[1] & 0x80 for h in headers[1:])
+    assert {(b[2] - a[2]) & 0xFFFF for a, b in itertools.pairwise(headers)} == {1}
+    assert {(b[3] - a[3]) & 0xFFFFFFFF for a, b in itertools.pairwise(headers)} == {160}
+    assert {len(data) for _, data in packets} == {12 + 160}
+    times = np.array([t for t, _ in packets])
+    assert times[-1] - times[0] == pytest.approx(0.98, abs=0.1)  # paced, not a burst
+    assert np.median(np.diff(times)) == pytest.approx(0.02, abs=0.003)
+    heard = np.concatenate([ulaw_decode(data[12:]).astype(np.float64) for _, data in packets])
+    assert tone_of(heard) == pytest.approx(LOW, abs=5)
 
 
 async def test_hanging_up_during_a_prompt_ends_the_flow(exchange: Exchange, bus: Bus) -> None:
