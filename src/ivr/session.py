@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from media.prompts import RATE, PromptCache, Samples
 from media.speech import GAP, digits_words, joined, number_words, sound_path
 from media.tones import Tone
@@ -107,6 +109,10 @@ class Channel(Protocol):
     @property
     def mailboxes(self) -> Mailboxes | None:
         """Where `voicemail` keeps messages (None: no voicemail here)."""
+
+    @property
+    def tones(self) -> Mapping[str, str]:
+        """The site's call-progress tones by name (`[tones]`: dial, busy...)."""
 
     async def answer(self) -> None:
         """Answer the call (nothing if it is answered). HungUp if the caller is gone."""
@@ -267,6 +273,23 @@ class Session:
         sound = self.prompts.sound(prompt)
         channel.report("play", " ".join(sound.names))
         await channel.play(sound, interruptible)
+
+    async def tone(self, name: str, seconds: float, interruptible: bool = True) -> None:
+        """Play the site's call-progress tone `name` ("dial", "ringback", "busy",
+        "congestion", "call_waiting", "beep"...: `[tones]`) for `seconds`; a key stops it
+        as it stops a prompt (dial tone until the caller dials, as Asterisk's Playtones).
+        KeyError for a tone the site does not have."""
+        channel = self._live()
+        plan = channel.tones
+        if name not in plan:
+            raise KeyError(f"no tone {name!r}; the site's: {', '.join(sorted(plan))}")
+        samples = Tone(plan[name]).read(round(seconds * RATE))
+        await channel.answer()
+        sound = Sound((f"tone:{name}",), np.zeros(0, np.int16) if samples is None else samples)
+        channel.report("play", sound.names[0])
+        await channel.play(sound, interruptible)
+        if not interruptible:
+            channel.flush()
 
     async def say_digits(self, digits: str, interruptible: bool = True) -> None:
         """Say "1 0 0 2" (also * and #)."""

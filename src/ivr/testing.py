@@ -42,6 +42,7 @@ from ivr.session import (
 )
 from ivr.voicemail import Folder, Greeting, Mailboxes, Message, Operator
 from media.prompts import RATE, Samples
+from media.tones import tone_plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +107,12 @@ class ScriptedChannel:
         mailboxes: Mailboxes | None = None,
         patience: float = 300.0,
         busy: Collection[str] = (),
+        tones: Mapping[str, str] | None = None,
     ) -> None:
         self.call_id = "test-call"
         self.caller, self.caller_name, self.dialled, self.flow = caller, caller_name, dialled, flow
         self.mailboxes = mailboxes
+        self.tones = tone_plan() if tones is None else tones
         self._script: deque[Step] = deque(_steps(script))
         self._keys: deque[str] = deque()
         self._extensions = frozenset(extensions)
@@ -334,7 +337,7 @@ def run(
     """Run the flow against the script (in a fresh event loop) and say what happened.
     `channel` takes: caller, caller_name, dialled, extensions (the numbers that exist),
     hours ({"clinic": True}), unreachable (targets that do not answer), busy (targets that
-    say busy), queues (the
+    say busy), tones (the site's tone plan; default the US one), queues (the
     queues that exist; default any), mailboxes, patience."""
     return asyncio.run(run_async(function, script, prompts, fallback, **channel))
 

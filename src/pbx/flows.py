@@ -99,6 +99,7 @@ class LiveChannel:
         self.call_id, self.caller, self.caller_name = call.id, call.caller, call.caller_name
         self.dialled, self.flow = call.dialled, flow
         self.mailboxes = service.voicemail
+        self.tones = service.manager.tones
         self._keys: deque[str] = deque()
         self._arrived = asyncio.Event()
         self._gone = False

@@ -74,6 +74,12 @@ async def broken(call: Session) -> None:
     raise RuntimeError("a bug in the flow")
 
 
+@flow("tones")
+async def tones(call: Session) -> None:
+    await call.tone("dial", 2.0)
+    await call.tone("busy", 1.5, interruptible=False)
+
+
 @flow("versioned")
 async def versioned(call: Session) -> None:
     await call.answer()
@@ -98,7 +104,8 @@ def write_prompts(directory: Path) -> None:
 
 @pytest.fixture
 async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
-    """Flows menu (200), long (201), broken (202, falls back to 1002), versioned (203);
+    """Flows menu (200), long (201), broken (202, falls back to 1002), versioned (203),
+    tones (204);
     every extension has a mailbox; *97 checks one's own."""
     ex = await start_exchange(tmp_path)
     yield ex
@@ -122,6 +129,7 @@ prompts = ["prompts"]
 "201" = "long"
 "202" = "broken"
 "203" = "versioned"
+"204" = "tones"
 
 [voicemail]
 extensions = true
@@ -400,6 +408,35 @@ async def test_a_prompt_is_paced_at_20_ms_with_true_rtp_timestamps(
     assert tone_of(heard) == pytest.approx(LOW, abs=5)
 
 
+async def test_a_flow_plays_the_sites_call_progress_tones(tmp_path: Path) -> None:
+    # [tones]: the UK plan, and the site's own dial tone (425 Hz): 2 s of it, then the UK
+    # busy tone (400 Hz, 375 ms on and off) to the end of the flow.
+    exchange = await start_exchange(tmp_path, '\n[tones]\ncountry = "uk"\ndial = "425"\n')
+    bus = Bus(exchange)
+    try:
+        async with phone(exchange, "1001") as alice:
+            _, ear, _ = await dial(alice, "204")
+            try:
+                call_id = call_id_of(bus, "1001")
+                busy = await bus.wait("ivr", call_id=call_id, step="play", detail="tone:busy")
+                ended = await bus.wait("ivr", call_id=call_id, step="ended")
+                await alice.next("BYE")
+            finally:
+                ear.stop()
+    finally:
+        await exchange.stop()
+    dial_started = bus.matching("ivr", call_id=call_id, step="play", detail="tone:dial")[0]
+    dialled = ear.between(bus.at(dial_started), bus.at(busy))
+    assert seconds_of(dialled) == pytest.approx(2.0, abs=0.1)
+    assert tone_of(dialled) == pytest.approx(425, abs=5)
+    heard = ear.between(bus.at(busy), bus.at(ended))
+    assert seconds_of(heard) == pytest.approx(1.5, abs=0.1)
+    on = heard[:3000]  # the first 375 ms burst, and silence after it
+    assert tone_of(on) == pytest.approx(400, abs=5)
+    loud = np.sqrt(np.mean(heard[: len(heard) // 80 * 80].reshape(-1, 80) ** 2, axis=1)) > 300
+    assert loud.mean() == pytest.approx(0.5, abs=0.1)  # on half the time
+
+
 async def test_hanging_up_during_a_prompt_ends_the_flow(exchange: Exchange, bus: Bus) -> None:
     assert exchange.calls is not None
     async with phone(exchange, "1001") as alice:
@@ -461,7 +498,7 @@ async def test_reload_gives_new_calls_the_new_flow_and_lets_old_calls_finish(
         # mtime in whole seconds) would not see the edit; the reload compiles the source.
         path = write_flows(tmp_path, "new")
         answer = await exchange._reload({})
-        assert answer == {"flows": ["broken", "long", "menu", "versioned"], "errors": []}
+        assert answer == {"flows": ["broken", "long", "menu", "tones", "versioned"], "errors": []}
         new_call, new_ear, _ = await dial(bob, "203")
         new_id = call_id_of(bus, "1002")
         await bus.wait("ivr", call_id=new_id, step="set", detail="version=new")

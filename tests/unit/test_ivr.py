@@ -599,3 +599,17 @@ def test_dial_status_says_how_the_last_transfer_went() -> None:
     result = run(transfers, [], busy={"1002"}, unreachable={"1003"})
     assert seen == [DialStatus.NONE, DialStatus.BUSY, DialStatus.NO_ANSWER, DialStatus.ANSWER]
     assert result.transfers == ["1004"] and result.outcome is Outcome.TRANSFERRED
+
+
+def test_dial_tone_until_the_caller_dials(caplog: pytest.LogCaptureFixture) -> None:
+    async def dial_tone(call: Session) -> None:
+        await call.tone("dial", 10.0)  # until a key, as a line's dial tone
+        call.set_var("number", await call.collect(max_digits=4, timeout=5.0))
+
+    result = run(dial_tone, [Wait(1.5), "1003"])
+    assert result.prompts == ["tone:dial"]
+    assert result.played[0].interrupted and result.played[0].seconds == pytest.approx(1.5)
+    assert result.vars["number"] == "1003"
+    # The site's plan: a tone it does not have is an error in the flow (the apology).
+    broken = run(lambda call: call.tone("siren", 1.0), [])  # type: ignore[arg-type,return-value]
+    assert broken.prompts == ["sorry-error"] and "no tone 'siren'" in caplog.text

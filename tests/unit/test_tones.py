@@ -49,3 +49,45 @@ def test_tone_plans_per_country_and_overrides() -> None:
         tone_plan("us", {"busy": "nonsense"})
     with pytest.raises(ConfigError, match="unknown country"):
         tone_plan("mars")
+
+
+# Each country's tones as its standard gives them, written out apart from the table:
+# (frequencies of the sound, [(on ms, off ms), ...] of one cycle; None: continuous).
+STANDARD = {
+    ("us", "dial"): ((350, 440), None),
+    ("us", "ringback"): ((440, 480), [(2000, 4000)]),
+    ("us", "busy"): ((480, 620), [(500, 500)]),
+    ("us", "congestion"): ((480, 620), [(250, 250)]),
+    ("us", "call_waiting"): ((440,), [(300, 9700)]),
+    ("uk", "dial"): ((350, 440), None),
+    ("uk", "ringback"): ((400, 450), [(400, 200), (400, 2000)]),
+    ("uk", "busy"): ((400,), [(375, 375)]),
+    ("uk", "congestion"): ((400,), [(400, 350), (225, 525)]),
+    ("uk", "call_waiting"): ((400,), [(100, 3000)]),
+    ("eu", "dial"): ((425,), None),
+    ("eu", "ringback"): ((425,), [(1000, 4000)]),
+    ("eu", "busy"): ((425,), [(500, 500)]),
+    ("eu", "congestion"): ((425,), [(250, 250)]),
+    ("eu", "call_waiting"): ((425,), [(200, 200), (200, 4400)]),
+}
+
+
+@pytest.mark.parametrize(("country", "name"), sorted(STANDARD))
+def test_every_countrys_tones_are_heard_as_its_standard_gives_them(country: str, name: str) -> None:
+    frequencies, cadence = STANDARD[(country, name)]
+    tone = Tone(tone_plan(country)[name])
+    cycle_ms = sum(on + off for on, off in cadence) if cadence else 2000
+    audio = np.concatenate([tone.read(160) for _ in range(2 * cycle_ms // 20)])
+    # On and off, 5 ms by 5 ms, over two cycles: the cadence measured.
+    loud = np.abs(audio.reshape(-1, 40)).max(axis=1) > 1000
+    expected = [True] * (2 * cycle_ms // 5)
+    if cadence:
+        one = [s for on, off in cadence for s in [True] * (on // 5) + [False] * (off // 5)]
+        expected = one * 2
+    assert loud.tolist() == expected
+    # The frequencies of the first burst, and its level: -13 dBm0 each (0 dBm0 is 3.14 dB
+    # below the G.711 overload point).
+    burst = audio[: (cadence[0][0] if cadence else 1000) * 8].astype(np.float64)
+    assert strongest(burst, len(frequencies)) == pytest.approx(sorted(frequencies), abs=3)
+    level = 32767 * 10 ** (-3.14 / 20) * 10 ** (-13 / 20) / np.sqrt(2)
+    assert np.sqrt(np.mean(burst**2)) == pytest.approx(level * np.sqrt(len(frequencies)), rel=0.03)
