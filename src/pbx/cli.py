@@ -402,9 +402,12 @@ def recordings_export(ctx: _Context, which: str, destination: str) -> None:
         click.echo(str(dest))
 
 
-def _control_action(command: str, action: str, doc: str, *arguments: str) -> click.Command:
+def _control_action(
+    command: str, action: str, doc: str, *arguments: str, negative: bool = False
+) -> click.Command:
     """A subcommand `action ARGUMENTS...` that sends `command` with them to the running
-    server and prints its JSON reply."""
+    server and prints its JSON reply (`negative`: an argument may be "-12", not an
+    option)."""
 
     @pass_ctx
     def run(ctx: _Context, /, **values: str) -> None:
@@ -418,7 +421,8 @@ def _control_action(command: str, action: str, doc: str, *arguments: str) -> cli
     run.__doc__ = doc
     for name in reversed(arguments):
         run = click.argument(name)(run)
-    return click.command(action)(run)
+    settings = {"ignore_unknown_options": True} if negative else {}
+    return click.command(action, context_settings=settings)(run)
 
 
 _RECORDING_ACTIONS = {
@@ -458,6 +462,10 @@ _CONFERENCE_ACTIONS = {
 }
 for _action, _doc in _CONFERENCE_ACTIONS.items():
     conferences.add_command(_control_action("conference", _action, _doc, "room", "who"))
+_GAIN_DOC = "How loud WHO is to the others in conference ROOM: DB from -30 to 18 (0: as is)."
+conferences.add_command(
+    _control_action("conference", "gain", _GAIN_DOC, "room", "who", "db", negative=True)
+)
 
 
 def _parse_since(text: str) -> float:

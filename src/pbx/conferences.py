@@ -34,6 +34,10 @@ class Attendee:
     joined_at: float
     muted: bool = False  # by an operator
     held: bool = False  # its phone put the room on hold: nothing of it is mixed
+    gain_db: float = 0.0  # by an operator: how loud the others hear it
+
+
+MIN_GAIN_DB, MAX_GAIN_DB = -30.0, 18.0  # 18 dB is the mixer's most, 8 times
 
 
 class ConferenceManager:
@@ -130,6 +134,22 @@ class ConferenceManager:
                 changed.append(attendee.call_id)
         return changed
 
+    def set_gain(self, number: str, who: str, db: float) -> list[str]:
+        """How loud the members of room `number` that `who` names (a call id, a party, or
+        "all") are in the others' mix: `db` from MIN_GAIN_DB to MAX_GAIN_DB (0: as they
+        come). The call ids changed; ValueError for a gain out of range."""
+        if not MIN_GAIN_DB <= db <= MAX_GAIN_DB:
+            raise ValueError(f"gain {db:g} dB: from {MIN_GAIN_DB:g} to {MAX_GAIN_DB:g} dB")
+        room = self.rooms.get(number)
+        changed = []
+        for attendee in self.attendees.values():
+            if attendee.room == number and who in ("all", attendee.call_id, attendee.party):
+                attendee.gain_db = db
+                if room is not None:
+                    room.set_gain(attendee.call_id, 10 ** (db / 20))
+                changed.append(attendee.call_id)
+        return changed
+
     def _apply_mute(self, attendee: Attendee) -> None:
         room = self.rooms.get(attendee.room)
         if room is not None:
@@ -142,7 +162,7 @@ class ConferenceManager:
         for number, conference in self.configs.items():
             members = [
                 {"call_id": a.call_id, "party": a.party, "muted": a.muted, "held": a.held,
-                 "seconds": round(now - a.joined_at, 1)}
+                 "gain_db": a.gain_db, "seconds": round(now - a.joined_at, 1)}
                 for a in self.attendees.values() if a.room == number
             ]  # fmt: skip
             out.append({

@@ -336,7 +336,8 @@ class Exchange:
         return self.calls.conferences.live() if self.calls is not None else []
 
     async def _conference_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        """`pbx conferences mute|unmute|kick ROOM WHO` (WHO: a party, call id or "all")."""
+        """`pbx conferences mute|unmute|kick ROOM WHO` and `gain ROOM WHO DB` (WHO: a party,
+        call id or "all")."""
         if self.calls is None:
             raise PbxError("the exchange is not running calls")
         action, room = str(request.get("action", "")), str(request.get("room", ""))
@@ -346,10 +347,15 @@ class Exchange:
             raise PbxError(f"no conference {room!r} (see `pbx conferences`)")
         if action in ("mute", "unmute"):
             changed = conferences.mute(room, who, action == "mute")
+        elif action == "gain":
+            try:
+                changed = conferences.set_gain(room, who, float(request.get("db", "")))
+            except ValueError as exc:
+                raise PbxError(f"gain: {exc}") from None
         elif action == "kick":
             changed = await self.calls.kick(room, who)
         else:
-            raise PbxError(f"unknown conference action {action!r}: mute, unmute or kick")
+            raise PbxError(f"unknown conference action {action!r}: mute, unmute, gain or kick")
         if not changed:
             raise PbxError(f"nobody in conference {room} is {who!r}")
         return {"room": room, "action": action, "call_ids": changed}

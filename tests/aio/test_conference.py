@@ -14,7 +14,14 @@ import pytest
 from media.g711 import ULAW_DECODE
 from pbx.server import Exchange
 from tests.aio.test_call_features import key_press
-from tests.aio.test_media_features import Events, exchange_with, pbx_command, phones_on, talk
+from tests.aio.test_media_features import (
+    Events,
+    exchange_with,
+    pbx_command,
+    pbx_failing,
+    phones_on,
+    talk,
+)
 from tests.support.audio import sine, strongest
 from tests.support.phone import Call, Phone
 
@@ -214,3 +221,74 @@ async def test_a_blind_transfer_puts_the_party_in_the_room(exchange: Exchange) -
         )
         assert strongest(heard_by_carol[4000:], 1) == pytest.approx([1100.0], abs=10)
         assert strongest(heard_by_alice[4000:], 1) == pytest.approx([600.0], abs=10)
+
+
+def tone_halves(heard: np.ndarray) -> tuple[float, float, float]:
+    """The loud stretch of `heard` (20 ms windows): its length in seconds, and the strongest
+    frequency of its first and of its second half."""
+    frames = heard[: len(heard) // 160 * 160].astype(np.float64).reshape(-1, 160)
+    loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) > 300)
+    assert len(loud), "no tone heard"
+    stretch = frames[loud[0] : loud[-1] + 1].ravel()
+    half = len(stretch) // 2
+    [first] = strongest(stretch[:half], 1)
+    [second] = strongest(stretch[half:], 1)
+    return len(stretch) / 8000, first, second
+
+
+async def test_join_and_leave_tones_rise_and_fall(exchange: Exchange) -> None:
+    # Someone joining: 800 then 1200 Hz, 150 ms each; leaving: 1200 then 800 Hz.
+    events = Events(exchange)
+    async with phones_on(exchange) as phones:
+        alice, bob = await phones("1001", "1002")
+        alice_call = await alice.call("800")
+        await events.next("conference_joined")
+        listening = asyncio.create_task(
+            talk_and_listen(alice, alice_call, np.zeros(12000, dtype=np.int16))
+        )
+        bob_call = await bob.call("800")
+        joined = await listening
+        listening = asyncio.create_task(
+            talk_and_listen(alice, alice_call, np.zeros(12000, dtype=np.int16))
+        )
+        await bob.bye(bob_call)
+        left = await listening
+        await alice.bye(alice_call)
+    seconds, first, second = tone_halves(joined)
+    assert seconds == pytest.approx(0.3, abs=0.05)
+    assert (first, second) == (pytest.approx(800, abs=10), pytest.approx(1200, abs=10))
+    seconds, first, second = tone_halves(left)
+    assert seconds == pytest.approx(0.3, abs=0.05)
+    assert (first, second) == (pytest.approx(1200, abs=10), pytest.approx(800, abs=10))
+
+
+async def test_an_operator_sets_how_loud_a_member_is(exchange: Exchange, tmp_path: Path) -> None:
+    # Alice at -12 dB, Carol as she comes: Bob hears Alice's 700 Hz a quarter as loud as
+    # Carol's 900 Hz, sent at the same level.
+    events = Events(exchange)
+    async with phones_on(exchange) as phones:
+        alice, bob, carol = await phones("1001", "1002", "1003")
+        calls = []
+        for member in (alice, bob, carol):
+            calls.append(await member.call("800"))
+            await events.next("conference_joined")
+        alice_call, bob_call, carol_call = calls
+        reply = json.loads(await pbx_command(tmp_path, "conferences", "gain", "800", "1001", "-12"))
+        assert len(reply["call_ids"]) == 1 and reply["action"] == "gain"
+        heard, _, _ = await asyncio.gather(
+            talk_and_listen(bob, bob_call, np.zeros(8000, dtype=np.int16)),
+            talk(alice, alice_call.media_port, sine(700, 1.0)),
+            talk(carol, carol_call.media_port, sine(900, 1.0)),
+        )
+        [room] = [r for r in json.loads(await pbx_command(tmp_path, "conferences", "--json"))
+                  if r["number"] == "800"]  # fmt: skip
+        gains = {m["party"]: m["gain_db"] for m in room["members"]}
+        refused = await pbx_failing(tmp_path, "conferences", "gain", "800", "1001", "40")
+        for member, call in zip((alice, bob, carol), calls, strict=True):
+            await member.bye(call)
+    middle = heard[len(heard) // 4 : 3 * len(heard) // 4]
+    assert level(middle, 900) > 1000, level(middle, 900)
+    ratio = level(middle, 700) / level(middle, 900)
+    assert ratio == pytest.approx(10 ** (-12 / 20), rel=0.12), ratio
+    assert gains == {"1001": -12.0, "1002": 0.0, "1003": 0.0}
+    assert "from -30 to 18 dB" in refused
