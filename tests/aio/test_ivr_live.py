@@ -80,6 +80,16 @@ async def tones(call: Session) -> None:
     await call.tone("busy", 1.5, interruptible=False)
 
 
+@flow("hand")
+async def hand(call: Session) -> None:
+    await call.answer()
+    choice = await call.collect(max_digits=1, timeout=5.0)
+    target = {{"1": "ivr:menu", "2": "voicemail:1003:busy", "3": "queue:nowhere"}}[choice]
+    if not await call.transfer(target):
+        call.set_var("failed", call.dial_status.value)
+        await call.play("high", interruptible=False)
+
+
 @flow("versioned")
 async def versioned(call: Session) -> None:
     await call.answer()
@@ -105,7 +115,7 @@ def write_prompts(directory: Path) -> None:
 @pytest.fixture
 async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
     """Flows menu (200), long (201), broken (202, falls back to 1002), versioned (203),
-    tones (204);
+    tones (204), hand (205: 1 to the flow menu, 2 to 1003's mailbox, 3 to no queue);
     every extension has a mailbox; *97 checks one's own."""
     ex = await start_exchange(tmp_path)
     yield ex
@@ -130,6 +140,7 @@ prompts = ["prompts"]
 "202" = "broken"
 "203" = "versioned"
 "204" = "tones"
+"205" = "hand"
 
 [voicemail]
 extensions = true
@@ -437,6 +448,39 @@ async def test_a_flow_plays_the_sites_call_progress_tones(tmp_path: Path) -> Non
     assert loud.mean() == pytest.approx(0.5, abs=0.1)  # on half the time
 
 
+@pytest.mark.parametrize(
+    ("key", "target", "then"),
+    [
+        ("1", "ivr:menu", ("started", "menu")),  # the menu flow takes the call
+        ("2", "voicemail:1003:busy", ("play", "person-busy leave-message")),
+        ("3", "queue:nowhere", ("set", "failed=unavailable")),  # no such queue: goes on
+    ],
+)
+async def test_a_flow_transfers_to_a_flow_a_mailbox_or_a_queue(
+    exchange: Exchange, bus: Bus, key: str, target: str, then: tuple[str, str]
+) -> None:
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "205")
+        try:
+            call_id = call_id_of(bus, "1001")
+            await bus.wait("ivr", call_id=call_id, step="started", detail="hand")
+            await mouth.key(key)
+            step, detail = then
+            await bus.wait("ivr", call_id=call_id, step=step, detail=detail)
+            assert (await alice.bye(call)).status == 200
+            await bus.wait("call_ended", call_id=call_id)
+        finally:
+            ear.stop()
+    steps = bus.steps(call_id)
+    assert ("transfer", target) in steps, steps
+    moved = bus.matching("call_transferred", call_id=call_id)
+    if key == "3":
+        assert ("transfer_failed", f"{target} no route") in steps, steps
+        assert moved == []
+    else:
+        assert [(m.to, m.by) for m in moved] == [(target.rsplit(":busy", 1)[0], "ivr:hand")]  # type: ignore[attr-defined]
+
+
 async def test_hanging_up_during_a_prompt_ends_the_flow(exchange: Exchange, bus: Bus) -> None:
     assert exchange.calls is not None
     async with phone(exchange, "1001") as alice:
@@ -498,7 +542,8 @@ async def test_reload_gives_new_calls_the_new_flow_and_lets_old_calls_finish(
         # mtime in whole seconds) would not see the edit; the reload compiles the source.
         path = write_flows(tmp_path, "new")
         answer = await exchange._reload({})
-        assert answer == {"flows": ["broken", "long", "menu", "tones", "versioned"], "errors": []}
+        flows = ["broken", "hand", "long", "menu", "tones", "versioned"]
+        assert answer == {"flows": flows, "errors": []}
         new_call, new_ear, _ = await dial(bob, "203")
         new_id = call_id_of(bus, "1002")
         await bus.wait("ivr", call_id=new_id, step="set", detail="version=new")
