@@ -122,8 +122,8 @@ async def exchange(tmp_path: Path) -> AsyncIterator[Exchange]:
     await ex.stop()
 
 
-async def start_exchange(tmp_path: Path, voicemail: str = "") -> Exchange:
-    """The `exchange` fixture's, with more `voicemail` settings."""
+async def start_exchange(tmp_path: Path, voicemail: str = "", max_seconds: int = 30) -> Exchange:
+    """The `exchange` fixture's, with more `voicemail` settings (and tables after them)."""
     write_flows(tmp_path, "old")
     write_prompts(tmp_path)
     extra = """
@@ -146,9 +146,10 @@ prompts = ["prompts"]
 extensions = true
 access = "*97"
 ring_seconds = 2
-max_seconds = 30
+max_seconds = {max_seconds}
 silence_seconds = 1.5
 """
+    extra = extra.format(max_seconds=max_seconds)
     ex = Exchange(pbx_config.load(write_config(tmp_path, free_port(), extra + voicemail)))
     await ex.start()
     await add_users(ex, {"1001": "pw1001", "1002": "pw1002", "1003": "pw1003"})
@@ -771,6 +772,51 @@ async def test_a_phone_that_says_busy_sends_the_caller_to_its_busy_greeting(
     assert exchange.voicemail is not None
     [message] = await exchange.voicemail.messages("1002")
     assert message.caller == "1001" and message.seconds > 1.0
+
+
+async def test_a_message_that_goes_on_is_cut_at_the_maximum_length(tmp_path: Path) -> None:
+    exchange = await start_exchange(tmp_path, max_seconds=2)
+    bus = Bus(exchange)
+    try:
+        async with phone(exchange, "1001") as alice:
+            _, ear, mouth = await dial(alice, "1003")  # not registered: its mailbox
+            try:
+                call_id = call_id_of(bus, "1001")
+                await ear.hears(1000.0)  # the beep
+                talking = asyncio.create_task(mouth.say(speech_like(6.0)))
+                recorded = await bus.wait("ivr", call_id=call_id, step="recorded")
+                await alice.next("BYE", timeout=10)  # "message saved, goodbye", then BYE
+                talking.cancel()
+            finally:
+                ear.stop()
+        assert exchange.voicemail is not None
+        [message] = await exchange.voicemail.messages("1003")
+    finally:
+        await exchange.stop()
+    assert recorded.detail.endswith("max length"), recorded  # type: ignore[attr-defined]
+    assert message.seconds == pytest.approx(2.0, abs=0.3), message
+
+
+async def test_any_mailbox_by_98_asks_which_then_its_pin(exchange: Exchange, bus: Bus) -> None:
+    assert exchange.store is not None and exchange.voicemail is not None
+    await exchange.store.set_mailbox_pin("1003", PIN, 0.0)
+    recording = Recording(speech_like(2.0), RecordingEnd.KEY, "#")
+    assert await exchange.voicemail.save("1003", "1002", "", recording, "c1") is not None
+    async with phone(exchange, "1001") as alice:
+        call, ear, mouth = await dial(alice, "*98")
+        try:
+            access = call_id_of(bus, "1001")
+            await bus.wait("ivr", call_id=access, step="play", detail="enter-mailbox")
+            await mouth.keys("1003#")
+            await bus.wait("ivr", call_id=access, step="play", detail="enter-pin")
+            await mouth.keys(PIN + "#")
+            await bus.wait("ivr", call_id=access, step="pin", detail="accepted")
+            await bus.wait("ivr", call_id=access, step="play",
+                           detail="you-have 1 new-message and 0 saved-messages")  # fmt: skip
+            assert (await alice.bye(call)).status == 200
+        finally:
+            ear.stop()
+    assert ("collected", "1003") in bus.steps(access), bus.steps(access)
 
 
 async def test_urgent_messages_reach_the_phones_mwi_apart(exchange: Exchange) -> None:
