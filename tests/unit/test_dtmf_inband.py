@@ -13,6 +13,7 @@ import soundfile
 from scipy.signal import resample_poly
 
 from media.dtmf import COLUMNS, KEYPAD, ROWS, InbandDetector, dtmf_samples, feed_many
+from tests.support.audio import strongest
 
 RATE = 8000
 TALKOFF = Path(__file__).resolve().parents[1] / "data" / "talkoff.txt"
@@ -194,3 +195,23 @@ def test_speech_does_not_hide_digits(speech: np.ndarray) -> None:
     tones = np.concatenate([np.concatenate([dual(d, 60), silence(60)]) for d in "0123456789"])
     mixed = np.concatenate([speech[: 5 * RATE], tones, speech[5 * RATE : 10 * RATE]])
     assert detect(mixed) == "0123456789"
+
+
+def test_generated_keys_are_the_standard_frequencies_and_levels() -> None:
+    # Each key: its row and column frequency (ITU-T Q.23), the low group at -8 dBm0 and the
+    # high at -6 dBm0 (2 dB of pre-twist), 100 ms of tone then 100 ms of silence.
+    peak_0dbm0 = 32767 * 10 ** (-3.14 / 20)
+    for row, keys in enumerate(KEYPAD):
+        for col, key in enumerate(keys):
+            audio = dtmf_samples(key).astype(np.float64)
+            assert len(audio) == 1600 and not audio[800:].any()
+            tone = audio[:800]
+            assert strongest(tone, 2) == pytest.approx([ROWS[row], COLUMNS[col]], abs=6)
+            fitted = np.linalg.lstsq(
+                np.stack([np.sin(2 * np.pi * f * np.arange(800) / 8000 + p)
+                          for f in (ROWS[row], COLUMNS[col]) for p in (0, np.pi / 2)], axis=1),
+                tone, rcond=None,
+            )[0]  # fmt: skip
+            amplitudes = np.hypot(fitted[0::2], fitted[1::2])
+            dbm0 = 20 * np.log10(amplitudes / peak_0dbm0)
+            assert dbm0 == pytest.approx([-8.0, -6.0], abs=0.05)

@@ -43,6 +43,19 @@ def test_each_party_hears_the_others_and_not_itself() -> None:
         assert heard == pytest.approx(others, abs=10), (own, heard)
 
 
+def test_thirty_parties_each_hear_the_twenty_nine_others_and_not_themselves() -> None:
+    hz = 300.0 + 100.0 * np.arange(30)  # 300-3200 Hz, a bin of 5 Hz apart in 0.2 s
+    frames = np.stack([sine(f, 0.2, amplitude=700) for f in hz])
+    mixed = mix_minus(frames).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(mixed, axis=1)) / (mixed.shape[1] / 2)
+    bins = np.round(hz * mixed.shape[1] / 8000).astype(int)
+    levels = spectrum[:, bins]  # (listener, talker): each talker's amplitude in each mix
+    own = np.diag(levels)
+    others = levels[~np.eye(30, dtype=bool)]
+    assert own.max() < 5  # not itself (rounding: less than 1% of 700)
+    assert others == pytest.approx(700, rel=0.02)  # every other, at its level
+
+
 def test_mute_gain_and_saturation() -> None:
     frames = frames_of(*TONES)
     muted = mix_minus(frames, talking=np.array([True, False, True]))
