@@ -541,7 +541,7 @@ async def test_info_dtmf_is_reported(pbx: Exchange, phones: PhoneFactory) -> Non
     alice, bob = await phones("1001", "1002")
     invite = await alice.dial("1002")
     bob_call = await bob.answer(await bob.incoming())
-    await alice.answered(invite)
+    alice_call = await alice.answered(invite)
     relay = [("Content-Type", "application/dtmf-relay")]
     ok = await bob.request(bob_call, "INFO", relay, b"Signal=7\r\nDuration=250\r\n")
     assert ok.status == 200
@@ -564,3 +564,8 @@ async def test_info_dtmf_is_reported(pbx: Exchange, phones: PhoneFactory) -> Non
     assert {p[12] for p in events} == {7}
     assert int.from_bytes(events[-1][14:16], "big") == 2000  # 250 ms at 8 kHz
     assert len({p[4:8] for p in events}) == 1  # one event: one timestamp
+    # application/dtmf (RFC 2976's other form): the key alone, from the caller's side.
+    plain = [("Content-Type", "application/dtmf")]
+    assert (await alice.request(alice_call, "INFO", plain, b"#")).status == 200
+    [_, second] = recorder.of("dtmf")
+    assert (second["digit"], second["leg"], second["source"]) == ("#", "caller", "info")

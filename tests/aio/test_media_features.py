@@ -412,6 +412,19 @@ async def test_inband_digits_of_a_phone_without_telephone_event(tmp_path: Path) 
             assert "".join(str(e["digit"]) for e in digits) == "159#"
             assert {e["source"] for e in digits} == {"inband"}
 
+            # Bob's phone agreed telephone-event: tones in his audio reach Alice as they
+            # are, and are not reported (a phone that sends both would count twice).
+            await talk(bob, bob_call.media_port, keyed)
+            relayed = InbandDetector()
+            passed: list[str] = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    packet = await alice.recv_rtp(timeout=0.5)
+                    frame = ULAW_DECODE[np.frombuffer(packet[12:], dtype=np.uint8)]
+                    passed += [d.digit for d in relayed.feed(frame)]
+            assert "".join(passed) == "159#"
+            assert [e for e in events.of("dtmf") if e["party"] == "1002"] == []
+
             # Bob presses 7 as RFC 4733 events: Alice hears the 7 tone.
             base = 20000
             for seq, (duration, end) in enumerate(((400, False), (800, False), (1200, True))):
@@ -427,6 +440,8 @@ async def test_inband_digits_of_a_phone_without_telephone_event(tmp_path: Path) 
             for _ in range(5):
                 heard += [d.digit for d in detector.feed(np.zeros(160, dtype=np.int16))]
             assert heard == ["7"]
+            from_bob = [e for e in events.of("dtmf") if e["party"] == "1002"]
+            assert [(e["digit"], e["source"]) for e in from_bob] == [("7", "rfc4733")]
     finally:
         await exchange.stop()
 
