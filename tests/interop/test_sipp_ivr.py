@@ -155,6 +155,12 @@ def branches(speech_seconds: float) -> dict[str, Branch]:
         "nurse": Branch("5003", 5.0, ((KEY_AT, "3"),)),
         "reception": Branch("5004", 8.0, ((KEY_AT, "0"),)),
         "invalid": Branch("5005", KEY_AT + prompt_seconds("invalid") + 3.0, ((KEY_AT, "9"),)),
+        # 1 0 0 9: it starts like 1001, but no such extension is there.
+        "no_such_extension": Branch(
+            "5008",
+            KEY_AT + 1.2 + prompt_seconds("invalid") + 3.0,
+            tuple((KEY_AT + 0.3 * n, key) for n, key in enumerate("1009")),
+        ),
         "timeout": Branch("5006", no_choice + prompt_seconds("transferring") + 4.0),
         "after_hours": Branch(
             "5007", after_at + speech_seconds + hang_up, ((urgent_at, "1"),), speech_at=after_at
@@ -312,7 +318,8 @@ def test_key_1_queues_the_caller_for_appointments(clinic: Clinic) -> None:
     assert (moved["to"], moved["by"]) == ("queue:appointments", "ivr:main")
     [entered] = [e for e in clinic.entered if e.caller == "5001"]
     assert (entered.queue, entered.priority) == ("appointments", 0)
-    assert clinic.cdr("appointments")["route"] == "ivr"
+    cdr = clinic.cdr("appointments")
+    assert (cdr["route"], cdr["dialled"]) == ("ivr", "100"), cdr
 
 
 def test_key_3_queues_the_caller_for_the_nurse_ahead_of_others(clinic: Clinic) -> None:
@@ -359,6 +366,14 @@ def test_an_invalid_key_says_so_and_offers_the_menu_again(clinic: Clinic) -> Non
     assert steps[at + 1 : at + 3] == [("play", "invalid"), ("play", "clinic-menu")], steps
     assert [s for s in steps if s == ("play", "clinic-menu")] == [("play", "clinic-menu")] * 2
     assert steps[-1] == ("ended", "caller hung up"), steps
+
+
+def test_an_extension_that_does_not_exist_is_an_invalid_choice(clinic: Clinic) -> None:
+    assert_completed(clinic, "no_such_extension")
+    steps = clinic.steps("no_such_extension")
+    at = steps.index(("invalid", "1009"))
+    assert steps[at + 1 : at + 3] == [("play", "invalid"), ("play", "clinic-menu")], steps
+    assert not [s for s in steps if s[0] == "transfer"], steps
 
 
 def test_no_key_at_all_goes_to_reception_after_the_retries(clinic: Clinic) -> None:
