@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.pbxproc import PbxProcess, make_pbx
@@ -229,3 +231,15 @@ async def test_reload_by_the_cli_keeps_calls_and_says_what_failed(tmp_path: Path
             await alice.stop()
     finally:
         proc.stop()
+
+
+def test_serve_refuses_to_start_with_a_flow_module_that_does_not_import(tmp_path: Path) -> None:
+    (tmp_path / "flows.py").write_text("def broken(:\n")
+    proc = make_pbx(tmp_path, '[ivr]\nmodules = ["flows.py"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "pbx", "-c", str(proc.config), "serve"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "ivr.modules" in done.stderr and "SyntaxError" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr  # a clear error, not a crash
