@@ -32,6 +32,7 @@ from pbx.events import Event
 from pbx.server import Exchange
 from pbx.sip.message import Request, build_response, parse_message
 from pbx.store import Store
+from tests.aio.test_media_features import pbx_command
 from tests.aio.test_mwi import Subscriber, notified, summary_of
 from tests.aio.test_register_flow import server_of
 from tests.conftest import add_users
@@ -833,6 +834,27 @@ async def test_urgent_messages_reach_the_phones_mwi_apart(exchange: Exchange) ->
         assert b"Voice-Message: 3/0 (2/0)\r\n" in notify.body, notify.body
         await voicemail.mark(first, Folder.SAVED)
         assert b"Voice-Message: 2/1 (1/1)\r\n" in (await notified(lamp)).body
+
+
+async def test_the_cli_marking_or_deleting_a_message_updates_the_lamps(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    # `pbx voicemail mark|delete` change the database and tell the running server, whose
+    # NOTIFY then says so to the phones watching the box.
+    voicemail = exchange.voicemail
+    assert voicemail is not None
+    recording = Recording(speech_like(2.0), RecordingEnd.KEY, "#")
+    saved = await voicemail.save("1003", "1002", "", recording, "c1")
+    assert saved is not None and await voicemail.save("1003", "1002", "", recording, "c2")
+    async with SipTestClient(server_of(exchange)) as lamp:
+        watcher = Subscriber(lamp, "1003", "pw1003")
+        ok, notify = await watcher.subscribe(expires=600)
+        assert ok.status == 200 and notify is not None
+        assert b"Voice-Message: 2/0" in notify.body, notify.body
+        await pbx_command(tmp_path, "voicemail", "mark", saved.id, "saved")
+        assert b"Voice-Message: 1/1" in (await notified(lamp)).body
+        await pbx_command(tmp_path, "voicemail", "delete", saved.id)
+        assert b"Voice-Message: 1/0" in (await notified(lamp)).body
 
 
 async def test_a_caller_hanging_up_on_a_message_ends_the_call_after_it_is_kept(
