@@ -415,14 +415,7 @@ async def test_inband_digits_of_a_phone_without_telephone_event(tmp_path: Path) 
             # Bob's phone agreed telephone-event: tones in his audio reach Alice as they
             # are, and are not reported (a phone that sends both would count twice).
             await talk(bob, bob_call.media_port, keyed)
-            relayed = InbandDetector()
-            passed: list[str] = []
-            with contextlib.suppress(TimeoutError):
-                while True:
-                    packet = await alice.recv_rtp(timeout=0.5)
-                    frame = ULAW_DECODE[np.frombuffer(packet[12:], dtype=np.uint8)]
-                    passed += [d.digit for d in relayed.feed(frame)]
-            assert "".join(passed) == "159#"
+            assert await digits_heard(alice) == list("159#")
             assert [e for e in events.of("dtmf") if e["party"] == "1002"] == []
 
             # Bob presses 7 as RFC 4733 events: Alice hears the 7 tone.
@@ -430,20 +423,25 @@ async def test_inband_digits_of_a_phone_without_telephone_event(tmp_path: Path) 
             for seq, (duration, end) in enumerate(((400, False), (800, False), (1200, True))):
                 bob.rtp.sendto(key_press(seq + 500, base, 7, duration, end, 101),
                                ("127.0.0.1", bob_call.media_port))  # fmt: skip
-            detector = InbandDetector()
-            heard: list[str] = []
-            with contextlib.suppress(TimeoutError):  # until the tone is over
-                while True:
-                    packet = await alice.recv_rtp(timeout=0.5)
-                    frame = ULAW_DECODE[np.frombuffer(packet[12:], dtype=np.uint8)]
-                    heard += [d.digit for d in detector.feed(frame)]
-            for _ in range(5):
-                heard += [d.digit for d in detector.feed(np.zeros(160, dtype=np.int16))]
-            assert heard == ["7"]
+            assert await digits_heard(alice) == ["7"]
             from_bob = [e for e in events.of("dtmf") if e["party"] == "1002"]
             assert [(e["digit"], e["source"]) for e in from_bob] == [("7", "rfc4733")]
     finally:
         await exchange.stop()
+
+
+async def digits_heard(phone: Phone) -> list[str]:
+    """The DTMF digits in what `phone` receives until 0.5 s pass without a packet."""
+    detector = InbandDetector()
+    heard: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            packet = await phone.recv_rtp(timeout=0.5)
+            frame = ULAW_DECODE[np.frombuffer(packet[12:], dtype=np.uint8)]
+            heard += [d.digit for d in detector.feed(frame)]
+    for _ in range(5):  # a tone still going at the end: its pause
+        heard += [d.digit for d in detector.feed(np.zeros(160, dtype=np.int16))]
+    return heard
 
 
 async def received(phone: Phone, packets: int = 50) -> np.ndarray:
