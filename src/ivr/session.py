@@ -20,11 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from media.prompts import RATE, PromptCache, Samples
 from media.speech import GAP, digits_words, joined, number_words, sound_path
-from media.tones import Tone
+from media.tones import Tone, tone_samples
 
 if TYPE_CHECKING:
     from ivr.voicemail import Mailboxes
@@ -276,16 +274,16 @@ class Session:
 
     async def tone(self, name: str, seconds: float, interruptible: bool = True) -> None:
         """Play the site's call-progress tone `name` ("dial", "ringback", "busy",
-        "congestion", "call_waiting", "beep"...: `[tones]`) for `seconds`; a key stops it
+        "congestion", "call_waiting", "beep"...: `[tones]`) for `seconds` (a tone that
+        plays once, as "beep", for no longer than itself); a key stops it
         as it stops a prompt (dial tone until the caller dials, as Asterisk's Playtones).
         KeyError for a tone the site does not have."""
         channel = self._live()
         plan = channel.tones
         if name not in plan:
             raise KeyError(f"no tone {name!r}; the site's: {', '.join(sorted(plan))}")
-        samples = Tone(plan[name]).read(round(seconds * RATE))
         await channel.answer()
-        sound = Sound((f"tone:{name}",), np.zeros(0, np.int16) if samples is None else samples)
+        sound = Sound((f"tone:{name}",), tone_samples(plan[name], seconds, pad=False))
         channel.report("play", sound.names[0])
         await channel.play(sound, interruptible)
         if not interruptible:

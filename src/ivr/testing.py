@@ -254,6 +254,9 @@ class ScriptedChannel:
 
     async def transfer(self, target: str) -> DialStatus:
         self._check()
+        queue = target.removeprefix("queue:")
+        if queue != target and self._queues is not None and queue not in self._queues:
+            return DialStatus.UNAVAILABLE  # as live: no such queue
         if target in self._busy:
             return DialStatus.BUSY
         if target in self._unreachable:

@@ -38,6 +38,7 @@ DIGITS = "0123456789*#ABCD"
 FLASH = 16
 _EVENT = Struct("!BBH")
 _HEADER = Struct("!BBHI")
+_SEGMENT = 0xFFFF  # the most an event's 16-bit duration holds: a segment (RFC 4733 §2.5.1.3)
 END_TIMEOUT = 0.3
 """Seconds without a packet after which an event whose end packets were lost is over.
 Senders refresh an event every packetization interval (typically 50 ms)."""
@@ -99,10 +100,13 @@ class TelephoneEventReceiver:
         out: list[Digit] = []
         current = self._current
         if current is not None and current.timestamp != timestamp:
-            contiguous = (current.timestamp + current.duration) & 0xFFFFFFFF == timestamp
+            # The next segment starts where this one ended: at 0xFFFF, also when the report
+            # saying so was lost.
+            ends = (current.timestamp + current.duration, current.timestamp + _SEGMENT)
+            contiguous = timestamp in {end & 0xFFFFFFFF for end in ends}
             if current.code == code and contiguous:
-                # The next segment of a long press (§2.5.1.3).
-                current.before += current.duration
+                # The next segment of a long press (§2.5.1.3), as long as its timestamp says.
+                current.before += (timestamp - current.timestamp) & 0xFFFFFFFF
                 current.timestamp, current.duration = timestamp, 0
             else:
                 out.append(self._finish(current))  # its end packets were lost
@@ -453,9 +457,9 @@ def dtmf_samples(digits: str, tone_ms: int = 100, pause_ms: int = 100) -> npt.ND
 EVENT_CODES = {d: i for i, d in enumerate(DIGITS)}
 
 
-MAX_PRESS = 60.0
-"""Seconds: a longer key press is sent as this long (a SIP INFO may say anything)."""
-_SEGMENT = 0xFFFF  # the most an event's 16-bit duration holds: a segment (RFC 4733 §2.5.1.3)
+MAX_PRESS = 20.0
+"""Seconds: a longer key press is sent as this long (a SIP INFO may say anything; the
+audio relayed to the phone pauses while its events are sent)."""
 
 
 @dataclass(frozen=True, slots=True)

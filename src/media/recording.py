@@ -578,18 +578,23 @@ def repair_flac(path: Path) -> float | None:
         return float(info.frames / info.samplerate)
     frames = _reachable_frames(path)
     tmp = path.with_name(f".{path.name}.repair")
+    written = 0
     try:
         with soundfile.SoundFile(str(path)) as source, soundfile.SoundFile(
             str(tmp), "w", samplerate=info.samplerate, channels=info.channels,
             format="FLAC", subtype="PCM_16",
         ) as target:  # fmt: skip
-            for at in range(0, frames, _COPY):
-                target.write(source.read(min(_COPY, frames - at), dtype="int16"))
+            while written < frames:
+                block = source.read(min(_COPY, frames - written), dtype="int16")
+                if not len(block):
+                    break
+                target.write(block)
+                written += len(block)
         _replace_synced(tmp, path)
     except (RuntimeError, OSError, soundfile.LibsndfileError):
         tmp.unlink(missing_ok=True)
         return None
-    return float(frames / info.samplerate)
+    return float(written / info.samplerate)
 
 
 def _replace_synced(tmp: Path, path: Path) -> None:

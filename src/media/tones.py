@@ -139,6 +139,11 @@ class Tone:
     def finite(self) -> bool:
         return len(self._cycle) == 0
 
+    @property
+    def length(self) -> int:
+        """Samples of the part played once (all of a finite tone)."""
+        return len(self._head)
+
     def frames(self) -> Iterator[npt.NDArray[np.int16]]:
         """Frames from where the tone is now; a finite tone ends, padded with silence."""
         while True:
@@ -168,3 +173,15 @@ class Tone:
             filled += len(chunk)
             self._position += len(chunk)
         return out
+
+
+def tone_samples(plan: str, seconds: float, pad: bool = True) -> npt.NDArray[np.int16]:
+    """`seconds` of tone `plan` (indications.conf notation; "" is silence): a cadence that
+    repeats, or a finite one padded with silence (`pad` False: a finite one is cut at its
+    own end, however long was asked)."""
+    count = round(seconds * RATE)
+    tone = Tone(plan) if plan else None
+    if tone is not None and tone.finite and not pad:
+        count = min(count, tone.length)
+    samples = tone.read(count) if tone is not None else None
+    return samples if samples is not None else np.zeros(count, dtype=np.int16)

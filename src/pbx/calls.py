@@ -41,16 +41,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
 from media.aio import Bridge, MediaEndpoint
 from media.clock import Listener, MediaClock, Source, decodable
 from media.dtmf import MAX_PRESS, Digit, digit_from_info, dtmf_samples, event_packets
 from media.ports import PortPool
 from media.prompts import Clip, PromptCache, music_files, playlist
 from media.speech import duration_words, number_words, sequence
-from media.tones import Tone, tone_plan
+from media.tones import Tone, tone_plan, tone_samples
 from pbx.conferences import ConferenceManager
 from pbx.config import ConferenceConfig, Config, TrunkConfig
 from pbx.dialplan import CallRequest, Dialplan, Route, RouteKind
@@ -197,6 +194,7 @@ class Leg:
     answering: bool = False  # its re-INVITE is being answered, until its ACK (§14.2: 500)
     dtmf_pt: int | None = None  # the telephone-event payload type watched for digits
     offers: asyncio.Lock = field(default_factory=asyncio.Lock)  # one re-INVITE of ours at once
+    keys: asyncio.Lock = field(default_factory=asyncio.Lock)  # one RFC 4733 press sent at once
     acks: dict[int, asyncio.Future[Request]] = field(default_factory=dict)  # CSeq -> ACK
     inband: Listener | None = None  # its decoded audio, while DTMF tones are detected in it
     music: asyncio.Future[None] | None = None  # music on hold playing to its phone
@@ -799,7 +797,7 @@ class CallManager:
         self._stop_music(leg)
         if leg.dialog is not None and leg.params is not None and decodable(leg.params.codec):
             player = self.media_clock.player(leg.media, leg.params.codec)
-            await _finished(player.play(Clip(_tone_seconds(self.tones["busy"], 3.0))))
+            await _finished(player.play(Clip(tone_samples(self.tones["busy"], 3.0))))
         call.cause = f"queue {exit.queue}: {exit.reason.value}"
         await self._hang_up(call, call.cause)
 
@@ -911,11 +909,11 @@ class CallManager:
                                       call.route.number)  # fmt: skip
         except PbxError as exc:
             log.info("call %s: agent feature refused: %s", call.id, exc)
-            clip = Clip(_tone_seconds(self.tones["congestion"], 1.5))
+            clip = Clip(tone_samples(self.tones["congestion"], 1.5))
         else:
             log.info("call %s: agent %s is now %s", call.id, call.caller, state)
             clip = self._spoken([f"agent-{state.replace('_', '-')}"]) or Clip(
-                _tone_seconds(self.tones["beep"], 0.5)
+                tone_samples(self.tones["beep"], 0.5)
             )
         if decodable(call.a.params.codec):
             player = self.media_clock.player(call.a.media, call.a.params.codec)
@@ -959,7 +957,7 @@ class CallManager:
         except ValueError as exc:
             log.info("call %s: %s", call.id, exc)
             player = self.media_clock.player(leg.media, params.codec)
-            await _finished(player.play(Clip(_tone_seconds(self.tones["busy"], 2.0))))
+            await _finished(player.play(Clip(tone_samples(self.tones["busy"], 2.0))))
             await self._hang_up(call, "conference full")
 
     async def _to_conference(
@@ -1028,7 +1026,7 @@ class CallManager:
                     player.stop()
                     return True
                 player.stop()
-                await _finished(player.play(Clip(_tone_seconds(self.tones["congestion"], 1.0))))
+                await _finished(player.play(Clip(tone_samples(self.tones["congestion"], 1.0))))
             return False
         finally:
             call.digits = None
@@ -1551,26 +1549,28 @@ class CallManager:
             self._spawn(self._send_events(other, params.telephone_event, digit, duration))
 
     async def _send_events(self, leg: Leg, payload_type: int, digit: str, duration: float) -> None:
-        """One key press as RFC 4733 packets (20 ms apart, the end sent three times)."""
+        """One key press as RFC 4733 packets (20 ms apart, the end sent three times); INFOs
+        in quick succession send their presses one after the other."""
         media = leg.media
         loop = asyncio.get_running_loop()
         packets = event_packets(digit, duration or 0.1)
         samples = round(min(max(duration, 0.1), MAX_PRESS) * media.clock_rate)
         start: int | None = None
-        media.local = True  # the audio relayed meanwhile would cut into the event
-        try:
-            for packet in packets:
-                data, timestamp = media.outgoing.emit(
-                    payload_type, packet.payload, samples - packet.offset, loop.time(),
-                    timestamp=None if start is None else start + packet.offset,
-                    marker=packet.marker,
-                )  # fmt: skip
-                start = timestamp if start is None else start
-                media.send_local(data)
-                if not packet.end:
-                    await asyncio.sleep(0.02)  # the event's own pacing
-        finally:
-            media.local = False
+        async with leg.keys:
+            media.local = True  # the audio relayed meanwhile would cut into the event
+            try:
+                for packet in packets:
+                    data, timestamp = media.outgoing.emit(
+                        payload_type, packet.payload, samples - packet.offset, loop.time(),
+                        timestamp=None if start is None else start + packet.offset,
+                        marker=packet.marker,
+                    )  # fmt: skip
+                    start = timestamp if start is None else start
+                    media.send_local(data)
+                    if not packet.end:
+                        await asyncio.sleep(0.02)  # the event's own pacing
+            finally:
+                media.local = False
 
     def _dtmf(self, call: Call, leg: Leg, digit: str, duration: float, source: str) -> None:
         if call.ended or leg not in call.legs():
@@ -2865,13 +2865,6 @@ async def _collect(
 async def _finished(playing: asyncio.Future[None]) -> None:
     """Wait for a sound to end, or be stopped (its future cancelled), without raising."""
     await asyncio.wait([playing])
-
-
-def _tone_seconds(plan: str, seconds: float) -> npt.NDArray[np.int16]:
-    """`seconds` of a tone (a cadence that repeats, or a finite one padded with silence)."""
-    count = round(seconds * 8000)
-    samples = Tone(plan).read(count) if plan else None
-    return samples if samples is not None else np.zeros(count, dtype=np.int16)
 
 
 def _codecs_after(first: str | None, names: list[str] | None = None) -> tuple[str, ...]:

@@ -409,7 +409,8 @@ class MailboxConfig:
     """The PIN for listening by phone; `pbx voicemail pin` sets one in the database, which
     wins over this."""
     operator: str | None = None
-    """Where 0 during this box's greeting goes; None: [voicemail] operator; "": nowhere."""
+    """Where 0 during this box's greeting goes, at any time ([voicemail] operator_hours
+    is for [voicemail] operator); None: [voicemail] operator; "": nowhere."""
 
 
 @dataclass(frozen=True, slots=True)

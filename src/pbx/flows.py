@@ -51,9 +51,10 @@ _RINGING_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
 # ran out gives.
 _TRANSFER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 404: "not found",
                       408: "no answer", 480: "unavailable", 487: "no answer"}  # fmt: skip
+# 480 is what a ring group whose members all rang out gives (pbx.calls._outcome).
 _DIAL_STATUSES = {486: DialStatus.BUSY, 600: DialStatus.BUSY, 408: DialStatus.NO_ANSWER,
-                  487: DialStatus.NO_ANSWER, 404: DialStatus.UNAVAILABLE,
-                  480: DialStatus.UNAVAILABLE}  # fmt: skip
+                  487: DialStatus.NO_ANSWER, 480: DialStatus.NO_ANSWER,
+                  404: DialStatus.UNAVAILABLE}  # fmt: skip
 _NO_FLOW = {RouteKind.IVR: "no such flow", RouteKind.VOICEMAIL: "no such mailbox",
             RouteKind.VOICEMAIL_ACCESS: "no voicemail"}  # fmt: skip
 

@@ -112,7 +112,9 @@ class Voicemail:
     async def operator(self, box: str) -> Operator | None:
         configured = self.config.mailbox(box)
         own = configured.operator if configured is not None else None
-        target = self.config.voicemail.operator if own is None else own
+        if own is not None:  # the box's own: at any time (an after-hours box's on-call desk)
+            return Operator(own) if own and own != box else None
+        target = self.config.voicemail.operator
         if not target or target == box:
             return None
         return Operator(target, self.config.voicemail.operator_hours)

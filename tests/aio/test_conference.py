@@ -244,12 +244,12 @@ async def test_join_and_leave_tones_rise_and_fall(exchange: Exchange) -> None:
         alice_call = await alice.call("800")
         await events.next("conference_joined")
         listening = asyncio.create_task(
-            talk_and_listen(alice, alice_call, np.zeros(12000, dtype=np.int16))
+            talk_and_listen(alice, alice_call, np.zeros(24000, dtype=np.int16))
         )
         bob_call = await bob.call("800")
         joined = await listening
         listening = asyncio.create_task(
-            talk_and_listen(alice, alice_call, np.zeros(12000, dtype=np.int16))
+            talk_and_listen(alice, alice_call, np.zeros(24000, dtype=np.int16))
         )
         await bob.bye(bob_call)
         left = await listening

@@ -138,6 +138,16 @@ def test_a_long_press_is_sent_in_segments_a_receiver_joins() -> None:
                              (4000 + packet.offset) & 0xFFFFFFFF, 7)  # fmt: skip
         digits += receiver.on_packet(header + packet.payload, n * 0.02)
     assert digits == [Digit("9", 10.0, 4000)]
+    # The report closing the first segment (duration 0xFFFF) lost: still one press.
+    closing = next(n for n, p in enumerate(packets) if p.offset)  # the first of segment 2
+    receiver = TelephoneEventReceiver()
+    kept = [p for n, p in enumerate(packets) if n != closing - 1]
+    digits = []
+    for n, packet in enumerate(kept):
+        header = struct.pack("!BBHII", 0x80, (0x80 if packet.marker else 0) | 101, n & 0xFFFF,
+                             (4000 + packet.offset) & 0xFFFFFFFF, 7)  # fmt: skip
+        digits += receiver.on_packet(header + packet.payload, n * 0.02)
+    assert digits == [Digit("9", 10.0, 4000)]
     # However long an INFO says the press was, it is sent as at most MAX_PRESS.
     huge = event_packets("1", duration=1e9)
     assert len(huge) == round(MAX_PRESS / 0.02) + 2

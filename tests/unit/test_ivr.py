@@ -600,6 +600,14 @@ def test_dial_status_says_how_the_last_transfer_went() -> None:
     assert seen == [DialStatus.NONE, DialStatus.BUSY, DialStatus.NO_ANSWER, DialStatus.ANSWER]
     assert result.transfers == ["1004"] and result.outcome is Outcome.TRANSFERRED
 
+    async def to_a_queue(call: Session) -> None:
+        await call.transfer("queue:nowhere")
+        seen.append(call.dial_status)
+
+    seen.clear()
+    run(to_a_queue, [], queues={"appointments"})
+    assert seen == [DialStatus.UNAVAILABLE]
+
 
 def test_dial_tone_until_the_caller_dials(caplog: pytest.LogCaptureFixture) -> None:
     async def dial_tone(call: Session) -> None:
@@ -613,3 +621,11 @@ def test_dial_tone_until_the_caller_dials(caplog: pytest.LogCaptureFixture) -> N
     # The site's plan: a tone it does not have is an error in the flow (the apology).
     broken = run(lambda call: call.tone("siren", 1.0), [])  # type: ignore[arg-type,return-value]
     assert broken.prompts == ["sorry-error"] and "no tone 'siren'" in caplog.text
+
+
+def test_a_tone_that_plays_once_is_no_longer_than_itself() -> None:
+    async def beep(call: Session) -> None:
+        await call.tone("beep", 5.0)
+
+    [played] = run(beep, []).played
+    assert played.seconds == pytest.approx(0.25)  # not 5 s, most of them silence
