@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from media.dtmf import Digit, TelephoneEventReceiver, digit_from_info
+from media.dtmf import Digit, EventPacket, TelephoneEventReceiver, digit_from_info
 
 
 def event(code: int, duration: int, timestamp: int, end: bool = False, seq: int = 0) -> bytes:
@@ -120,6 +120,17 @@ def test_sent_events_are_what_a_receiver_reads() -> None:
         event_packets("x")
 
 
+def read_back(packets: list[EventPacket]) -> list[Digit]:
+    """What a receiver reads of sent events (an event starting at timestamp 4000)."""
+    receiver = TelephoneEventReceiver()
+    digits = []
+    for n, packet in enumerate(packets):
+        header = struct.pack("!BBHII", 0x80, (0x80 if packet.marker else 0) | 101, n & 0xFFFF,
+                             (4000 + packet.offset) & 0xFFFFFFFF, 7)  # fmt: skip
+        digits += receiver.on_packet(header + packet.payload, n * 0.02)
+    return digits
+
+
 def test_a_long_press_is_sent_in_segments_a_receiver_joins() -> None:
     from media.dtmf import MAX_PRESS, event_packets
 
@@ -131,23 +142,11 @@ def test_a_long_press_is_sent_in_segments_a_receiver_joins() -> None:
     first_segment = [d for p, d in zip(packets, durations, strict=True) if p.offset == 0]
     assert max(first_segment) == 0xFFFF
     assert durations[-3:] == [80000 - 0xFFFF] * 3 and all(p.end for p in packets[-3:])
-    receiver = TelephoneEventReceiver()
-    digits = []
-    for n, packet in enumerate(packets):
-        header = struct.pack("!BBHII", 0x80, (0x80 if packet.marker else 0) | 101, n & 0xFFFF,
-                             (4000 + packet.offset) & 0xFFFFFFFF, 7)  # fmt: skip
-        digits += receiver.on_packet(header + packet.payload, n * 0.02)
-    assert digits == [Digit("9", 10.0, 4000)]
+    assert read_back(packets) == [Digit("9", 10.0, 4000)]
     # The report closing the first segment (duration 0xFFFF) lost: still one press.
     closing = next(n for n, p in enumerate(packets) if p.offset)  # the first of segment 2
-    receiver = TelephoneEventReceiver()
     kept = [p for n, p in enumerate(packets) if n != closing - 1]
-    digits = []
-    for n, packet in enumerate(kept):
-        header = struct.pack("!BBHII", 0x80, (0x80 if packet.marker else 0) | 101, n & 0xFFFF,
-                             (4000 + packet.offset) & 0xFFFFFFFF, 7)  # fmt: skip
-        digits += receiver.on_packet(header + packet.payload, n * 0.02)
-    assert digits == [Digit("9", 10.0, 4000)]
+    assert read_back(kept) == [Digit("9", 10.0, 4000)]
     # However long an INFO says the press was, it is sent as at most MAX_PRESS.
     huge = event_packets("1", duration=1e9)
     assert len(huge) == round(MAX_PRESS / 0.02) + 2
