@@ -267,8 +267,10 @@ class Session:
         if not interruptible:
             channel.flush()
 
-    async def _play(self, channel: Channel, prompt: PromptLike, interruptible: bool) -> None:
-        sound = self.prompts.sound(prompt)
+    async def _play(
+        self, channel: Channel, prompt: PromptLike | Sound, interruptible: bool
+    ) -> None:
+        sound = prompt if isinstance(prompt, Sound) else self.prompts.sound(prompt)
         channel.report("play", " ".join(sound.names))
         await channel.play(sound, interruptible)
 
@@ -284,8 +286,7 @@ class Session:
             raise KeyError(f"no tone {name!r}; the site's: {', '.join(sorted(plan))}")
         await channel.answer()
         sound = Sound((f"tone:{name}",), tone_samples(plan[name], seconds, pad=False))
-        channel.report("play", sound.names[0])
-        await channel.play(sound, interruptible)
+        await self._play(channel, sound, interruptible)
         if not interruptible:
             channel.flush()
 

@@ -11,8 +11,8 @@ call by 0.2 to 1.4 s. The WAV writer rewrites its header sizes at each of those 
 a process killed mid-call leaves a file that plays up to the last write; `repair_wav`
 fixes the header of one cut off before that (a crash between two writes). FLAC frames
 stand on their own, but libsndfile leaves "length unknown" in the header until it closes
-(and its encoder holds the last 0.5 s, a FLAC frame, until it is full): `repair_flac`
-copies the whole frames of a file left so into one with its length.
+(and its encoder holds back up to 0.51 s, a FLAC frame of 4096 samples, until it is
+full): `repair_flac` copies the whole frames of a file left so into one with its length.
 
 While paused (a card number being read out) the recorder writes silence, so the two
 channels stay in step with the call and the pause shows where it was.
@@ -529,14 +529,20 @@ def audio_duration(path: Path) -> float | None:
     """Seconds of audio in a recording (WAV or FLAC), None if it cannot be read. A FLAC
     file still being written (or cut off) has no length in its header: what it holds so
     far is found by seeking."""
+    info = _info(path)
+    if info is None:
+        return None
+    frames = info.frames if info.frames < _UNKNOWN_LENGTH else _reachable_frames(path)
+    return float(frames / info.samplerate)
+
+
+def _info(path: Path) -> Any:
+    """soundfile's info of a sound file; None if it cannot be read or has no rate."""
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, OSError, soundfile.LibsndfileError):
         return None
-    if not info.samplerate:
-        return None
-    frames = info.frames if info.frames < _UNKNOWN_LENGTH else _reachable_frames(path)
-    return float(frames / info.samplerate)
+    return info if info.samplerate else None
 
 
 def _reachable_frames(path: Path) -> int:
@@ -568,11 +574,8 @@ def repair_flac(path: Path) -> float | None:
     """Make a FLAC recording a killed process left (no length in its header, perhaps half
     a frame at its end) whole again: its whole frames are copied into a new file that
     replaces it. Its duration in seconds; None if it is not a readable FLAC file."""
-    try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, OSError, soundfile.LibsndfileError):
-        return None
-    if info.format != "FLAC" or not info.samplerate:
+    info = _info(path)
+    if info is None or info.format != "FLAC":
         return None
     if info.frames < _UNKNOWN_LENGTH:  # closed as it should have been
         return float(info.frames / info.samplerate)

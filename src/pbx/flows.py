@@ -46,15 +46,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("pbx.ivr")
 
 _RINGING_ROUTES = (RouteKind.EXTENSION, RouteKind.RING_GROUP, RouteKind.TRUNK)
-# How the final status of a transfer that was rung and not answered reads in its step. We
-# CANCEL at the ring timeout, hence 487; 480 is also what a ring group whose members' time
-# ran out gives.
-_TRANSFER_REFUSALS = {486: "busy", 600: "busy", 603: "declined", 404: "not found",
-                      408: "no answer", 480: "unavailable", 487: "no answer"}  # fmt: skip
-# 480 is what a ring group whose members all rang out gives (pbx.calls._outcome).
-_DIAL_STATUSES = {486: DialStatus.BUSY, 600: DialStatus.BUSY, 408: DialStatus.NO_ANSWER,
-                  487: DialStatus.NO_ANSWER, 480: DialStatus.NO_ANSWER,
-                  404: DialStatus.UNAVAILABLE}  # fmt: skip
+# How the final status of a transfer that was rung and not answered reads in its step, and
+# the flow's dial_status for it. We CANCEL at the ring timeout, hence 487; 480 is what a
+# ring group whose members' time ran out gives (pbx.calls._outcome). Any other: rejected.
+_TRANSFER_REFUSALS = {
+    486: ("busy", DialStatus.BUSY), 600: ("busy", DialStatus.BUSY),
+    603: ("declined", DialStatus.REJECTED), 404: ("not found", DialStatus.UNAVAILABLE),
+    408: ("no answer", DialStatus.NO_ANSWER), 480: ("unavailable", DialStatus.NO_ANSWER),
+    487: ("no answer", DialStatus.NO_ANSWER),
+}  # fmt: skip
+_REJECTED = ("rejected", DialStatus.REJECTED)
 _NO_FLOW = {RouteKind.IVR: "no such flow", RouteKind.VOICEMAIL: "no such mailbox",
             RouteKind.VOICEMAIL_ACCESS: "no voicemail"}  # fmt: skip
 
@@ -260,11 +261,9 @@ class LiveChannel:
         if not call.ended:
             manager._stop_music(leg)
         self._check()
-        why = _TRANSFER_REFUSALS.get(result, "rejected")
+        why, status = _TRANSFER_REFUSALS.get(result, _REJECTED)
         self._transfer_failed(target, f"{why} ({result})" if result else "failed")
-        if not result:
-            return DialStatus.REJECTED
-        return _DIAL_STATUSES.get(result, DialStatus.REJECTED)
+        return status
 
     async def enqueue(self, queue: str, priority: int) -> bool:
         self._check()
